@@ -1,0 +1,183 @@
+"""The meaning of a flow, checked after its schema: what the schema cannot say.
+
+Each check yields located Problems with a rule name and a fix hint: step ids
+and jumps, expressions (syntax, unknown names, steps not yet run), deadlines,
+approver quorums, cron and time zones, and (given a config) connections,
+channels and secrets.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from runner.errors import ExpressionError
+from runner.expressions import FUNCTIONS, ROOT_NAMES, iter_expressions, make_environment, references
+from runner.timeutil import parse_duration, parse_rfc3339
+from runner.yamldoc import Document, Problem
+
+JUMP_FIELDS = {"on_error": ("fail", "continue"), "on_timeout": ("reject", "fail"), "on_reject": (),
+               "rewind_to": (), "callback": ()}
+WAITING_KINDS = ("approval", "callback")
+
+
+def semantic_problems(doc: Document, *, expect_name: str | None, config: Any = None) -> Iterator[Problem]:
+    data = doc.plain
+    steps: list[dict] = data["steps"]
+    if expect_name is not None and data["name"] != expect_name:
+        yield doc.problem(("name",), "name-mismatch",
+                          f"flow name '{data['name']}' does not match its file name '{expect_name}'",
+                          f"rename the flow to `name: {expect_name}` or the file to {data['name']}.yaml")
+    index: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        if step["id"] in index:
+            yield doc.problem(("steps", i, "id"), "duplicate-step-id",
+                              f"step id '{step['id']}' is already used by steps[{index[step['id']]}]",
+                              "step ids must be unique within a flow")
+        else:
+            index[step["id"]] = i
+    yield from _jumps(doc, steps, index)
+    yield from _expressions(doc, data, steps, index)
+    yield from _deadlines(doc, steps)
+    yield from _triggers(doc, data, config)
+    if config is not None:
+        yield from _references_to_config(doc, steps, config)
+
+
+def _unknown_step(doc: Document, path: tuple, target: str, index: dict[str, int]) -> Problem:
+    close = difflib.get_close_matches(target, list(index), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"step ids: {', '.join(index)}"
+    return doc.problem(path, "unknown-step", f"'{target}' is not a step id of this flow", hint)
+
+
+def _jumps(doc: Document, steps: list[dict], index: dict[str, int]) -> Iterator[Problem]:
+    for i, step in enumerate(steps):
+        for field, keywords in JUMP_FIELDS.items():
+            target = step.get(field)
+            if not isinstance(target, str) or target in keywords:
+                continue
+            if target not in index:
+                yield _unknown_step(doc, ("steps", i, field), target, index)
+            elif field == "rewind_to" and index[target] > i:
+                yield doc.problem(("steps", i, field), "rewind-forward",
+                                  f"rewind_to '{target}' is after this step; it must name an earlier step",
+                                  "push-back reruns the flow from an earlier step, such as the one that drafts")
+            elif target == step["id"] and field != "rewind_to":
+                yield doc.problem(("steps", i, field), "jump-to-self",
+                                  f"{field} jumps to the step itself, which would loop",
+                                  "use `retry:` to try a step again")
+
+
+def _rewind_reach(steps: list[dict], index: dict[str, int]) -> dict[int, int]:
+    """For each step i, the latest step that can rewind to i or before (push-back loops)."""
+    reach: dict[int, int] = {}
+    for j, step in enumerate(steps):
+        target = step.get("rewind_to")
+        if isinstance(target, str) and target in index:
+            for i in range(index[target], j + 1):
+                reach[i] = max(reach.get(i, -1), j)
+    return reach
+
+
+def _expressions(doc: Document, data: dict, steps: list[dict], index: dict[str, int]) -> Iterator[Problem]:
+    env = make_environment()
+    declared_inputs = set((data.get("inputs") or {}).keys())
+    callbacks = {s["id"] for s in steps if s["kind"] == "callback"}
+    reach = _rewind_reach(steps, index)
+    sources: list[tuple[tuple, str, int | None]] = []
+    for path, expr in iter_expressions(data.get("env") or {}, ("env",)):
+        sources.append((path, expr, None))
+    for i, step in enumerate(steps):
+        for path, expr in iter_expressions(step, ("steps", i)):
+            sources.append((path, expr, i))
+    for path, expr, position in sources:
+        try:
+            refs = references(env, expr)
+        except ExpressionError as exc:
+            yield doc.problem(path, "expression-syntax", exc.message, "expressions are jinja2 syntax inside ${{ }}")
+            continue
+        for root in sorted(refs.roots - ROOT_NAMES - FUNCTIONS):
+            yield doc.problem(path, "unknown-name", f"${{{{ {expr.strip()} }}}} uses unknown name '{root}'",
+                              "expressions can read inputs, steps, run and callbacks")
+        for name in sorted(refs.inputs - declared_inputs):
+            close = difflib.get_close_matches(name, declared_inputs, n=1)
+            yield doc.problem(path, "unknown-input", f"input '{name}' is not declared under `inputs:`",
+                              f"did you mean '{close[0]}'?" if close else f"declare it: inputs: {{{name}: {{type: string}}}}")
+        for step_id in sorted(refs.steps):
+            if step_id not in index:
+                yield _unknown_step(doc, path, step_id, index)
+            elif position is not None and index[step_id] >= position and reach.get(position, -1) < index[step_id]:
+                when = "itself" if index[step_id] == position else "a later step"
+                yield doc.problem(path, "later-step", f"${{{{ {expr.strip()} }}}} reads step '{step_id}', which is "
+                                  f"{when} and has not run when this is evaluated",
+                                  "move the step, or read it from a step that runs after it")
+        for callback in sorted(refs.callbacks - callbacks):
+            yield doc.problem(path, "unknown-callback", f"'{callback}' is not a callback step of this flow",
+                              f"callback steps: {', '.join(sorted(callbacks)) or 'none'}")
+
+
+def _deadlines(doc: Document, steps: list[dict]) -> Iterator[Problem]:
+    for i, step in enumerate(steps):
+        kind = step["kind"]
+        if kind in WAITING_KINDS and not step.get("timeout"):
+            yield doc.problem(("steps", i), "missing-timeout",
+                              f"{kind} step '{step['id']}' has no timeout; every wait needs a deadline",
+                              "add e.g. `timeout: 4h` and `on_timeout: reject`")
+        for field in ("timeout", "remind_before"):
+            if step.get(field) and parse_duration(step[field]) <= 0:
+                yield doc.problem(("steps", i, field), "zero-duration", f"{field} must be longer than 0",
+                                  "write e.g. 30s")
+        if kind == "wait" and isinstance(step.get("until"), str) and "${{" not in step["until"]:
+            try:
+                parse_rfc3339(step["until"])
+            except ValueError as exc:
+                yield doc.problem(("steps", i, "until"), "bad-time", str(exc),
+                                  "write an RFC 3339 time such as 2026-11-24T19:00:00Z, or an expression")
+        if kind == "approval":
+            approvers = step.get("approvers") or []
+            people = {a for a in approvers if not str(a).startswith("group:")}
+            quorum = int(step.get("min_approvals", 1))
+            if quorum > len(people) and len(people) == len(approvers):
+                yield doc.problem(("steps", i, "min_approvals"), "quorum-unreachable",
+                                  f"min_approvals is {quorum} but only {len(people)} approver(s) are listed",
+                                  "list more approvers, add a group:, or lower min_approvals")
+
+
+def _triggers(doc: Document, data: dict, config: Any) -> Iterator[Problem]:
+    for i, trigger in enumerate(data.get("triggers") or []):
+        schedule = trigger.get("schedule") if isinstance(trigger, dict) else None
+        if isinstance(schedule, dict):
+            if not croniter.is_valid(str(schedule.get("cron", ""))):
+                yield doc.problem(("triggers", i, "schedule", "cron"), "bad-cron",
+                                  f"'{schedule.get('cron')}' is not a valid cron expression",
+                                  "five fields: minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5'")
+            zone = schedule.get("timezone")
+            if zone:
+                try:
+                    ZoneInfo(zone)
+                except (ZoneInfoNotFoundError, ValueError):
+                    yield doc.problem(("triggers", i, "schedule", "timezone"), "bad-timezone",
+                                      f"'{zone}' is not a known time zone", "use an IANA name such as Europe/Oslo")
+        webhook = trigger.get("webhook") if isinstance(trigger, dict) else None
+        if isinstance(webhook, dict) and config is not None and webhook.get("secret") not in config.secrets:
+            yield doc.problem(("triggers", i, "webhook", "secret"), "unknown-secret",
+                              f"secret '{webhook.get('secret')}' is not defined in the config",
+                              "add it under `secrets:` in signoff.yaml")
+
+
+def _references_to_config(doc: Document, steps: list[dict], config: Any) -> Iterator[Problem]:
+    for i, step in enumerate(steps):
+        connection = step.get("connection")
+        if isinstance(connection, str) and "${{" not in connection and connection not in config.connections:
+            close = difflib.get_close_matches(connection, list(config.connections), n=1)
+            yield doc.problem(("steps", i, "connection"), "unknown-connection",
+                              f"connection '{connection}' is not defined in the config",
+                              f"did you mean '{close[0]}'?" if close else "add it under `connections:` in signoff.yaml")
+        channels = ([step["channel"]] if isinstance(step.get("channel"), str) else []) + list(step.get("notify") or [])
+        for channel in channels:
+            if channel not in config.channels:
+                yield doc.problem(("steps", i), "unknown-channel", f"channel '{channel}' is not defined in the config",
+                                  "add it under `channels:` in signoff.yaml")

@@ -1,0 +1,88 @@
+"""The config file (`signoff.yaml`): validated by schema/config.schema.json.
+
+Secrets named in it are resolved once, at load; a missing one is an error that
+names it. With no file, the defaults of DESIGN §5 apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import secrets
+from runner.errors import ConfigError
+from runner.schemas import schema_problems
+from runner.secrets import Masker
+from runner.yamldoc import DocumentError, read_file
+
+
+@dataclass
+class Connection:
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    secret_values: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def live_only(self) -> bool:
+        return bool(self.spec.get("live_only"))
+
+
+@dataclass
+class Config:
+    path: Path | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    connections: dict[str, Connection] = field(default_factory=dict)
+    channels: dict[str, dict] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    masker: Masker = field(default_factory=Masker)
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        return self.data.get("limits") or {}
+
+    def connection(self, name: str, *, draft: bool) -> Connection:
+        """The connection a step named, refusing live-only ones for drafts before any I/O."""
+        from runner.errors import StepFailed
+
+        conn = self.connections.get(name)
+        if conn is None:
+            raise StepFailed(f"connection '{name}' is not defined in the config", retryable=False)
+        if draft and conn.live_only:
+            replacement = conn.spec.get("draft_replacement")
+            if replacement and replacement in self.connections:
+                return self.connections[replacement]
+            raise StepFailed(f"connection '{name}' is live_only and this is a draft run; nothing was sent",
+                             retryable=False)
+        return conn
+
+
+def load_config(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        doc = read_file(path)
+    except DocumentError as exc:
+        raise ConfigError(str(exc.problem)) from None
+    problems = schema_problems(doc, "config")
+    if problems:
+        raise ConfigError(f"{path}: invalid config\n" + "\n".join(str(p) for p in problems))
+    data = doc.plain
+    base = path.parent
+    config = Config(path=path, data=data, channels=dict(data.get("channels") or {}))
+    found: list[str] = []
+    for name, ref in (data.get("secrets") or {}).items():
+        config.secrets[name] = secrets.resolve(ref, what=f"secrets.{name}", base_dir=base)
+        found.append(config.secrets[name])
+    for name, spec in (data.get("connections") or {}).items():
+        values = {}
+        for header, ref in (spec.get("headers") or {}).items():
+            if not isinstance(ref, str):
+                values[f"headers.{header}"] = secrets.resolve(ref, what=f"connections.{name}.headers.{header}",
+                                                              base_dir=base)
+                found.append(values[f"headers.{header}"])
+        config.connections[name] = Connection(name, spec["kind"], spec, values)
+    config.masker = Masker(found)
+    return config

@@ -1,0 +1,332 @@
+"""The run state machine: pick the next step, run it, record the transition.
+
+Every change to a run is an event appended to its log (fsynced) and applied
+to the in-memory record by `runner.record`; the snapshot (run.json) is
+rewritten when the run's status changes and at most every 200 ms in between,
+so one transition costs O(1) however long the run gets. No HTTP, git or CLI
+here: callers hand in a Store, a Clock and the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from runner import record
+from runner.errors import ExpressionError, FlowInvalid, StepFailed
+from runner.expressions import Evaluator
+from runner.flowfile import load_flow_bytes
+from runner.model import Flow, Step
+from runner.secrets import Masker
+from runner.status import RunStatus, StepStatus, TERMINAL_STEP, is_terminal
+from runner.steps import Done, Park, StepContext, load_kind
+from runner.store import EventLog, Store
+from runner.timeutil import Clock, format_duration, parse_rfc3339, rfc3339
+
+log = logging.getLogger(__name__)
+
+OUTPUT_THRESHOLD = 64 * 1024
+SNAPSHOT_INTERVAL = 0.2
+CONTROL_FIELDS = frozenset({"id", "kind", "name", "if", "retry", "timeout", "on_error", "on_timeout", "on_reject",
+                            "rewind_to"})
+Listener = Callable[[dict, dict], None]
+
+
+class Engine:
+    """Creates runs and advances them. Holds no run state between calls."""
+
+    def __init__(self, store: Store, *, work_dir: str | Path = ".", config: Any = None, clock: Clock | None = None,
+                 masker: Masker | None = None, output_threshold: int = OUTPUT_THRESHOLD,
+                 listener: Listener | None = None, on_output: Callable[[str, str, str], None] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.store = store
+        self.work_dir = Path(work_dir)
+        self.config = config
+        self.clock = clock or Clock()
+        self.masker = masker or Masker()
+        self.output_threshold = output_threshold
+        self.listener = listener
+        self.on_output = on_output
+        self.rng = rng or random.Random()
+        self.evaluator = Evaluator()
+
+    def create_run(self, flow: Flow, inputs: dict[str, Any], *, started_by: str, draft: bool = True,
+                   ref: str | None = None, version: str | None = None, commit: str | None = None) -> str:
+        """Make the run directory, keep the flow source, and record `run_created`."""
+        run_id = self.store.create_run_dir(self.clock.now(), flow.source)
+        with self.store.lock(run_id):
+            driver = _Driver(self, run_id, {}, flow, self.store.open_log(run_id))
+            try:
+                driver.record("run_created", run={
+                    "id": run_id, "flow": flow.name, "draft": draft, "ref": ref, "version": version,
+                    "commit": commit, "inputs": inputs, "started_by": started_by, "flow_sha256": flow.sha256,
+                    "step_ids": [s.id for s in flow.steps]}, force=True)
+            finally:
+                driver.log.close()
+        return run_id
+
+    async def advance(self, run_id: str) -> dict[str, Any]:
+        """Run `run_id` until it ends (waits are slept through in this process). Returns the record.
+
+        Cancelling the calling task cancels the run: the running step's process is
+        killed and the run is recorded `cancelled` before the cancellation propagates.
+        """
+        with self.store.lock(run_id):
+            log_file = self.store.open_log(run_id)
+            try:
+                run = self.store.read_run(run_id)
+                flow = self._flow_of(run_id)
+                driver = _Driver(self, run_id, run, flow, log_file)
+                await driver.drive()
+                return driver.run
+            finally:
+                log_file.close()
+
+    def _flow_of(self, run_id: str) -> Flow:
+        source = self.store.flow_source(run_id).encode()
+        try:
+            return load_flow_bytes(source, f"runs/{run_id}/flow.yaml")
+        except FlowInvalid as exc:  # the copy was valid when the run started: someone edited it
+            raise FlowInvalid(f"the flow copy kept with run {run_id} no longer validates", exc.problems) from None
+
+
+class _Driver:
+    """Advances one run; owns the bookkeeping every step kind goes through."""
+
+    def __init__(self, engine: Engine, run_id: str, run: dict, flow: Flow, log_file: EventLog) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.run = run
+        self.flow = flow
+        self.log = log_file
+        self.pending: list[dict] = []
+        self.last_snapshot = float("-inf")
+
+    # ---- bookkeeping ----------------------------------------------------------
+
+    def record(self, kind: str, *, flush: bool = True, force: bool = False, **fields: Any) -> dict:
+        event = {"type": kind, "at": rfc3339(self.engine.clock.now()), **fields}
+        record.apply(self.run, event)
+        self.pending.append(event)
+        if flush:
+            self.flush(force=force)
+        return event
+
+    def flush(self, *, force: bool = False) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        self.log.append(batch)
+        now = self.engine.clock.monotonic()
+        if force or now - self.last_snapshot >= SNAPSHOT_INTERVAL:
+            self.engine.store.write_snapshot(self.run, self.log)
+            self.last_snapshot = now
+        if self.engine.listener:
+            for event in batch:
+                self.engine.listener(self.run, event)
+
+    def context(self) -> dict[str, Any]:
+        run = self.run
+        return {"inputs": run["inputs"], "steps": run["steps"], "callbacks": {},
+                "run": {k: run.get(k) for k in ("id", "flow", "version", "ref", "commit", "started_by", "draft")}}
+
+    # ---- the state machine ----------------------------------------------------
+
+    async def drive(self) -> None:
+        if is_terminal(self.run["status"]):
+            return
+        try:
+            if self.run["status"] == RunStatus.QUEUED.value:
+                self.record("run_started", force=True)
+            index = await self.recover()
+            while index is not None:
+                if index >= len(self.flow.steps):
+                    self.finish(RunStatus.SUCCEEDED)
+                    return
+                step = self.flow.steps[index]
+                if self.run["steps_executed"] >= self.flow.max_steps:
+                    self.finish(RunStatus.FAILED, f"the run executed {self.run['steps_executed']} steps, the "
+                                f"limit (max_steps: {self.flow.max_steps}); is a jump looping?")
+                    return
+                index = self.after(step, await self.run_step(step, attempt=1))
+        except asyncio.CancelledError as exc:
+            reason = str(exc.args[0]) if exc.args and exc.args[0] else "cancelled"
+            self.cancel(reason)
+            raise
+        finally:
+            self.flush(force=True)
+
+    async def recover(self) -> int | None:
+        """Where to go on from: the start, a step interrupted by a crash, or a wait in progress."""
+        current = self.run.get("current_step")
+        if current is None:
+            return 0
+        step = self.flow.step(current)
+        state = self.run["steps"][current]
+        if state["status"] == StepStatus.WAITING.value:
+            return self.after(step, await self.finish_wait(step, parse_rfc3339(state["wake_at"])))
+        if state["status"] == StepStatus.RUNNING.value:
+            policy = step.retry
+            if state.get("retry_at"):
+                await self.engine.clock.sleep(
+                    (parse_rfc3339(state["retry_at"]) - self.engine.clock.now()).total_seconds())
+                return self.after(step, await self.run_step(step, attempt=state["attempts"] + 1))
+            if state["attempts"] < policy.attempts:
+                self.record("step_interrupted", step=step.id, reason="interrupted by a restart; retrying")
+                return self.after(step, await self.run_step(step, attempt=state["attempts"] + 1))
+            self.record("step_finished", step=step.id, status=StepStatus.FAILED.value,
+                        error="interrupted by a restart")
+            return self.after(step, StepStatus.FAILED)
+        return self.after(step, StepStatus(state["status"]))
+
+    def after(self, step: Step, status: StepStatus) -> int | None:
+        """The index of the next step, or None once the run has ended."""
+        if status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
+            return step.index + 1
+        target = step.on_error
+        if target == "continue":
+            return step.index + 1
+        if target == "fail":
+            error = self.run["steps"][step.id].get("error") or status.value
+            self.finish(RunStatus.FAILED, f"step '{step.id}' {status.value}: {error}")
+            return None
+        return self.jump(step, target, f"on_error of '{step.id}'")
+
+    def jump(self, step: Step, target_id: str, reason: str) -> int:
+        target = self.flow.index_of(target_id)
+        self.record("jump", step=step.id, to=target_id, reason=reason, flush=False)
+        for passed in self.flow.steps[step.index + 1:target]:
+            if self.run["steps"][passed.id]["status"] == StepStatus.PENDING.value:
+                self.record("step_skipped", step=passed.id, reason=f"passed over by a jump to '{target_id}'",
+                            by_jump=True, flush=False)
+        self.flush()
+        return target
+
+    def finish(self, status: RunStatus, error: str | None = None) -> None:
+        self.record("run_finished", status=status.value, error=self.engine.masker.mask(error), force=True)
+
+    def cancel(self, reason: str) -> None:
+        self.pending.clear()  # a half-built batch was never acknowledged
+        current = self.run.get("current_step")
+        if current and self.run["steps"][current]["status"] not in {s.value for s in TERMINAL_STEP}:
+            self.record("step_finished", step=current, status=StepStatus.CANCELLED.value, error=reason, flush=False)
+        self.record("run_finished", status=RunStatus.CANCELLED.value, error=reason, force=True)
+
+    # ---- one step -------------------------------------------------------------
+
+    async def run_step(self, step: Step, *, attempt: int) -> StepStatus:
+        context = self.context()
+        if step.condition is not None and attempt == 1:
+            try:
+                wanted = self.engine.evaluator.truthy(step.condition, context, step=step.id)
+            except ExpressionError as exc:
+                self.record("step_started", step=step.id, attempt=1, flush=False)
+                return self.fail(step, exc.message)
+            if not wanted:
+                self.record("step_skipped", step=step.id, reason="its `if` was false", by_jump=False)
+                return StepStatus.SKIPPED
+        kind = load_kind(step.kind)
+        instant = bool(kind and kind.instant)
+        self.record("step_started", step=step.id, attempt=attempt, flush=not instant)
+        if kind is None:
+            return self.fail(step, f"'{step.kind}' steps need the signoff daemon; `--local` runs shell, set, "
+                                   "wait and http steps", retryable=False)
+        policy = step.retry
+        while True:
+            status, error, retryable, outputs = StepStatus.FAILED, "", False, {}
+            try:
+                ctx = self.step_context(step, kind, attempt)
+                if step.timeout:
+                    async with asyncio.timeout(step.timeout):
+                        result = await kind.execute(ctx)
+                else:
+                    result = await kind.execute(ctx)
+                if isinstance(result, Park):
+                    return await self.park(step, kind, ctx, result)
+                return self.succeed(step, result)
+            except StepFailed as exc:
+                error, retryable, outputs = exc.message, exc.retryable, exc.outputs
+            except ExpressionError as exc:
+                error = exc.message
+            except TimeoutError:
+                status, retryable = StepStatus.TIMED_OUT, True
+                error = f"timed out after {format_duration(step.timeout or 0)}"
+            except Exception as exc:  # a bug in a kind must not lose the run
+                log.exception("step %s of run %s raised", step.id, self.run_id,
+                              extra={"event": "step_crashed", "run_id": self.run_id, "step_id": step.id})
+                error = f"internal error in the {step.kind} step: {type(exc).__name__}: {exc}"
+            if not (retryable and attempt < policy.attempts):
+                return self.fail(step, error, status=status, outputs=outputs)
+            delay = policy.delay(attempt, self.engine.rng)
+            retry_at = self.engine.clock.now() + timedelta(seconds=delay)
+            self.record("step_retrying", step=step.id, attempt=attempt, error=self.engine.masker.mask(error),
+                        delay_seconds=round(delay, 3), retry_at=rfc3339(retry_at), force=True)
+            await self.engine.clock.sleep(delay)
+            attempt += 1
+            self.record("step_started", step=step.id, attempt=attempt)
+
+    def step_context(self, step: Step, kind: Any, attempt: int) -> StepContext:
+        context = self.context()
+        evaluator = self.engine.evaluator
+        spec = {}
+        for field, value in step.spec.items():
+            if field in CONTROL_FIELDS:
+                spec[field] = value
+            else:
+                spec[field] = evaluator.render(value, context, shell=field in kind.shell_fields, step=step.id,
+                                               field=field)
+        env = {k: str(evaluator.render(v, context, step=step.id, field=f"env.{k}"))
+               for k, v in {**self.flow.env, **(step.spec.get("env") or {})}.items()}
+        on_output = self.engine.on_output
+        return StepContext(
+            run=self.run, step=step, spec=spec, attempt=attempt, run_dir=self.engine.store.run_dir(self.run_id),
+            work_dir=self.engine.work_dir, env=env, clock=self.engine.clock, store=self.engine.store,
+            config=self.engine.config,
+            on_output=(lambda stream, text: on_output(step.id, stream, text)) if on_output else (lambda s, t: None))
+
+    async def park(self, step: Step, kind: Any, ctx: StepContext, parked: Park) -> StepStatus:
+        self.record("step_waiting", step=step.id, wake_at=rfc3339(parked.wake_at), reason=parked.reason,
+                    force=True)
+        return await self.finish_wait(step, parked.wake_at, kind, ctx)
+
+    async def finish_wait(self, step: Step, wake_at, kind: Any = None, ctx: StepContext | None = None) -> StepStatus:
+        await self.engine.clock.sleep((wake_at - self.engine.clock.now()).total_seconds())
+        kind = kind or load_kind(step.kind)
+        ctx = ctx or self.step_context(step, kind, self.run["steps"][step.id]["attempts"])
+        try:
+            return self.succeed(step, await kind.wake(ctx))
+        except StepFailed as exc:
+            return self.fail(step, exc.message)
+
+    def succeed(self, step: Step, result: Done) -> StepStatus:
+        outputs = self.compact(step, self.engine.masker.mask(result.outputs))
+        self.record("step_finished", step=step.id, status=StepStatus.SUCCEEDED.value, outputs=outputs)
+        return StepStatus.SUCCEEDED
+
+    def fail(self, step: Step, error: str, *, status: StepStatus = StepStatus.FAILED, outputs: dict | None = None,
+             retryable: bool = False) -> StepStatus:
+        outputs = self.compact(step, self.engine.masker.mask(outputs or {}))
+        self.record("step_finished", step=step.id, status=status.value, error=self.engine.masker.mask(error),
+                    outputs=outputs)
+        return status
+
+    def compact(self, step: Step, outputs: dict[str, Any]) -> dict[str, Any]:
+        """Outputs over the threshold become res:// references, so run.json stays small."""
+        import json
+
+        compacted = {}
+        for key, value in outputs.items():
+            if isinstance(value, str):
+                data, media = value.encode(), "text/plain; charset=utf-8"
+            else:
+                data, media = json.dumps(value, default=str).encode(), "application/json"
+            if len(data) > self.engine.output_threshold:
+                value = self.engine.store.put_resource(data, media_type=media, name=f"{step.id}.{key}",
+                                                       run_id=self.run_id, step=step.id,
+                                                       created_at=rfc3339(self.engine.clock.now()))
+            compacted[key] = value
+        return compacted

@@ -1,0 +1,101 @@
+"""The one exception tree of signoff.
+
+    SignoffError                 code, exit_code, message, hint
+    ├── UsageError               wrong arguments or inputs (exit 2)
+    ├── FlowInvalid              a flow file failed validation; carries Problems
+    ├── ConfigError              the daemon/CLI config is wrong or a secret is missing
+    ├── ExpressionError          a ${{ }} expression failed; names step and field
+    ├── NotFound                 a run, flow, resource or connection does not exist
+    ├── StoreError               the data directory cannot be read or written
+    │   └── IntegrityError       an event chain or record was altered
+    ├── RunLocked                another process is advancing the run
+    └── StepFailed               a step's own failure (recorded, never printed raw)
+
+Every error carries what a user needs to fix it: a message, and where it helps a
+hint. The CLI turns any SignoffError into a message and its exit code; nothing
+else reaches the user as a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SignoffError(Exception):
+    code = "error"
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.hint:
+            data["hint"] = self.hint
+        return data
+
+
+class UsageError(SignoffError):
+    code = "usage"
+    exit_code = 2
+
+
+class FlowInvalid(SignoffError):
+    code = "flow_invalid"
+
+    def __init__(self, message: str, problems: list | None = None, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems or []
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["errors"] = [p.to_dict() for p in self.problems]
+        return data
+
+
+class ConfigError(SignoffError):
+    code = "config_invalid"
+
+
+class ExpressionError(SignoffError):
+    code = "expression"
+
+    def __init__(self, message: str, *, step: str | None = None, field: str | None = None,
+                 hint: str | None = None) -> None:
+        where = ".".join(part for part in (step, field) if part)
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.step = step
+        self.field = field
+
+
+class NotFound(SignoffError):
+    code = "not_found"
+
+
+class StoreError(SignoffError):
+    code = "store"
+
+
+class IntegrityError(StoreError):
+    code = "integrity"
+
+
+class RunLocked(SignoffError):
+    code = "run_locked"
+
+
+class StepFailed(SignoffError):
+    """Raised by a step kind; the engine records it as the step's error.
+
+    `retryable=False` marks failures a retry cannot fix (bad configuration,
+    authentication), so the engine does not burn attempts on them.
+    """
+
+    code = "step_failed"
+
+    def __init__(self, message: str, *, retryable: bool = True, outputs: dict | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.outputs = outputs or {}

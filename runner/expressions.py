@@ -1,0 +1,197 @@
+"""`${{ ... }}` expressions: evaluation in a jinja2 sandbox, and shell quoting.
+
+An expression sees plain data only (`inputs`, `steps`, `run`, `callbacks`) and
+cannot reach Python internals, the filesystem or the network: the sandbox
+refuses attribute access to `__class__` and friends, and the operators that can
+build huge values (`*`, `**`) are capped. Values interpolated into a shell
+command are quoted with `shlex.quote` unless written `raw(...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from runner.errors import ExpressionError
+
+EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
+ROOT_NAMES = frozenset({"inputs", "steps", "run", "callbacks", "env"})
+FUNCTIONS = frozenset({"raw", "fromjson", "range", "lipsum", "dict", "cycler", "joiner", "namespace", "true",
+                       "false", "none", "True", "False", "None"})
+MAX_BUILT_LENGTH = 1_000_000
+
+
+class Raw(str):
+    """A value the author asked to splice into a shell command unquoted."""
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):  # noqa: ANN001 - jinja2's signature
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 128:
+            raise SecurityError("exponent too large in expression")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+                    if len(seq) * times > MAX_BUILT_LENGTH:
+                        raise SecurityError("expression would build a value over 1,000,000 items")
+        return super().call_binop(context, operator, left, right)
+
+
+def _fromjson(text: str) -> Any:
+    return json.loads(text)
+
+
+def make_environment() -> ImmutableSandboxedEnvironment:
+    env = _Sandbox(undefined=StrictUndefined, autoescape=False)
+    env.globals = {"raw": lambda value: Raw(to_text(value)), "fromjson": _fromjson,
+                   "range": env.globals["range"], "dict": dict}
+    env.filters["fromjson"] = _fromjson
+    return env
+
+
+def to_text(value: Any) -> str:
+    """How a value reads when spliced into a string."""
+    if isinstance(value, Raw):
+        return str(value)
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)
+
+
+def has_expression(text: Any) -> bool:
+    return isinstance(text, str) and "${{" in text
+
+
+class Evaluator:
+    """Evaluates and renders expressions; compiled expressions are cached."""
+
+    def __init__(self) -> None:
+        self.env = make_environment()
+        self._compiled: dict[str, Any] = {}
+
+    def evaluate(self, expr: str, context: dict[str, Any], *, step: str | None = None,
+                 field: str | None = None) -> Any:
+        compiled = self._compiled.get(expr)
+        try:
+            if compiled is None:
+                compiled = self.env.compile_expression(expr.strip(), undefined_to_none=False)
+                self._compiled[expr] = compiled
+            value = compiled(**context)
+        except UndefinedError as exc:
+            raise ExpressionError(f"${{{{ {expr.strip()} }}}}: {exc.message}", step=step, field=field,
+                                  hint="check the name, or give a fallback with `| default(...)`") from None
+        except SecurityError as exc:
+            raise ExpressionError(f"${{{{ {expr.strip()} }}}} is not allowed: {exc}", step=step,
+                                  field=field) from None
+        except TemplateSyntaxError as exc:
+            raise ExpressionError(f"${{{{ {expr.strip()} }}}}: syntax error: {exc.message}", step=step,
+                                  field=field) from None
+        except Exception as exc:  # an expression is user code: any error it raises is theirs
+            raise ExpressionError(f"${{{{ {expr.strip()} }}}} raised {type(exc).__name__}: {exc}",
+                                  step=step, field=field) from None
+        if isinstance(value, Undefined):
+            raise ExpressionError(f"${{{{ {expr.strip()} }}}}: {value._undefined_message}", step=step,
+                                  field=field, hint="check the name, or give a fallback with `| default(...)`")
+        return value
+
+    def render(self, value: Any, context: dict[str, Any], *, shell: bool = False,
+               step: str | None = None, field: str | None = None) -> Any:
+        """Render every expression inside `value` (recursing into dicts and lists).
+
+        A string that is exactly one expression keeps the expression's type;
+        otherwise results are spliced in as text, shell-quoted when `shell`.
+        """
+        if isinstance(value, dict):
+            return {k: self.render(v, context, shell=shell, step=step, field=f"{field}.{k}" if field else k)
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.render(v, context, shell=shell, step=step, field=f"{field}[{i}]")
+                    for i, v in enumerate(value)]
+        if not has_expression(value):
+            return value
+        whole = EXPRESSION.fullmatch(value.strip())
+        if whole and not shell:
+            result = self.evaluate(whole.group(1), context, step=step, field=field)
+            return str(result) if isinstance(result, Raw) else result
+
+        def splice(match: re.Match) -> str:
+            result = self.evaluate(match.group(1), context, step=step, field=field)
+            text = to_text(result)
+            if shell and not isinstance(result, Raw):
+                return shlex.quote(text)
+            return text
+
+        return EXPRESSION.sub(splice, value)
+
+    def truthy(self, value: Any, context: dict[str, Any], *, step: str | None = None) -> bool:
+        result = self.render(value, context, step=step, field="if")
+        if isinstance(result, str):
+            return result.strip().lower() not in {"", "false", "0", "no", "null", "none"}
+        return bool(result)
+
+
+@dataclass
+class References:
+    """What an expression refers to, for static checks before anything runs."""
+
+    roots: set[str] = field(default_factory=set)
+    inputs: set[str] = field(default_factory=set)
+    steps: set[str] = field(default_factory=set)
+    callbacks: set[str] = field(default_factory=set)
+
+
+def references(env: ImmutableSandboxedEnvironment, expr: str) -> References:
+    """Parse one expression and list the names it reads. Raises ExpressionError on bad syntax."""
+    try:
+        tree = env.parse("{{ " + expr.strip() + " }}")
+    except TemplateSyntaxError as exc:
+        raise ExpressionError(f"syntax error in ${{{{ {expr.strip()} }}}}: {exc.message}") from None
+    refs = References()
+    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    for name in tree.find_all(nodes.Name):
+        if name.ctx == "load" and name.name not in assigned:
+            refs.roots.add(name.name)
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if isinstance(target, nodes.Name) and target.ctx == "load":
+            key = _static_key(node)
+            if key is None:
+                continue
+            bucket = {"inputs": refs.inputs, "steps": refs.steps, "callbacks": refs.callbacks}.get(target.name)
+            if bucket is not None:
+                bucket.add(key)
+    return refs
+
+
+def _static_key(node: nodes.Node) -> str | None:
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        return node.arg.value
+    return None
+
+
+def iter_expressions(value: Any, path: tuple = ()):
+    """Yield (path, expression text) for every `${{ }}` inside a plain value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from iter_expressions(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from iter_expressions(item, path + (index,))
+    elif has_expression(value):
+        for match in EXPRESSION.finditer(value):
+            yield path, match.group(1)

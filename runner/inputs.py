@@ -1,0 +1,70 @@
+"""A run's inputs: parsed from `-i key=value`, defaulted and checked against the flow."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from runner.errors import UsageError
+from runner.model import Flow
+
+
+def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"input {pair!r} is not KEY=VALUE", hint="write e.g. -i order_id=A-1001")
+        key, value = pair.split("=", 1)
+        values[key.strip()] = value
+    return values
+
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    if not isinstance(value, str) or kind == "string":
+        return value
+    try:
+        if kind == "integer":
+            return int(value)
+        if kind == "number":
+            number = float(value)
+            return int(number) if number.is_integer() and "." not in value else number
+        if kind == "boolean":
+            lowered = value.lower()
+            if lowered in ("true", "yes", "1"):
+                return True
+            if lowered in ("false", "no", "0"):
+                return False
+            raise ValueError(value)
+        if kind in ("object", "array"):
+            return json.loads(value)
+    except ValueError:
+        raise UsageError(f"input {name}={value!r} is not a valid {kind}") from None
+    return value
+
+
+def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
+    """Declared inputs only, with defaults applied and types checked."""
+    unknown = sorted(set(given) - set(flow.inputs))
+    if unknown:
+        known = ", ".join(flow.inputs) or "none"
+        raise UsageError(f"flow {flow.name} has no input {', '.join(unknown)}", hint=f"its inputs: {known}")
+    values: dict[str, Any] = {}
+    for name, spec in flow.inputs.items():
+        spec = spec or {}
+        if name in given:
+            values[name] = _coerce(name, spec.get("type", "string"), given[name])
+        elif "default" in spec:
+            values[name] = spec["default"]
+        elif spec.get("required"):
+            raise UsageError(f"flow {flow.name} needs input '{name}'", hint=f"pass -i {name}=...")
+    schema = {"type": "object", "properties": {
+        name: {k: v for k, v in {"type": (spec or {}).get("type", "string"), "enum": (spec or {}).get("enum")}.items()
+               if v is not None} for name, spec in flow.inputs.items()}}
+    errors = sorted(Draft202012Validator(schema).iter_errors(values), key=lambda e: list(e.path))
+    if errors:
+        error = errors[0]
+        where = ".".join(str(p) for p in error.absolute_path)
+        raise UsageError(f"input {where}: {error.message}")
+    return values

@@ -1,0 +1,69 @@
+"""run.json as a fold of the run's events.
+
+The engine changes a run only by appending an event and applying it here, so
+the snapshot can always be rebuilt from events.jsonl: after a crash that left
+the snapshot behind, and by `signoff runs verify` to prove the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.status import RunStatus, StepStatus
+
+RUN_FIELDS = ("id", "flow", "draft", "ref", "version", "commit", "inputs", "started_by", "flow_sha256")
+
+
+def new_step_state() -> dict[str, Any]:
+    return {"status": StepStatus.PENDING.value, "attempts": 0, "started_at": None, "finished_at": None,
+            "outputs": {}, "error": None}
+
+
+def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
+    """Apply one event to the run record in place."""
+    kind, at = event["type"], event["at"]
+    step = run["steps"].get(event["step"]) if "step" in event and run.get("steps") else None
+    run["updated_at"] = at
+    if kind == "run_created":
+        run.update({name: event["run"].get(name) for name in RUN_FIELDS})
+        run.update({"status": RunStatus.QUEUED.value, "created_at": at, "finished_at": None, "error": None,
+                    "current_step": None, "steps_executed": 0,
+                    "steps": {step_id: new_step_state() for step_id in event["run"]["step_ids"]}})
+    elif kind == "run_started":
+        run["status"] = RunStatus.RUNNING.value
+    elif kind == "step_started":
+        if event["attempt"] == 1:
+            step.update(new_step_state())
+            step["started_at"] = at
+            run["steps_executed"] += 1
+        step.update({"status": StepStatus.RUNNING.value, "attempts": event["attempt"], "error": None})
+        run["current_step"] = event["step"]
+        run["status"] = RunStatus.RUNNING.value
+    elif kind == "step_waiting":
+        step.update({"status": StepStatus.WAITING.value, "wake_at": event["wake_at"]})
+        run["status"] = RunStatus.WAITING.value
+    elif kind == "step_retrying":
+        step.update({"status": StepStatus.RUNNING.value, "error": event["error"], "retry_at": event["retry_at"]})
+    elif kind == "step_interrupted":
+        step["error"] = event["reason"]
+    elif kind == "step_finished":
+        step.update({"status": event["status"], "finished_at": at, "outputs": event.get("outputs") or {},
+                     "error": event.get("error")})
+        step.pop("wake_at", None)
+        step.pop("retry_at", None)
+        if run["status"] == RunStatus.WAITING.value:
+            run["status"] = RunStatus.RUNNING.value
+    elif kind == "step_skipped":
+        step.update({"status": StepStatus.SKIPPED.value, "finished_at": at, "error": None,
+                     "skip_reason": event["reason"]})
+    elif kind == "run_finished":
+        run.update({"status": event["status"], "error": event.get("error"), "finished_at": at,
+                    "current_step": None})
+    # other events (jump, output, cancel_requested) are history only
+
+
+def fold(events: list[dict[str, Any]]) -> dict[str, Any]:
+    run: dict[str, Any] = {}
+    for event in events:
+        apply(run, event)
+    return run

@@ -1,0 +1,66 @@
+"""Secret values: resolved from `{env: NAME}` or `{file: PATH}`, and masked everywhere.
+
+Flows never see a secret; connections and channels do. Every output, error and
+log line the engine records passes through a Masker holding the resolved values.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from runner.errors import ConfigError
+
+MASK = "***"
+
+
+def resolve(ref: Any, *, what: str, base_dir: Path | None = None) -> str:
+    """A literal string is returned as is; `{env: X}` / `{file: P}` are looked up."""
+    if isinstance(ref, str):
+        return ref
+    if not isinstance(ref, dict) or len(ref) != 1:
+        raise ConfigError(f"{what}: a secret is written {{env: NAME}} or {{file: PATH}}")
+    if "env" in ref:
+        value = os.environ.get(ref["env"])
+        if value is None:
+            raise ConfigError(f"{what}: environment variable {ref['env']} is not set",
+                              hint=f"export {ref['env']}=... before starting signoff")
+        return value
+    path = Path(ref["file"])
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read secret file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{what}: secret file {path} is readable by others (mode {stat.S_IMODE(mode):o})",
+                          hint=f"chmod 600 {path}")
+    return path.read_text().strip()
+
+
+class Masker:
+    """Replaces every known secret value in strings, recursively, with `***`."""
+
+    def __init__(self, values: list[str] | None = None) -> None:
+        # longest first, so a secret containing another is masked whole; tiny values would mask noise
+        self.values = sorted({v for v in (values or []) if len(v) >= 4}, key=len, reverse=True)
+
+    def add(self, value: str) -> None:
+        self.values = sorted({*self.values, value} if len(value) >= 4 else set(self.values), key=len, reverse=True)
+
+    def mask(self, value: Any) -> Any:
+        if not self.values or value is None:
+            return value
+        if isinstance(value, str):
+            for secret in self.values:
+                if secret in value:
+                    value = value.replace(secret, MASK)
+            return value
+        if isinstance(value, dict):
+            return {k: self.mask(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.mask(v) for v in value]
+        return value

@@ -1,0 +1,16 @@
+"""`set`: computes values from expressions; no I/O. Outputs are the values."""
+
+from __future__ import annotations
+
+from runner.steps import Done, StepContext
+
+
+class SetKind:
+    instant = True
+    shell_fields = ()
+
+    async def execute(self, ctx: StepContext) -> Done:
+        return Done(dict(ctx.spec["values"]))
+
+
+KIND = SetKind()

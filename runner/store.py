@@ -1,0 +1,354 @@
+"""Run directories, event logs and resources on disk (DESIGN §4).
+
+    <data>/runs/<run-id>/run.json      snapshot, replaced atomically (tmp + fsync + rename)
+    <data>/runs/<run-id>/events.jsonl  append-only, fsynced, each line chained to the last
+    <data>/runs/<run-id>/flow.yaml     the exact flow source the run executes
+    <data>/resources/<sha256>          content-addressed blobs, with <sha256>.json metadata
+
+Readers never lock; the one writer of a run holds `runs/<id>/lock` (fcntl).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+from runner import record
+from runner.errors import IntegrityError, NotFound, RunLocked, StoreError
+
+GENESIS = "0" * 64
+RUN_ID = re.compile(r"^[0-9]{8}t[0-9]{6}z-[0-9a-f]{8}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+RES_PREFIX = "res://"
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EventLog:
+    """The append-only, hash-chained history of one run. One writer at a time."""
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.count = 0
+        self.last_sha256 = GENESIS
+        self._recover_tail()
+        self._handle: BinaryIO = open(path, "ab")
+
+    def _recover_tail(self) -> None:
+        """Count lines and drop a torn last line left by a crash mid-write (it was never acknowledged)."""
+        if not self.path.exists():
+            return
+        good = 0
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break
+                good += len(line)
+                self.count += 1
+                self.last_sha256 = hashlib.sha256(line[:-1]).hexdigest()
+        if good != self.path.stat().st_size:
+            os.truncate(self.path, good)
+
+    @property
+    def size(self) -> int:
+        return self._handle.tell()
+
+    def append(self, events: list[dict[str, Any]]) -> None:
+        """Chain, write and (by default) fsync a batch of events in one write."""
+        lines = []
+        for event in events:
+            event["seq"] = self.count
+            event["prev"] = self.last_sha256
+            line = _dumps(event).encode()
+            self.last_sha256 = hashlib.sha256(line).hexdigest()
+            self.count += 1
+            lines.append(line + b"\n")
+        self._handle.write(b"".join(lines))
+        self._handle.flush()
+        if self.fsync:
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+@dataclass
+class Verification:
+    run_id: str
+    events: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": self.run_id, "ok": self.ok, "events": self.events, "problems": self.problems}
+
+
+class RunLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise RunLocked(f"run {self.path.parent.name} is being advanced by another process",
+                            hint="wait for it, or stop the daemon that owns it") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class Store:
+    def __init__(self, data_dir: str | Path, *, fsync: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.runs_dir = self.data_dir / "runs"
+        self.resources_dir = self.data_dir / "resources"
+        self.fsync = fsync
+
+    # ---- runs -------------------------------------------------------------
+
+    def new_run_id(self, now: datetime) -> str:
+        """`20261124t190812z-3f9a2c1b`: sorts by creation time to the microsecond."""
+        stamp = now.strftime("%Y%m%dt%H%M%Sz")
+        return f"{stamp}-{now.microsecond:05x}{secrets.randbelow(16 ** 3):03x}"
+
+    def create_run_dir(self, now: datetime, flow_source: str) -> str:
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.runs_dir}: {exc.strerror}",
+                             hint="check the data directory (--data / SIGNOFF_DATA) is writable") from None
+        for _ in range(100):
+            run_id = self.new_run_id(now)
+            try:
+                (self.runs_dir / run_id).mkdir()
+            except FileExistsError:
+                continue
+            atomic_write(self.runs_dir / run_id / "flow.yaml", flow_source.encode(), fsync=self.fsync)
+            return run_id
+        raise StoreError("could not allocate a run id")
+
+    def run_dir(self, run_id: str) -> Path:
+        if not RUN_ID.match(run_id or ""):
+            raise NotFound(f"{run_id!r} is not a run id", hint="run ids look like 20261124t190812z-3f9a2c1b")
+        path = self.runs_dir / run_id
+        if not path.is_dir():
+            raise NotFound(f"no run {run_id} in {self.data_dir}", hint="list runs with `signoff runs list`")
+        return path
+
+    def open_log(self, run_id: str) -> EventLog:
+        return EventLog(self.run_dir(run_id) / "events.jsonl", fsync=self.fsync)
+
+    def lock(self, run_id: str) -> RunLock:
+        return RunLock(self.run_dir(run_id) / "lock")
+
+    def flow_source(self, run_id: str) -> str:
+        return (self.run_dir(run_id) / "flow.yaml").read_text()
+
+    def write_snapshot(self, run: dict[str, Any], log: EventLog) -> None:
+        run["events"] = {"count": log.count, "last_sha256": log.last_sha256, "bytes": log.size}
+        atomic_write(self.run_dir(run["id"]) / "run.json", (_dumps(run) + "\n").encode(), fsync=self.fsync)
+
+    def read_snapshot(self, run_id: str) -> dict[str, Any]:
+        path = self.run_dir(run_id) / "run.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"run {run_id} has no run.json yet") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{path} is not valid JSON: {exc}",
+                                 hint=f"`signoff runs verify {run_id}` rebuilds it from events") from None
+
+    def read_run(self, run_id: str) -> dict[str, Any]:
+        """The current record: the snapshot plus any events written after it."""
+        try:
+            run = self.read_snapshot(run_id)
+        except (NotFound, IntegrityError):
+            run = record.fold(list(self.read_events(run_id)))
+            if not run:
+                raise
+            return run
+        offset = run.get("events", {}).get("bytes", 0)
+        tail = list(self._events_from(run_id, offset))
+        for event in tail:
+            record.apply(run, event)
+        return run
+
+    def _events_from(self, run_id: str, offset: int) -> Iterator[dict[str, Any]]:
+        path = self.run_dir(run_id) / "events.jsonl"
+        if not path.exists():
+            return
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            for line in handle:
+                if line.endswith(b"\n"):
+                    yield json.loads(line)
+
+    def read_events(self, run_id: str, *, after: int = -1) -> Iterator[dict[str, Any]]:
+        for event in self._events_from(run_id, 0):
+            if event.get("seq", 0) > after:
+                yield event
+
+    def list_runs(self, *, flow: str | None = None, status: str | None = None, draft: bool | None = None,
+                  limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first, reading snapshots only (never event logs)."""
+        if not self.runs_dir.is_dir():
+            return []
+        found = []
+        for name in sorted(os.listdir(self.runs_dir), reverse=True):
+            if not RUN_ID.match(name):
+                continue
+            try:
+                run = self.read_snapshot(name)
+            except (NotFound, IntegrityError):
+                continue
+            if flow and run.get("flow") != flow or status and run.get("status") != status:
+                continue
+            if draft is not None and bool(run.get("draft")) != draft:
+                continue
+            found.append(run)
+            if len(found) >= limit:
+                break
+        return found
+
+    def verify(self, run_id: str) -> Verification:
+        """Check the event chain, and that run.json is exactly the fold of the events it claims."""
+        result = Verification(run_id)
+        path = self.run_dir(run_id) / "events.jsonl"
+        prev, events = GENESIS, []
+        hashes: list[str] = []
+        data = path.read_bytes() if path.exists() else b""
+        if data and not data.endswith(b"\n"):
+            result.problems.append("events.jsonl ends in a partial line (truncated or torn write)")
+        for number, line in enumerate(data.split(b"\n")[:-1] if data else [], start=1):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                result.problems.append(f"events.jsonl line {number} is not valid JSON")
+                break
+            if event.get("prev") != prev or event.get("seq") != number - 1:
+                result.problems.append(f"events.jsonl line {number} does not chain to line {number - 1} "
+                                       "(an event was edited, removed or reordered)")
+                break
+            prev = hashlib.sha256(line).hexdigest()
+            hashes.append(prev)
+            events.append(event)
+        result.events = len(events)
+        try:
+            snapshot = self.read_snapshot(run_id)
+        except (NotFound, IntegrityError) as exc:
+            result.problems.append(exc.message)
+            return result
+        claimed = snapshot.get("events", {})
+        count = claimed.get("count", 0)
+        if count > len(hashes) or (count and hashes[count - 1] != claimed.get("last_sha256")):
+            result.problems.append(f"run.json records {count} events ending in {claimed.get('last_sha256', '')[:12]}, "
+                                   f"but events.jsonl has {len(hashes)} valid ones (truncated or altered)")
+            return result
+        if snapshot.get("finished_at") and count != len(events):
+            result.problems.append(f"the run finished after {count} events but events.jsonl has {len(events)}")
+        rebuilt = record.fold(events[:count])
+        rebuilt["events"] = claimed
+        if json.loads(_dumps(rebuilt)) != snapshot:
+            differing = sorted(k for k in set(rebuilt) | set(snapshot) if rebuilt.get(k) != snapshot.get(k))
+            result.problems.append(f"run.json does not match its events (differs in: {', '.join(differing)})")
+        return result
+
+    # ---- resources ----------------------------------------------------------
+
+    def put_resource(self, data: bytes | Path, *, media_type: str = "application/octet-stream",
+                     name: str | None = None, run_id: str | None = None, step: str | None = None,
+                     created_at: str | None = None) -> str:
+        """Store bytes (or a file's bytes, streamed) by content; return `res://<sha256>`."""
+        self.resources_dir.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=self.resources_dir, prefix=".incoming-")
+        size = 0
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(data, Path):
+                with open(data, "rb") as source:
+                    while chunk := source.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+            else:
+                digest.update(data)
+                out.write(data)
+                size = len(data)
+            out.flush()
+            if self.fsync:
+                os.fsync(out.fileno())
+        sha = digest.hexdigest()
+        target = self.resources_dir / sha
+        if target.exists():
+            os.unlink(tmp_name)
+        else:
+            os.replace(tmp_name, target)
+        meta_path = self.resources_dir / f"{sha}.json"
+        if not meta_path.exists():
+            meta = {"sha256": sha, "size": size, "media_type": media_type, "name": name, "run": run_id,
+                    "step": step, "created_at": created_at}
+            atomic_write(meta_path, (_dumps(meta) + "\n").encode(), fsync=self.fsync)
+        return RES_PREFIX + sha
+
+    def resource_path(self, ref: str) -> Path:
+        sha = ref[len(RES_PREFIX):] if ref.startswith(RES_PREFIX) else ref
+        if not SHA256.match(sha):
+            raise NotFound(f"{ref!r} is not a resource reference", hint="resources look like res://<64 hex digits>")
+        path = self.resources_dir / sha
+        if not path.is_file():
+            raise NotFound(f"no resource {sha} in {self.data_dir}")
+        return path
+
+    def resource_meta(self, ref: str) -> dict[str, Any]:
+        path = self.resource_path(ref)
+        try:
+            return json.loads(path.with_name(path.name + ".json").read_text())
+        except (OSError, ValueError):
+            return {"sha256": path.name, "size": path.stat().st_size, "media_type": "application/octet-stream"}
+
+    def copy_resource(self, ref: str, out: BinaryIO) -> int:
+        with open(self.resource_path(ref), "rb") as source:
+            shutil.copyfileobj(source, out)
+            return source.tell()
