@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import secrets
-from runner.errors import ConfigError
+from runner.errors import ConfigError, StepFailed
 from runner.schemas import schema_problems
 from runner.secrets import Masker
 from runner.yamldoc import DocumentError, read_file
@@ -44,8 +44,6 @@ class Config:
 
     def connection(self, name: str, *, draft: bool) -> Connection:
         """The connection a step named, refusing live-only ones for drafts before any I/O."""
-        from runner.errors import StepFailed
-
         conn = self.connections.get(name)
         if conn is None:
             raise StepFailed(f"connection '{name}' is not defined in the config", retryable=False)

@@ -10,6 +10,7 @@ here: callers hand in a Store, a Clock and the config.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from datetime import timedelta
@@ -234,7 +235,7 @@ class _Driver:
         self.record("step_started", step=step.id, attempt=attempt, flush=not instant)
         if kind is None:
             return self.fail(step, f"'{step.kind}' steps need the signoff daemon; `--local` runs shell, set, "
-                                   "wait and http steps", retryable=False)
+                                   "wait and http steps")
         policy = step.retry
         while True:
             status, error, retryable, outputs = StepStatus.FAILED, "", False, {}
@@ -307,8 +308,8 @@ class _Driver:
         self.record("step_finished", step=step.id, status=StepStatus.SUCCEEDED.value, outputs=outputs)
         return StepStatus.SUCCEEDED
 
-    def fail(self, step: Step, error: str, *, status: StepStatus = StepStatus.FAILED, outputs: dict | None = None,
-             retryable: bool = False) -> StepStatus:
+    def fail(self, step: Step, error: str, *, status: StepStatus = StepStatus.FAILED,
+             outputs: dict | None = None) -> StepStatus:
         outputs = self.compact(step, self.engine.masker.mask(outputs or {}))
         self.record("step_finished", step=step.id, status=status.value, error=self.engine.masker.mask(error),
                     outputs=outputs)
@@ -316,8 +317,6 @@ class _Driver:
 
     def compact(self, step: Step, outputs: dict[str, Any]) -> dict[str, Any]:
         """Outputs over the threshold become res:// references, so run.json stays small."""
-        import json
-
         compacted = {}
         for key, value in outputs.items():
             if isinstance(value, str):
