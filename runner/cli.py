@@ -19,7 +19,9 @@ from typing import Any, Callable
 import click
 
 from runner import __version__, render, releases
+from runner.client import Client
 from runner.config import load_config
+from runner.record import apply as apply_event
 from runner.engine import Engine
 from runner.errors import SignoffError, UsageError
 from runner.flowfile import check_file, expand_paths, find_flow_file, load_flow_bytes
@@ -33,6 +35,7 @@ class Env:
     def __init__(self, data: str | None, repo: str | None, config: str | None) -> None:
         self.repo = Path(repo).resolve() if repo else releases.find_root(Path.cwd())
         self.data = Path(data) if data else Path(".signoff")
+        self.data_given = bool(data)
         self.config_path = config
 
     @property
@@ -123,17 +126,26 @@ def _check_at_ref(env: Env, ref: str, relative: Path, cfg: Any):
 @click.option("--inputs-file", type=click.File("r"), help="A JSON (or YAML) file of inputs.")
 @click.option("--ref", help="Run the flow as committed on this branch, tag or commit (a draft run).")
 @click.option("--local", is_flag=True, help="Run in this process, from the working tree (or --ref).")
+@click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL", help="The daemon [env: SIGNOFF_SERVER].")
 @click.option("--follow/--no-follow", default=True, help="Show steps live as they happen (default).")
 @common
-def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: bool, follow: bool,
-        data, repo, config, as_json: bool) -> None:
-    """Start a run of FLOW (a name in flows/ or a path) and wait for it to end.
+def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: bool, server: str | None,
+        follow: bool, data, repo, config, as_json: bool) -> None:
+    """Start a run of FLOW through the daemon (or in this process with --local).
 
-    JSON: the run record (as in run.json). Exit 0 if the run succeeded, 1 otherwise.
+    With --follow (the default) it shows each step as it happens and waits for the
+    end. JSON: the final run record. Exit 0 if the run succeeded, 1 otherwise.
     """
-    if not local:
-        raise UsageError("there is no daemon to send this run to", hint="add --local to run it in this process")
     env = Env(data, repo, config)
+    if not local:
+        given = _inputs_from(inputs_file, pairs)
+        with Client(server, env.data) as client:
+            _, record = client.call("POST", f"/api/v1/flows/{flow}/runs", json={"inputs": given, "ref": ref})
+            if follow:
+                record = _follow(client, record, show=not as_json)
+        emit(as_json, record, render.run_detail(record) if follow else f"started run {record['id']}",
+             exit_code=(0 if record["status"] == "succeeded" else 1) if follow else 0)
+        return
     cfg = env.config()
     path = find_flow_file(env.flows_dir, flow) if not ref else None
     if ref:
@@ -144,6 +156,18 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
         source = releases.working_tree(env.repo, path)
         expect = path.stem
     parsed = load_flow_bytes(source.data, source.label, expect_name=expect, config=cfg)
+    values = resolve_inputs(parsed, _inputs_from(inputs_file, pairs))
+    progress = render.Progress(show_output=follow and not as_json)
+    engine = Engine(env.store(), work_dir=env.repo, config=cfg, masker=cfg.masker,
+                    listener=progress if follow else None, on_output=progress.output)
+    run_id = engine.create_run(parsed, values, started_by=getpass.getuser(), draft=True, ref=source.ref,
+                               commit=source.commit)
+    record = asyncio.run(_advance_interruptibly(engine, run_id))
+    emit(as_json, record, "" if follow else render.run_detail(record),
+         exit_code=0 if record["status"] == "succeeded" else 1)
+
+
+def _inputs_from(inputs_file, pairs: tuple[str, ...]) -> dict[str, Any]:
     given: dict[str, Any] = {}
     if inputs_file:
         from ruamel.yaml import YAML
@@ -153,15 +177,24 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
             raise UsageError("--inputs-file must hold a mapping of input names to values")
         given.update(loaded)
     given.update(parse_pairs(pairs))
-    values = resolve_inputs(parsed, given)
-    progress = render.Progress(show_output=follow and not as_json)
-    engine = Engine(env.store(), work_dir=env.repo, config=cfg, masker=cfg.masker,
-                    listener=progress if follow else None, on_output=progress.output)
-    run_id = engine.create_run(parsed, values, started_by=getpass.getuser(), draft=True, ref=source.ref,
-                               commit=source.commit)
-    record = asyncio.run(_advance_interruptibly(engine, run_id))
-    emit(as_json, record, "" if follow else render.run_detail(record),
-         exit_code=0 if record["status"] == "succeeded" else 1)
+    return given
+
+
+def _follow(client: Client, record: dict, *, show: bool) -> dict:
+    """Print the run's events as they happen (long-polling the daemon) until it ends."""
+    progress = render.Progress(show_output=show)
+    folded: dict = {}
+    seq = -1
+    while True:
+        _, page = client.call("GET", f"/api/v1/runs/{record['id']}/events", params={"after": seq, "wait": 20})
+        for event in page["events"]:
+            apply_event(folded, event)
+            if show:
+                progress(folded, event)
+            seq = event["seq"]
+        if folded.get("status") and folded["status"] not in ("queued", "running", "waiting"):
+            _, final = client.call("GET", f"/api/v1/runs/{record['id']}")
+            return final
 
 
 async def _advance_interruptibly(engine: Engine, run_id: str) -> dict:
@@ -246,6 +279,93 @@ def resource_get(ref, output, data, repo, config, as_json) -> None:
         emit(as_json, {**meta, "written_to": output}, f"wrote {meta['size']:,} bytes to {output}")
     else:
         store.copy_resource(ref, sys.stdout.buffer)
+
+
+def server_option(func: Callable) -> Callable:
+    return click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL",
+                        help="The daemon [env: SIGNOFF_SERVER; default http://127.0.0.1:8080; token: SIGNOFF_TOKEN].")(func)
+
+
+def _decide(decision: str, run_id: str, step: str, comment: str | None, pairs: tuple[str, ...], context_sha256,
+            server, data, repo, config, as_json: bool) -> None:
+    env = Env(data, repo, config)
+    body = {"decision": decision, "comment": comment, "inputs": parse_pairs(pairs) if pairs else {},
+            "context_sha256": context_sha256}
+    with Client(server, env.data) as client:
+        _, answer = client.call("POST", f"/api/v1/runs/{run_id}/steps/{step}/decision", json=body)
+    verb = {"approve": "approved", "reject": "rejected", "request_changes": "requested changes on"}[decision]
+    state = "decided" if answer["final"] else "recorded; more approvals needed"
+    emit(as_json, answer, f"{verb} {run_id} / {step} ({state}); run is {answer['run']['status']}")
+
+
+def decision_command(name: str, decision: str, summary: str) -> None:
+    @cli.command(name, help=summary + "\n\nJSON: {accepted, final, decision, run}.")
+    @click.argument("run_id")
+    @click.argument("step")
+    @click.option("--comment", "-m", help="Why (some steps require it).")
+    @click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE", help="A reviewer input (repeatable).")
+    @click.option("--context-sha256", help="The context hash you reviewed; refused if the context changed since.")
+    @server_option
+    @common
+    def command(run_id, step, comment, pairs, context_sha256, server, data, repo, config, as_json) -> None:
+        _decide(decision, run_id, step, comment, pairs, context_sha256, server, data, repo, config, as_json)
+
+
+decision_command("approve", "approve", "Approve a waiting approval step.")
+decision_command("reject", "reject", "Reject a waiting approval step (the run goes to on_reject, or ends rejected).")
+decision_command("request-changes", "request_changes",
+                 "Send a step back: the run reruns from the step's rewind_to, with your comment.")
+
+
+@cli.command()
+@server_option
+@common
+def pending(server, data, repo, config, as_json) -> None:
+    """Approvals waiting for me. JSON: {user, pending: [{run, flow, step, started_by, context, context_sha256,
+    deadline, approvals, min_approvals, url}]}."""
+    with Client(server, Env(data, repo, config).data) as client:
+        _, answer = client.call("GET", "/api/v1/pending")
+    rows = [[p["run"], p["flow"], p["step"], p["started_by"], p["deadline"], render.short(p.get("context") or "", 50)]
+            for p in answer["pending"]]
+    emit(as_json, answer, render.table(rows, ["RUN", "FLOW", "STEP", "STARTED BY", "DEADLINE", "CONTEXT"])
+         if rows else f"nothing waits for {answer['user']}")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--data", "payload", required=True, metavar="JSON|@FILE", help="The JSON body, or @file to read it.")
+@server_option
+def callback(target, payload, server) -> None:
+    """Post a callback to a URL or token (as an external worker would). JSON: the daemon's answer."""
+    body = Path(payload[1:]).read_bytes() if payload.startswith("@") else payload.encode()
+    url = target if "://" in target else None
+    token = target.rstrip("/").rsplit("/", 1)[-1]
+    with Client(url.rsplit("/callbacks/", 1)[0] if url else server, Path(".")) as client:
+        status, answer = client.call("POST", f"/callbacks/{token}", content=body,
+                                     headers={"Content-Type": "application/json"})
+    click.echo(json.dumps({**answer, "status": status}, indent=2))
+
+
+@cli.command()
+@click.argument("run_id")
+@server_option
+@common
+def cancel(run_id, server, data, repo, config, as_json) -> None:
+    """Cancel a run (a running command's process group is killed). JSON: the run record."""
+    with Client(server, Env(data, repo, config).data) as client:
+        _, record = client.call("POST", f"/api/v1/runs/{run_id}/cancel")
+    emit(as_json, record, f"run {run_id} is {record['status']}")
+
+
+@cli.command()
+@click.option("--host", help="Address to listen on [default: config server.host or 127.0.0.1].")
+@click.option("--port", type=int, help="Port [default: config server.port or 8080].")
+@common
+def serve(host, port, data, repo, config, as_json) -> None:
+    """Run the daemon: the API, the engine, timers and notifications, until SIGTERM."""
+    from runner.serve import serve as run_daemon
+
+    run_daemon(Env(data, repo, config), host=host, port=port)
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: invalid config\n" + "\n".join(str(p) for p in problems))
     data = doc.plain
     base = path.parent
-    config = Config(path=path, data=data, channels=dict(data.get("channels") or {}))
+    config = Config(path=path, data=data)
     found: list[str] = []
     for name, ref in (data.get("secrets") or {}).items():
         config.secrets[name] = secrets.resolve(ref, what=f"secrets.{name}", base_dir=base)
@@ -82,5 +82,12 @@ def load_config(path: str | Path | None) -> Config:
                                                               base_dir=base)
                 found.append(values[f"headers.{header}"])
         config.connections[name] = Connection(name, spec["kind"], spec, values)
+    for name, spec in (data.get("channels") or {}).items():
+        resolved = dict(spec)
+        for key in ("url", "password"):
+            if key in spec and not isinstance(spec[key], str):
+                resolved[key] = secrets.resolve(spec[key], what=f"channels.{name}.{key}", base_dir=base)
+                found.append(resolved[key])
+        config.channels[name] = resolved
     config.masker = Masker(found)
     return config

@@ -4,7 +4,11 @@ Every change to a run is an event appended to its log (fsynced) and applied
 to the in-memory record by `runner.record`; the snapshot (run.json) is
 rewritten when the run's status changes and at most every 200 ms in between,
 so one transition costs O(1) however long the run gets. No HTTP, git or CLI
-here: callers hand in a Store, a Clock and the config.
+here: callers hand in a Store, a Clock, the config and the users.
+
+`advance(hold=True)` runs to the end in this process, sleeping through waits
+(`signoff run --local`); `hold=False` returns as soon as the run parks, for
+the daemon, which comes back when a timer fires or `deliver` ends a wait.
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ import asyncio
 import json
 import logging
 import random
+import secrets as random_tokens
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
 from runner import record
-from runner.errors import ExpressionError, FlowInvalid, StepFailed
+from runner.errors import Conflict, ExpressionError, FlowInvalid, NotFound, StepFailed
 from runner.expressions import Evaluator
 from runner.flowfile import load_flow_bytes
 from runner.model import Flow, Step
 from runner.secrets import Masker
 from runner.status import RunStatus, StepStatus, TERMINAL_STEP, is_terminal
-from runner.steps import Done, Park, StepContext, load_kind
+from runner.steps import Done, Expired, Park, Receipt, StepContext, load_kind
 from runner.store import EventLog, Store
 from runner.timeutil import Clock, format_duration, parse_rfc3339, rfc3339
 
@@ -33,8 +38,10 @@ log = logging.getLogger(__name__)
 OUTPUT_THRESHOLD = 64 * 1024
 SNAPSHOT_INTERVAL = 0.2
 CONTROL_FIELDS = frozenset({"id", "kind", "name", "if", "retry", "timeout", "on_error", "on_timeout", "on_reject",
-                            "rewind_to"})
+                            "rewind_to", "context"})
 Listener = Callable[[dict, dict], None]
+PARKED = "parked"
+SHUTDOWN = "daemon shutting down"  # a cancel with this reason leaves the run resumable, not cancelled
 
 
 class Engine:
@@ -43,7 +50,7 @@ class Engine:
     def __init__(self, store: Store, *, work_dir: str | Path = ".", config: Any = None, clock: Clock | None = None,
                  masker: Masker | None = None, output_threshold: int = OUTPUT_THRESHOLD,
                  listener: Listener | None = None, on_output: Callable[[str, str, str], None] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, users: Any = None, public_url: str | None = None) -> None:
         self.store = store
         self.work_dir = Path(work_dir)
         self.config = config
@@ -53,39 +60,75 @@ class Engine:
         self.listener = listener
         self.on_output = on_output
         self.rng = rng or random.Random()
+        self.users = users
+        self.public_url = public_url.rstrip("/") if public_url else None
         self.evaluator = Evaluator()
+
+    def callback_url(self, token: str) -> str | None:
+        return f"{self.public_url}/callbacks/{token}" if self.public_url else None
 
     def create_run(self, flow: Flow, inputs: dict[str, Any], *, started_by: str, draft: bool = True,
                    ref: str | None = None, version: str | None = None, commit: str | None = None) -> str:
-        """Make the run directory, keep the flow source, and record `run_created`."""
+        """Make the run directory, keep the flow source, mint callback tokens, record `run_created`."""
         run_id = self.store.create_run_dir(self.clock.now(), flow.source)
+        tokens = {s.id: random_tokens.token_urlsafe(32) for s in flow.steps if s.kind == "callback"}
+        for step_id, token in tokens.items():
+            self.store.index_callback(token, run_id, step_id)
         with self.store.lock(run_id):
             driver = _Driver(self, run_id, {}, flow, self.store.open_log(run_id))
             try:
                 driver.record("run_created", run={
                     "id": run_id, "flow": flow.name, "draft": draft, "ref": ref, "version": version,
                     "commit": commit, "inputs": inputs, "started_by": started_by, "flow_sha256": flow.sha256,
-                    "step_ids": [s.id for s in flow.steps]}, force=True)
+                    "step_ids": [s.id for s in flow.steps], "callbacks": tokens}, force=True)
             finally:
                 driver.log.close()
         return run_id
 
-    async def advance(self, run_id: str) -> dict[str, Any]:
-        """Run `run_id` until it ends (waits are slept through in this process). Returns the record.
+    async def advance(self, run_id: str, *, hold: bool = True) -> dict[str, Any]:
+        """Advance `run_id` until it ends (or, with hold=False, until it parks). Returns the record.
 
         Cancelling the calling task cancels the run: the running step's process is
         killed and the run is recorded `cancelled` before the cancellation propagates.
         """
         with self.store.lock(run_id):
-            log_file = self.store.open_log(run_id)
-            try:
-                run = self.store.read_run(run_id)
-                flow = self._flow_of(run_id)
-                driver = _Driver(self, run_id, run, flow, log_file)
-                await driver.drive()
+            with self._driver(run_id) as driver:
+                await driver.drive(hold=hold)
                 return driver.run
-            finally:
-                log_file.close()
+
+    def deliver(self, run_id: str, step_id: str, message: dict[str, Any]) -> tuple[Receipt, dict[str, Any]]:
+        """Hand an outside message (a decision, a callback) to a waiting step's kind.
+
+        The kind checks it (raising Forbidden, Conflict, Invalid...); what it accepts is
+        recorded and fsynced before this returns, so the caller may acknowledge it.
+        """
+        with self.store.lock(run_id):
+            with self._driver(run_id) as driver:
+                receipt = driver.deliver(step_id, message)
+                return receipt, driver.run
+
+    def cancel(self, run_id: str, reason: str) -> dict[str, Any]:
+        """Cancel a run nobody is advancing (queued or waiting)."""
+        with self.store.lock(run_id):
+            with self._driver(run_id) as driver:
+                if is_terminal(driver.run["status"]):
+                    raise Conflict(f"run {run_id} already ended {driver.run['status']}")
+                driver.cancel(reason)
+                return driver.run
+
+    def note(self, run_id: str, kind: str, **fields: Any) -> None:
+        """Append a history-only event (a notification's delivery, say)."""
+        with self.store.lock(run_id):
+            with self._driver(run_id) as driver:
+                driver.record(kind, **self.masker.mask(fields))
+
+    def _driver(self, run_id: str) -> "_Driver":
+        log_file = self.store.open_log(run_id)
+        try:
+            return _Driver(self, run_id, self.store.read_run(run_id), self._flow_of(run_id), log_file)
+        except BaseException:
+            log_file.close()
+            raise
 
     def _flow_of(self, run_id: str) -> Flow:
         source = self.store.flow_source(run_id).encode()
@@ -106,6 +149,17 @@ class _Driver:
         self.log = log_file
         self.pending: list[dict] = []
         self.last_snapshot = float("-inf")
+        self.behind = False  # events on disk that run.json does not reflect yet
+        self.hold = True
+
+    def __enter__(self) -> "_Driver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.flush(force=True)
+        finally:
+            self.log.close()
 
     # ---- bookkeeping ----------------------------------------------------------
 
@@ -118,33 +172,37 @@ class _Driver:
         return event
 
     def flush(self, *, force: bool = False) -> None:
-        if not self.pending:
-            return
+        """Append pending events (one write, one fsync); snapshot if forced or due."""
         batch, self.pending = self.pending, []
-        self.log.append(batch)
+        if batch:
+            self.log.append(batch)
+            self.behind = True
         now = self.engine.clock.monotonic()
-        if force or now - self.last_snapshot >= SNAPSHOT_INTERVAL:
+        if self.behind and (force or now - self.last_snapshot >= SNAPSHOT_INTERVAL):
             self.engine.store.write_snapshot(self.run, self.log)
-            self.last_snapshot = now
+            self.last_snapshot, self.behind = now, False
         if self.engine.listener:
             for event in batch:
                 self.engine.listener(self.run, event)
 
     def context(self) -> dict[str, Any]:
         run = self.run
-        return {"inputs": run["inputs"], "steps": run["steps"], "callbacks": {},
+        callbacks = {step_id: {"url": self.engine.callback_url(token)}
+                     for step_id, token in (run.get("callbacks") or {}).items()}
+        return {"inputs": run["inputs"], "steps": run["steps"], "callbacks": callbacks,
                 "run": {k: run.get(k) for k in ("id", "flow", "version", "ref", "commit", "started_by", "draft")}}
 
     # ---- the state machine ----------------------------------------------------
 
-    async def drive(self) -> None:
+    async def drive(self, *, hold: bool) -> None:
         if is_terminal(self.run["status"]):
             return
+        self.hold = hold
         try:
             if self.run["status"] == RunStatus.QUEUED.value:
                 self.record("run_started", force=True)
             index = await self.recover()
-            while index is not None:
+            while index is not None and index != PARKED:
                 if index >= len(self.flow.steps):
                     self.finish(RunStatus.SUCCEEDED)
                     return
@@ -156,12 +214,13 @@ class _Driver:
                 index = self.after(step, await self.run_step(step, attempt=1))
         except asyncio.CancelledError as exc:
             reason = str(exc.args[0]) if exc.args and exc.args[0] else "cancelled"
-            self.cancel(reason)
+            if reason != SHUTDOWN:
+                self.cancel(reason)
             raise
         finally:
             self.flush(force=True)
 
-    async def recover(self) -> int | None:
+    async def recover(self) -> int | str | None:
         """Where to go on from: the start, a step interrupted by a crash, or a wait in progress."""
         current = self.run.get("current_step")
         if current is None:
@@ -184,16 +243,37 @@ class _Driver:
             return self.after(step, StepStatus.FAILED)
         return self.after(step, StepStatus(state["status"]))
 
-    def after(self, step: Step, status: StepStatus) -> int | None:
-        """The index of the next step, or None once the run has ended."""
+    def after(self, step: Step, status: StepStatus | str) -> int | str | None:
+        """The index of the next step, PARKED, or None once the run has ended."""
+        if status == PARKED:
+            return PARKED
+        state = self.run["steps"][step.id]
         if status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
             return step.index + 1
+        if state.get("decision") == "request_changes" and step.spec.get("rewind_to"):
+            return self.jump(step, step.spec["rewind_to"], f"changes requested at '{step.id}'")
+        kind = load_kind(step.kind)
+        if status == StepStatus.TIMED_OUT and getattr(kind, "waits", False):
+            target = step.spec.get("on_timeout", "fail")
+            if target == "fail":
+                self.finish(RunStatus.TIMED_OUT, f"step '{step.id}' timed out: {state.get('error')}")
+                return None
+            if target != "reject":
+                return self.jump(step, target, f"on_timeout of '{step.id}'")
+            status = StepStatus.REJECTED
+        if status == StepStatus.REJECTED:
+            if step.spec.get("on_reject"):
+                return self.jump(step, step.spec["on_reject"], f"on_reject of '{step.id}'")
+            self.finish(RunStatus.REJECTED, f"step '{step.id}' was rejected"
+                        + (f" by {state['decided_by']}" if state.get("decided_by") else "")
+                        + (f": {state['comment']}" if state.get("comment") else ""))
+            return None
         target = step.on_error
         if target == "continue":
             return step.index + 1
         if target == "fail":
-            error = self.run["steps"][step.id].get("error") or status.value
-            self.finish(RunStatus.FAILED, f"step '{step.id}' {status.value}: {error}")
+            error = state.get("error") or str(status)
+            self.finish(RunStatus.FAILED, f"step '{step.id}' {StepStatus(status).value}: {error}")
             return None
         return self.jump(step, target, f"on_error of '{step.id}'")
 
@@ -219,7 +299,7 @@ class _Driver:
 
     # ---- one step -------------------------------------------------------------
 
-    async def run_step(self, step: Step, *, attempt: int) -> StepStatus:
+    async def run_step(self, step: Step, *, attempt: int) -> StepStatus | str:
         context = self.context()
         if step.condition is not None and attempt == 1:
             try:
@@ -234,14 +314,13 @@ class _Driver:
         instant = bool(kind and kind.instant)
         self.record("step_started", step=step.id, attempt=attempt, flush=not instant)
         if kind is None:
-            return self.fail(step, f"'{step.kind}' steps need the signoff daemon; `--local` runs shell, set, "
-                                   "wait and http steps")
+            return self.fail(step, f"'{step.kind}' steps are not available in this build")
         policy = step.retry
         while True:
             status, error, retryable, outputs = StepStatus.FAILED, "", False, {}
             try:
                 ctx = self.step_context(step, kind, attempt)
-                if step.timeout:
+                if step.timeout and not getattr(kind, "waits", False):
                     async with asyncio.timeout(step.timeout):
                         result = await kind.execute(ctx)
                 else:
@@ -270,38 +349,72 @@ class _Driver:
             attempt += 1
             self.record("step_started", step=step.id, attempt=attempt)
 
-    def step_context(self, step: Step, kind: Any, attempt: int) -> StepContext:
+    def step_context(self, step: Step, kind: Any, attempt: int, *, render: bool = True) -> StepContext:
         context = self.context()
         evaluator = self.engine.evaluator
-        spec = {}
-        for field, value in step.spec.items():
-            if field in CONTROL_FIELDS:
-                spec[field] = value
-            else:
-                spec[field] = evaluator.render(value, context, shell=field in kind.shell_fields, step=step.id,
-                                               field=field)
-        env = {k: str(evaluator.render(v, context, step=step.id, field=f"env.{k}"))
-               for k, v in {**self.flow.env, **(step.spec.get("env") or {})}.items()}
+        spec, env = dict(step.spec), {}
+        if render:
+            for field, value in step.spec.items():
+                if field not in CONTROL_FIELDS:
+                    spec[field] = evaluator.render(value, context, shell=field in kind.shell_fields,
+                                                   step=step.id, field=field)
+            env = {k: str(evaluator.render(v, context, step=step.id, field=f"env.{k}"))
+                   for k, v in {**self.flow.env, **(step.spec.get("env") or {})}.items()}
         on_output = self.engine.on_output
+        tokens = self.run.get("callbacks") or {}
         return StepContext(
             run=self.run, step=step, spec=spec, attempt=attempt, run_dir=self.engine.store.run_dir(self.run_id),
             work_dir=self.engine.work_dir, env=env, clock=self.engine.clock, store=self.engine.store,
-            config=self.engine.config,
+            config=self.engine.config, users=self.engine.users,
+            callback_url=lambda step_id: self.engine.callback_url(tokens[step_id]) if step_id in tokens else None,
+            evaluate=lambda value, field: evaluator.render(value, context, step=step.id, field=field),
+            public_url=self.engine.public_url,
             on_output=(lambda stream, text: on_output(step.id, stream, text)) if on_output else (lambda s, t: None))
 
-    async def park(self, step: Step, kind: Any, ctx: StepContext, parked: Park) -> StepStatus:
+    async def park(self, step: Step, kind: Any, ctx: StepContext, parked: Park) -> StepStatus | str:
         self.record("step_waiting", step=step.id, wake_at=rfc3339(parked.wake_at), reason=parked.reason,
-                    force=True)
+                    state=self.engine.masker.mask(parked.state), force=True)
         return await self.finish_wait(step, parked.wake_at, kind, ctx)
 
-    async def finish_wait(self, step: Step, wake_at, kind: Any = None, ctx: StepContext | None = None) -> StepStatus:
-        await self.engine.clock.sleep((wake_at - self.engine.clock.now()).total_seconds())
+    async def finish_wait(self, step: Step, wake_at, kind: Any = None,
+                          ctx: StepContext | None = None) -> StepStatus | str:
+        remaining = (wake_at - self.engine.clock.now()).total_seconds()
+        if remaining > 0 and not self.hold:
+            return PARKED
+        await self.engine.clock.sleep(remaining)
         kind = kind or load_kind(step.kind)
-        ctx = ctx or self.step_context(step, kind, self.run["steps"][step.id]["attempts"])
+        ctx = ctx or self.step_context(step, kind, self.run["steps"][step.id]["attempts"], render=False)
         try:
-            return self.succeed(step, await kind.wake(ctx))
+            result = await kind.wake(ctx)
         except StepFailed as exc:
             return self.fail(step, exc.message)
+        if isinstance(result, Expired):
+            return self.fail(step, result.reason, status=StepStatus.TIMED_OUT)
+        return self.succeed(step, result)
+
+    def deliver(self, step_id: str, message: dict[str, Any]) -> Receipt:
+        try:
+            step = self.flow.step(step_id)
+        except KeyError:
+            raise NotFound(f"run {self.run_id} has no step '{step_id}'") from None
+        kind = load_kind(step.kind)
+        if not hasattr(kind, "receive"):
+            raise Conflict(f"step '{step_id}' is a {step.kind} step; it takes no decisions or callbacks")
+        if is_terminal(self.run["status"]) and message.get("type") != "callback":
+            raise Conflict(f"run {self.run_id} already ended {self.run['status']}")
+        ctx = self.step_context(step, kind, self.run["steps"][step_id]["attempts"], render=False)
+        receipt = kind.receive(ctx, message)
+        if receipt.duplicate:
+            return receipt
+        if receipt.event:
+            self.record(receipt.event.pop("type"), step=step_id, **self.engine.masker.mask(receipt.event))
+        if receipt.outcome:
+            if receipt.outcome == StepStatus.SUCCEEDED.value:
+                self.succeed(step, Done(receipt.outputs))
+            else:
+                self.record("step_finished", step=step.id, status=receipt.outcome,
+                            outputs=self.compact(step, receipt.outputs), error=None)
+        return receipt
 
     def succeed(self, step: Step, result: Done) -> StepStatus:
         outputs = self.compact(step, self.engine.masker.mask(result.outputs))

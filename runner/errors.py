@@ -9,7 +9,11 @@
     ├── StoreError               the data directory cannot be read or written
     │   └── IntegrityError       an event chain or record was altered
     ├── RunLocked                another process is advancing the run
-    └── StepFailed               a step's own failure (recorded, never printed raw)
+    ├── StepFailed               a step's own failure (recorded, never printed raw)
+    ├── Unauthorized / Forbidden who is asking, and whether they may (401 / 403)
+    ├── Conflict                 the run's state says no (409)
+    ├── Invalid                  a request's content is wrong (422), with reasons
+    └── TooLarge                 a body over its limit (413)
 
 Every error carries what a user needs to fix it: a message, and where it helps a
 hint. The CLI turns any SignoffError into a message and its exit code; nothing
@@ -99,3 +103,43 @@ class StepFailed(SignoffError):
         super().__init__(message)
         self.retryable = retryable
         self.outputs = outputs or {}
+
+
+class Unauthorized(SignoffError):
+    """No or an unknown bearer token (HTTP 401)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(SignoffError):
+    """Authenticated, but not allowed to do this (HTTP 403)."""
+
+    code = "forbidden"
+
+
+class Conflict(SignoffError):
+    """The request contradicts the run's current state (HTTP 409)."""
+
+    code = "conflict"
+
+
+class Invalid(SignoffError):
+    """A well-formed request whose content is wrong (HTTP 422); `reasons` lists why."""
+
+    code = "invalid"
+
+    def __init__(self, message: str, reasons: list[str] | None = None, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reasons = reasons or []
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if self.reasons:
+            data["reasons"] = self.reasons
+        return data
+
+
+class TooLarge(SignoffError):
+    """A body over its size limit (HTTP 413)."""
+
+    code = "too_large"

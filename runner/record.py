@@ -29,10 +29,13 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
         run.update({"status": RunStatus.QUEUED.value, "created_at": at, "finished_at": None, "error": None,
                     "current_step": None, "steps_executed": 0,
                     "steps": {step_id: new_step_state() for step_id in event["run"]["step_ids"]}})
+        if event["run"].get("callbacks"):
+            run["callbacks"] = dict(event["run"]["callbacks"])
     elif kind == "run_started":
         run["status"] = RunStatus.RUNNING.value
     elif kind == "step_started":
-        if event["attempt"] == 1:
+        if event["attempt"] == 1:  # a new visit (first, or after a jump back): forget the last one
+            step.clear()
             step.update(new_step_state())
             step["started_at"] = at
             run["steps_executed"] += 1
@@ -40,8 +43,18 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
         run["current_step"] = event["step"]
         run["status"] = RunStatus.RUNNING.value
     elif kind == "step_waiting":
-        step.update({"status": StepStatus.WAITING.value, "wake_at": event["wake_at"]})
+        step.update({"status": StepStatus.WAITING.value, "wake_at": event["wake_at"], **event.get("state", {})})
         run["status"] = RunStatus.WAITING.value
+    elif kind == "decision":
+        if event["decision"] == "approve":
+            step.setdefault("approvals", []).append(
+                {"by": event["by"], "at": at, "comment": event.get("comment"), "inputs": event.get("inputs") or {}})
+        if event.get("final"):
+            step.update({"decision": event["decision"], "decided_by": event["decided_by"],
+                         "comment": event.get("comment"), "inputs": event.get("inputs") or {}})
+    elif kind == "callback_received":
+        run.setdefault("callbacks_received", {})[event["step"]] = {
+            "payload": event["payload"], "sha256": event["sha256"], "at": at}
     elif kind == "step_retrying":
         step.update({"status": StepStatus.RUNNING.value, "error": event["error"], "retry_at": event["retry_at"]})
     elif kind == "step_interrupted":
@@ -49,6 +62,8 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
     elif kind == "step_finished":
         step.update({"status": event["status"], "finished_at": at, "outputs": event.get("outputs") or {},
                      "error": event.get("error")})
+        if "payload" in step["outputs"]:
+            step["payload"] = step["outputs"]["payload"]
         step.pop("wake_at", None)
         step.pop("retry_at", None)
         if run["status"] == RunStatus.WAITING.value:
@@ -59,7 +74,7 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
     elif kind == "run_finished":
         run.update({"status": event["status"], "error": event.get("error"), "finished_at": at,
                     "current_step": None})
-    # other events (jump, output, cancel_requested) are history only
+    # other events (jump, notification, cancel_requested) are history only
 
 
 def fold(events: list[dict[str, Any]]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def _step_note(state: dict) -> str:
 
 def run_detail(run: dict) -> str:
     head = [f"run      {run['id']}",
-            f"flow     {run['flow']}  ({'draft' if run.get('draft') else 'live ' + str(run.get('version'))}"
+            f"flow     {run['flow']}  ({'draft' if run.get('draft') else 'live ' + (run.get('version') or '(working tree)')}"
             f"{', ref ' + run['ref'] if run.get('ref') else ''}{', commit ' + run['commit'][:12] if run.get('commit') else ''})",
             f"status   {run['status']}" + (f": {run['error']}" if run.get("error") else ""),
             f"started  {run['created_at']} by {run.get('started_by')}"

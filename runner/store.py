@@ -231,13 +231,13 @@ class Store:
                 yield event
 
     def list_runs(self, *, flow: str | None = None, status: str | None = None, draft: bool | None = None,
-                  limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first, reading snapshots only (never event logs)."""
+                  limit: int = 50, before: str | None = None) -> list[dict[str, Any]]:
+        """Newest first (ids older than `before`, for paging), reading snapshots only, never event logs."""
         if not self.runs_dir.is_dir():
             return []
         found = []
         for name in sorted(os.listdir(self.runs_dir), reverse=True):
-            if not RUN_ID.match(name):
+            if not RUN_ID.match(name) or (before and name >= before):
                 continue
             try:
                 run = self.read_snapshot(name)
@@ -294,6 +294,23 @@ class Store:
             differing = sorted(k for k in set(rebuilt) | set(snapshot) if rebuilt.get(k) != snapshot.get(k))
             result.problems.append(f"run.json does not match its events (differs in: {', '.join(differing)})")
         return result
+
+    # ---- callback tokens ------------------------------------------------------
+
+    def index_callback(self, token: str, run_id: str, step_id: str) -> None:
+        """token sha256 -> (run, step), so a callback finds its run in O(1). The token itself is not stored here."""
+        folder = self.data_dir / "callbacks"
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        atomic_write(folder / f"{digest}.json", _dumps({"run": run_id, "step": step_id}).encode(), fsync=self.fsync)
+
+    def find_callback(self, token: str) -> tuple[str, str] | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        try:
+            entry = json.loads((self.data_dir / "callbacks" / f"{digest}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return entry["run"], entry["step"]
 
     # ---- resources ----------------------------------------------------------
 

@@ -5,7 +5,12 @@ A kind module exposes `KIND`, an object with:
     instant: bool                 finishes at once with no I/O (lets the engine batch writes)
     shell_fields: tuple[str, ...] fields whose interpolations are shell-quoted
     async execute(ctx) -> Done | Park
-    async wake(ctx) -> Done       (kinds that Park) called when the parked time comes
+    async wake(ctx) -> Done | Expired       (kinds that Park) the parked time has come
+    receive(ctx, message) -> Receipt        (kinds that wait for people or systems)
+
+A kind with `on_timeout` semantics (approval, callback) sets `waits = True`:
+its Expired ends the step `timed_out` and the flow's `on_timeout` decides
+what follows; a reject goes to `on_reject`.
 
 A kind raises StepFailed for its own failures; the engine does every piece of
 bookkeeping (events, retries, timeouts, outputs to resources, masking), so a
@@ -31,10 +36,38 @@ class Done:
 
 @dataclass
 class Park:
-    """Wait without holding anything until `wake_at` (or an outside event)."""
+    """Wait without holding anything until `wake_at` (or an outside event).
+
+    `state` is merged into the step's record (an approval's rendered context,
+    its hash, who may decide) so a reader sees what the wait is about.
+    """
 
     wake_at: datetime
     reason: str
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Expired:
+    """A waiting step's deadline passed with no answer."""
+
+    reason: str
+
+
+@dataclass
+class Receipt:
+    """What a kind made of an outside message (a decision, a callback).
+
+    `event` is recorded (fsynced) as is; `outcome` (a final step status) and
+    `outputs`, when set, end the step. `duplicate` means nothing is recorded:
+    the same message was already accepted (`previous` is its event).
+    """
+
+    event: dict[str, Any] | None = None
+    outcome: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    duplicate: bool = False
+    previous: dict[str, Any] | None = None
 
 
 @dataclass
@@ -49,11 +82,19 @@ class StepContext:
     clock: Clock
     store: Any
     config: Any
+    users: Any = None
+    callback_url: Callable[[str], str | None] = lambda step_id: None
+    evaluate: Callable[[Any, str], Any] = lambda value, field: value
     on_output: Callable[[str, str], None] = lambda stream, text: None
+    public_url: str | None = None
 
     @property
     def draft(self) -> bool:
         return bool(self.run.get("draft"))
+
+    def run_link(self) -> str | None:
+        """Where a person sees this run (the reviewer pages), when the daemon has a public URL."""
+        return f"{self.public_url}/ui/runs/{self.run['id']}" if self.public_url else None
 
 
 class StepKind(Protocol):

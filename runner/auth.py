@@ -1,0 +1,114 @@
+"""Users, groups, roles and bearer tokens.
+
+Only token hashes are kept (sha256); a presented token is hashed and compared
+with every user's hash in constant time. Roles: `run` (start and cancel own
+runs), `approve` (decide approvals the flow lets them), `admin` (everything
+except bypassing an approval's quorum or self-approval rule).
+With no users configured, one local admin gets a random token written 0600
+to the data directory, where the CLI on the same machine finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets as random_tokens
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import secrets
+from runner.errors import ConfigError
+
+ROLES = frozenset({"run", "approve", "admin"})
+LOCAL_USER = "local"
+TOKEN_FILE = "token"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    roles: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+    def can(self, role: str) -> bool:
+        return role in self.roles or "admin" in self.roles
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "roles": sorted(self.roles), "groups": sorted(self.groups)}
+
+
+@dataclass
+class Users:
+    by_hash: dict[str, User] = field(default_factory=dict)
+    groups: dict[str, set[str]] = field(default_factory=dict)
+
+    def authenticate(self, token: str | None) -> User | None:
+        if not token:
+            return None
+        presented = token_hash(token)
+        found = None
+        for known, user in self.by_hash.items():  # no early exit: timing does not tell which user matched
+            if hmac.compare_digest(known, presented):
+                found = user
+        return found
+
+    def members(self, group: str) -> set[str]:
+        return set(self.groups.get(group, set()))
+
+    def allowed(self, user: User, approvers: list[str]) -> bool:
+        """Whether `user` is one of `approvers` (names or `group:<name>`)."""
+        for entry in approvers:
+            if entry.startswith("group:"):
+                if entry[6:] in user.groups:
+                    return True
+            elif entry == user.name:
+                return True
+        return False
+
+    def names(self) -> list[str]:
+        return sorted(u.name for u in self.by_hash.values())
+
+
+def local_token(data_dir: Path) -> str:
+    """The local admin's token: made once, kept 0600 in the data directory."""
+    path = data_dir / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = random_tokens.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def load_users(config_data: dict[str, Any], data_dir: Path, base_dir: Path | None = None) -> Users:
+    users = Users()
+    declared = config_data.get("users") or {}
+    for group, spec in (config_data.get("groups") or {}).items():
+        users.groups[group] = set(spec.get("members") or [])
+    if not declared:
+        user = User(LOCAL_USER, frozenset(ROLES), frozenset())
+        users.by_hash[token_hash(local_token(data_dir))] = user
+        return users
+    for name, spec in declared.items():
+        member_of = set(spec.get("groups") or []) | {g for g, members in users.groups.items() if name in members}
+        for group in member_of:
+            users.groups.setdefault(group, set()).add(name)
+        user = User(name, frozenset(spec.get("roles") or []), frozenset(member_of))
+        if spec.get("token_sha256"):
+            digest = spec["token_sha256"].lower()
+        elif spec.get("token") is not None:
+            digest = token_hash(secrets.resolve(spec["token"], what=f"users.{name}.token", base_dir=base_dir))
+        else:
+            raise ConfigError(f"users.{name}: give token_sha256 or token")
+        if digest in users.by_hash:
+            raise ConfigError(f"users.{name}: the same token as users.{users.by_hash[digest].name}")
+        users.by_hash[digest] = user
+    return users

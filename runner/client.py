@@ -1,0 +1,73 @@
+"""A small HTTP client for the daemon's API, used by the CLI.
+
+The server comes from --server / SIGNOFF_SERVER (default http://127.0.0.1:8080)
+and the token from SIGNOFF_TOKEN, or, for a daemon on this machine, from the
+0600 token file the daemon wrote into the data directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+from runner.auth import TOKEN_FILE
+from runner.errors import (Conflict, Forbidden, Invalid, NotFound, SignoffError, TooLarge, Unauthorized)
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+BY_STATUS = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: TooLarge, 422: Invalid}
+
+
+def _is_local(server: str) -> bool:
+    host = urlparse(server).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Client:
+    def __init__(self, server: str | None, data_dir: Path, *, timeout: float = 40.0) -> None:
+        self.server = (server or os.environ.get("SIGNOFF_SERVER") or DEFAULT_SERVER).rstrip("/")
+        token = os.environ.get("SIGNOFF_TOKEN")
+        if not token and _is_local(self.server) and (data_dir / TOKEN_FILE).is_file():
+            token = (data_dir / TOKEN_FILE).read_text().strip()
+        self.token = token
+        self.http = httpx.Client(base_url=self.server, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise SignoffError(f"cannot reach the daemon at {self.server}",
+                               hint="start it with `signoff serve`, or set --server / SIGNOFF_SERVER") from None
+        except httpx.HTTPError as exc:
+            raise SignoffError(f"{method} {self.server}{path}: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"raw": response.text[:500]}
+        if response.status_code >= 400:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            kind = BY_STATUS.get(response.status_code, SignoffError)
+            message = error.get("message") or f"HTTP {response.status_code}"
+            if kind is Invalid:
+                raise Invalid(message, error.get("reasons"), hint=error.get("hint"))
+            if kind is Unauthorized and not self.token:
+                raise Unauthorized(message, hint="set SIGNOFF_TOKEN (the daemon wrote its local token to "
+                                                 "<data>/token on first start)")
+            raise kind(message, hint=error.get("hint"))
+        return response.status_code, body

@@ -1,0 +1,312 @@
+"""The daemon's core: owns execution of runs, timers, recovery and notifications.
+
+One asyncio loop runs everything. A run is advanced by one task at a time
+(a per-run asyncio lock, on top of the engine's file lock) and is never held
+while it waits: a parked run is only an entry in the timer heap, rebuilt from
+disk at start-up, where a deadline that passed while the daemon was down
+fires at once. Decisions and callbacks are recorded (fsynced) by the engine
+before this returns, so the HTTP layer may acknowledge them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from runner import releases
+from runner.auth import User, Users
+from runner.config import Config
+from runner.engine import SHUTDOWN, Engine
+from runner.errors import Forbidden, NotFound
+from runner.flowfile import check_file, expand_paths, find_flow_file, load_flow_bytes
+from runner.inputs import resolve_inputs
+from runner.metrics import Metrics
+from runner.notify import Message, Notifier
+from runner.status import ACTIVE_RUN, is_terminal
+from runner.steps import Receipt
+from runner.store import Store
+from runner.timeutil import Clock, parse_duration, parse_rfc3339
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, *, config: Config, store: Store, users: Users, repo: Path, public_url: str,
+                 clock: Clock | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.users = users
+        self.repo = repo
+        self.public_url = public_url.rstrip("/")
+        self.clock = clock or Clock()
+        self.metrics = Metrics()
+        self.notifier = Notifier(config.channels)
+        self.engine = Engine(store, work_dir=repo, config=config, clock=self.clock, masker=config.masker,
+                             users=users, public_url=self.public_url, listener=self._on_event)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._again: set[str] = set()
+        self._timers: list[tuple[float, str, str]] = []
+        self._timer_changed = asyncio.Event()
+        self._side_tasks: set[asyncio.Task] = set()
+        self._changed: dict[str, asyncio.Event] = {}
+        self._monitor: asyncio.Task | None = None
+        self.stopping = False
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild timers and resume every active run from its files."""
+        self._monitor = asyncio.create_task(self._timer_loop(), name="timers")
+        resumed = 0
+        for status in ACTIVE_RUN:
+            for run in self.store.list_runs(status=status.value, limit=1_000_000):
+                self.schedule(run["id"])
+                resumed += 1
+        log.info("daemon started; resuming %d active runs", resumed, extra={"event": "daemon_started"})
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking work, let runs reach a safe point, leave the rest resumable."""
+        self.stopping = True
+        if self._monitor:
+            self._monitor.cancel()
+        running = list(self._tasks.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel(SHUTDOWN)
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+        for task in list(self._side_tasks):
+            task.cancel()
+
+    # ---- starting and advancing runs --------------------------------------------
+
+    def flows_dir(self) -> Path:
+        return self.repo / "flows"
+
+    def load_flow(self, name: str, ref: str | None = None):
+        if ref:
+            source = releases.at_ref(self.repo, ref, f"flows/{name}.yaml")
+        else:
+            source = releases.working_tree(self.repo, find_flow_file(self.flows_dir(), name))
+        flow = load_flow_bytes(source.data, source.label, expect_name=name, config=self.config)
+        return flow, source
+
+    def start_run(self, name: str, inputs: dict[str, Any], user: User, *, ref: str | None = None,
+                  trigger: str = "manual") -> dict[str, Any]:
+        if not user.can("run"):
+            raise Forbidden(f"{user.name} may not start runs (needs the run role)")
+        flow, source = self.load_flow(name, ref)
+        values = resolve_inputs(flow, inputs)
+        run_id = self.engine.create_run(flow, values, started_by=user.name, draft=bool(ref), ref=source.ref,
+                                        commit=source.commit)
+        self.metrics.runs_started.labels(flow=flow.name, trigger=trigger).inc()
+        self.schedule(run_id)
+        return self.store.read_run(run_id)
+
+    def schedule(self, run_id: str) -> None:
+        """Advance the run soon; if it is being advanced now, once more after that."""
+        if self.stopping:
+            return
+        if run_id in self._tasks:
+            self._again.add(run_id)
+            return
+        task = asyncio.create_task(self._advance(run_id), name=f"run:{run_id}")
+        self._tasks[run_id] = task
+
+    async def _advance(self, run_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(run_id)
+                async with self._lock(run_id):
+                    run = await self.engine.advance(run_id, hold=False)
+                self._watch(run)
+                if run_id not in self._again or is_terminal(run["status"]):
+                    return
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("advancing run %s failed", run_id, extra={"event": "advance_failed", "run_id": run_id})
+        finally:
+            self._tasks.pop(run_id, None)
+
+    def _lock(self, run_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(run_id, asyncio.Lock())
+
+    # ---- timers -------------------------------------------------------------------
+
+    def _watch(self, run: dict[str, Any]) -> None:
+        """Register the parked step's deadline (and reminder) in the heap."""
+        if run["status"] != "waiting" or not run.get("current_step"):
+            return
+        state = run["steps"][run["current_step"]]
+        if state.get("wake_at"):
+            self._add_timer(parse_rfc3339(state["wake_at"]).timestamp(), run["id"], "wake")
+
+    def _add_timer(self, when: float, run_id: str, what: str) -> None:
+        heapq.heappush(self._timers, (when, run_id, what))
+        self._timer_changed.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = self.clock.now().timestamp()
+            while self._timers and self._timers[0][0] <= now:
+                _, run_id, what = heapq.heappop(self._timers)
+                if what == "wake":
+                    self.schedule(run_id)
+                elif what.startswith("remind:"):
+                    self._spawn(self._remind(run_id, what.split(":", 1)[1]))
+            delay = self._timers[0][0] - now if self._timers else 3600.0
+            self._timer_changed.clear()
+            try:
+                await asyncio.wait_for(self._timer_changed.wait(), timeout=min(delay, 60.0))
+            except TimeoutError:
+                pass
+
+    # ---- people and systems -------------------------------------------------------
+
+    async def decide(self, run_id: str, step_id: str, user: User, body: dict[str, Any]) -> tuple[Receipt, dict]:
+        if not user.can("approve"):
+            raise Forbidden(f"{user.name} may not decide approvals (needs the approve role)")
+        message = {"type": "decision", "user": user, **{k: body.get(k) for k in
+                                                         ("decision", "comment", "inputs", "context_sha256")}}
+        async with self._lock(run_id):
+            receipt, run = self.engine.deliver(run_id, step_id, message)
+        if receipt.outcome:
+            self.schedule(run_id)
+        return receipt, run
+
+    def callback_target(self, token: str) -> tuple[str, str, dict]:
+        found = self.store.find_callback(token)
+        if not found:
+            raise NotFound("no such callback")
+        run_id, step_id = found
+        flow = self.engine._flow_of(run_id)
+        return run_id, step_id, flow.step(step_id).spec
+
+    async def callback(self, token: str, body: bytes) -> tuple[Receipt, dict]:
+        run_id, step_id, _ = self.callback_target(token)
+        async with self._lock(run_id):
+            receipt, run = self.engine.deliver(run_id, step_id, {"type": "callback", "body": body})
+        if receipt.outcome:
+            self.schedule(run_id)
+        return receipt, run
+
+    async def cancel(self, run_id: str, user: User) -> dict[str, Any]:
+        run = self.store.read_run(run_id)
+        if not (user.can("admin") or (user.can("run") and run.get("started_by") == user.name)):
+            raise Forbidden(f"{user.name} may cancel only runs they started (admins: any)")
+        reason = f"cancelled by {user.name}"
+        task = self._tasks.get(run_id)
+        if task is not None:
+            self._again.discard(run_id)
+            task.cancel(reason)
+            await asyncio.wait([task], timeout=10)
+            return self.store.read_run(run_id)
+        async with self._lock(run_id):
+            run = self.engine.cancel(run_id, reason)
+        return run
+
+    def pending_for(self, user: User) -> list[dict[str, Any]]:
+        """Approvals waiting that `user` may decide."""
+        found = []
+        for run in self.store.list_runs(status="waiting", limit=10_000):
+            step_id = run.get("current_step")
+            state = run["steps"].get(step_id or "", {})
+            if not state.get("approvers") or not self.users.allowed(user, state["approvers"]):
+                continue
+            found.append({"run": run["id"], "flow": run["flow"], "step": step_id, "started_by": run["started_by"],
+                          "context": state.get("context"), "context_sha256": state.get("context_sha256"),
+                          "deadline": state.get("deadline"), "approvals": state.get("approvals") or [],
+                          "min_approvals": state.get("min_approvals"), "url": self.run_url(run["id"])})
+        return found
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.public_url}/ui/runs/{run_id}"
+
+    def flows(self) -> list[dict[str, Any]]:
+        folder = self.flows_dir()
+        reports = [check_file(p, config=self.config) for p in expand_paths([folder])] if folder.is_dir() else []
+        return [{"name": r.name, "file": str(Path(r.file).relative_to(self.repo)) if r.file.startswith(str(self.repo))
+                 else r.file, "ok": r.ok, "errors": [p.to_dict() for p in r.errors],
+                 "description": r.flow.description if r.flow else None,
+                 "inputs": r.flow.inputs if r.flow else {}} for r in reports]
+
+    # ---- notifications ---------------------------------------------------------------
+
+    async def events_after(self, run_id: str, after: int, wait: float = 0.0) -> list[dict[str, Any]]:
+        """Events with seq > after; with `wait`, hold the request until one arrives (long poll)."""
+        events = list(self.store.read_events(run_id, after=after))
+        if events or wait <= 0 or is_terminal(self.store.read_run(run_id)["status"]):
+            return events
+        changed = self._changed.setdefault(run_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(changed.wait(), timeout=wait)
+        except TimeoutError:
+            pass
+        return list(self.store.read_events(run_id, after=after))
+
+    def _on_event(self, run: dict, event: dict) -> None:
+        changed = self._changed.pop(run["id"], None)
+        if changed is not None:
+            changed.set()
+        kind = event["type"]
+        if kind == "run_finished":
+            self.metrics.runs_finished.labels(flow=run["flow"], status=event["status"]).inc()
+        elif kind == "step_finished":
+            self.metrics.steps_finished.labels(status=event["status"]).inc()
+        elif kind == "step_waiting":
+            self._spawn(self._announce_wait(dict(run), event))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _step_spec(self, run_id: str, step_id: str) -> dict[str, Any]:
+        return self.engine._flow_of(run_id).step(step_id).spec
+
+    async def _announce_wait(self, run: dict, event: dict) -> None:
+        step_id = event["step"]
+        spec = self._step_spec(run["id"], step_id)
+        if spec.get("remind_before"):
+            when = parse_rfc3339(event["wake_at"]) - timedelta(seconds=parse_duration(spec["remind_before"]))
+            self._add_timer(when.timestamp(), run["id"], f"remind:{step_id}")
+        state = event.get("state") or {}
+        if spec["kind"] == "approval":
+            text = (f"Run {run['id']} of {run['flow']} waits for approval of '{step_id}' by "
+                    f"{', '.join(state.get('approvers', []))} until {event['wake_at']}.\n\n{state.get('context', '')}")
+        elif spec["kind"] == "callback":
+            text = f"Run {run['id']} of {run['flow']} waits for a callback at '{step_id}' until {event['wake_at']}."
+        else:
+            return
+        await self._notify(run, step_id, spec.get("notify") or [], f"{run['flow']}: waiting at {step_id}", text)
+
+    async def _remind(self, run_id: str, step_id: str) -> None:
+        run = self.store.read_run(run_id)
+        state = run["steps"].get(step_id, {})
+        if state.get("status") != "waiting":
+            return
+        spec = self._step_spec(run_id, step_id)
+        await self._notify(run, step_id, spec.get("notify") or [], f"{run['flow']}: reminder for {step_id}",
+                           f"Run {run_id} still waits at '{step_id}'; the deadline is {state.get('wake_at')}.")
+
+    async def _notify(self, run: dict, step_id: str, channels: list[str], subject: str, text: str) -> None:
+        links = [{"title": "run", "url": self.run_url(run["id"])}]
+        for channel in channels:
+            message = Message(subject, text, links, run_id=run["id"], flow=run["flow"], step=step_id)
+            delivery = await self.notifier.send(channel, message)
+            self.metrics.notifications.labels(channel=channel, ok=str(delivery.ok).lower()).inc()
+            await self._note(run["id"], "notification", step=step_id, **delivery.to_dict())
+
+    async def _note(self, run_id: str, kind: str, **fields: Any) -> None:
+        async with self._lock(run_id):
+            try:
+                self.engine.note(run_id, kind, **fields)
+            except Exception:
+                log.exception("could not record %s for run %s", kind, run_id, extra={"run_id": run_id})

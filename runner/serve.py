@@ -1,0 +1,48 @@
+"""`signoff serve`: wire config, store, users, daemon and app, and run uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from runner.auth import LOCAL_USER, TOKEN_FILE, load_users
+from runner.config import load_config
+from runner.daemon import Daemon
+from runner.server import create_app
+from runner.store import Store
+
+
+def build(env: Any, *, host: str | None = None, port: int | None = None) -> tuple[Daemon, Any, str, int]:
+    config = load_config(env.config_path)
+    server = config.data.get("server") or {}
+    host = host or server.get("host", "127.0.0.1")
+    port = port if port is not None else int(server.get("port", 8080))
+    data_dir = Path(config.data["data"]) if config.data.get("data") and not env.data_given else env.data
+    repo_spec = config.data.get("repo") or {}
+    repo = Path(repo_spec["path"]).resolve() if repo_spec.get("path") else env.repo
+    public_url = server.get("public_url") or f"http://{host}:{port}"
+    store = Store(data_dir)
+    users = load_users(config.data, data_dir, config.path.parent if config.path else None)
+    daemon = Daemon(config=config, store=store, users=users, repo=repo, public_url=public_url)
+    limits = config.limits
+    app = create_app(daemon, body_limit=int(limits.get("body_max_bytes", 1024 * 1024)))
+    return daemon, app, host, port
+
+
+def serve(env: Any, *, host: str | None = None, port: int | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon, app, host, port = build(env, host=host, port=port)
+    local = [u for u in daemon.users.by_hash.values() if u.name == LOCAL_USER]
+    print(f"signoff daemon on http://{host}:{port}  (public URL {daemon.public_url})", file=sys.stderr)
+    print(f"  flows:  {daemon.repo / 'flows'}", file=sys.stderr)
+    print(f"  data:   {daemon.store.data_dir.resolve()}", file=sys.stderr)
+    if local:
+        print(f"  token:  {(daemon.store.data_dir / TOKEN_FILE).resolve()} (the CLI on this machine reads it)",
+              file=sys.stderr)
+    print(f"  try:    signoff run hello   |   signoff pending   |   curl {daemon.public_url}/api/v1/health",
+          file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=10)

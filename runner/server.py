@@ -1,0 +1,210 @@
+"""The HTTP app: routes translate requests into Daemon calls, and errors into one JSON shape.
+
+    {"error": {"code": "...", "message": "...", "hint"?: "...", "reasons"?: [...]}}
+
+Bodies are read with a cap before parsing (default 1 MiB; a callback step's
+own `max_bytes`), JSON nesting is capped, and a 2xx is sent only after the
+daemon has recorded what it acknowledges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from runner import __version__
+from runner.auth import User
+from runner.daemon import Daemon
+from runner.errors import (Conflict, Forbidden, Invalid, NotFound, SignoffError, TooLarge, Unauthorized,
+                           UsageError)
+from runner.flowfile import FlowInvalid
+from runner.steps.callback import MAX_DEPTH, _depth
+
+log = logging.getLogger(__name__)
+BODY_LIMIT = 1024 * 1024
+STATUS = {Unauthorized: 401, Forbidden: 403, NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422,
+          UsageError: 422, FlowInvalid: 422}
+
+
+def error_response(exc: SignoffError) -> JSONResponse:
+    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
+    return JSONResponse({"error": exc.to_dict()}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the body is {int(declared):,} bytes; the limit here is {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the body is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int = BODY_LIMIT) -> dict[str, Any]:
+    body = await read_body(request, limit)
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Invalid("the request body is not valid JSON") from None
+    if _depth(data) > MAX_DEPTH:
+        raise Invalid(f"the request body is nested deeper than {MAX_DEPTH} levels")
+    if not isinstance(data, dict):
+        raise Invalid("the request body must be a JSON object")
+    return data
+
+
+def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
+    """The starlette app over one Daemon (no globals: two apps can live in one process)."""
+
+    def user_of(request: Request) -> User:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        user = daemon.users.authenticate(token)
+        if user is None:
+            raise Unauthorized("a valid bearer token is required", hint="send Authorization: Bearer <token>")
+        return user
+
+    def handler(func):
+        async def wrapped(request: Request) -> Response:
+            try:
+                response = await func(request)
+            except SignoffError as exc:
+                response = error_response(exc)
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                response = JSONResponse({"error": {"code": "internal", "message": "internal error; see the "
+                                                   "daemon's log"}}, status_code=500)
+            route = request.scope.get("route")
+            daemon.metrics.http_requests.labels(route=getattr(route, "path", "?"),
+                                                status=str(response.status_code)).inc()
+            return response
+        return wrapped
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True, "version": __version__, "stopping": daemon.stopping,
+                             "active_runs": len(daemon._tasks), "timers": len(daemon._timers),
+                             "repo": str(daemon.repo), "public_url": daemon.public_url})
+
+    async def flows(request: Request) -> Response:
+        user_of(request)
+        return JSONResponse({"flows": daemon.flows()})
+
+    async def start_run(request: Request) -> Response:
+        user = user_of(request)
+        body = await read_json(request, body_limit)
+        inputs = body.get("inputs") or {}
+        if not isinstance(inputs, dict):
+            raise Invalid("inputs must be a JSON object")
+        run = daemon.start_run(request.path_params["flow"], inputs, user, ref=body.get("ref"))
+        return JSONResponse(run, status_code=201, headers={"Location": f"/api/v1/runs/{run['id']}"})
+
+    async def list_runs(request: Request) -> Response:
+        user_of(request)
+        query = request.query_params
+        try:
+            limit = max(1, min(int(query.get("limit", 50)), 1000))
+        except ValueError:
+            raise Invalid("limit must be a number") from None
+        draft = {"true": True, "false": False}.get(query.get("draft", ""), None)
+        before = query.get("before")
+        runs = daemon.store.list_runs(flow=query.get("flow"), status=query.get("status"), draft=draft,
+                                      limit=limit + 1, before=before)
+        page, more = runs[:limit], len(runs) > limit
+        return JSONResponse({"runs": page, "next": page[-1]["id"] if more else None})
+
+    async def get_run(request: Request) -> Response:
+        user_of(request)
+        return JSONResponse(daemon.store.read_run(request.path_params["run_id"]))
+
+    async def run_events(request: Request) -> Response:
+        user_of(request)
+        run_id = request.path_params["run_id"]
+        try:
+            after = int(request.query_params.get("after", -1))
+            wait = min(float(request.query_params.get("wait", 0)), 30.0)
+        except ValueError:
+            raise Invalid("after and wait must be numbers") from None
+        events = await daemon.events_after(run_id, after, wait)
+        return JSONResponse({"events": events, "next": events[-1]["seq"] if events else after})
+
+    async def cancel(request: Request) -> Response:
+        user = user_of(request)
+        return JSONResponse(await daemon.cancel(request.path_params["run_id"], user))
+
+    async def decision(request: Request) -> Response:
+        user = user_of(request)
+        body = await read_json(request, body_limit)
+        receipt, run = await daemon.decide(request.path_params["run_id"], request.path_params["step_id"], user, body)
+        return JSONResponse({"accepted": True, "final": bool(receipt.outcome), "decision": receipt.event,
+                             "run": run})
+
+    async def pending(request: Request) -> Response:
+        user = user_of(request)
+        return JSONResponse({"user": user.name, "pending": daemon.pending_for(user)})
+
+    async def callback(request: Request) -> Response:
+        token = request.path_params["token"]
+        try:
+            _, step_id, spec = daemon.callback_target(token)
+        except (NotFound, KeyError):
+            return JSONResponse({"error": {"code": "not_found", "message": "no such callback"}}, status_code=404)
+        body = await read_body(request, int(spec.get("max_bytes", body_limit)))
+        receipt, run = await daemon.callback(token, body)
+        accepted = receipt.previous if receipt.duplicate else receipt.event
+        answer = {"accepted": True, "replay": receipt.duplicate, "run": run["id"], "step": step_id,
+                  "sha256": (accepted or {}).get("sha256"), "at": (accepted or {}).get("at")}
+        return JSONResponse(answer, status_code=200 if receipt.duplicate else 202)
+
+    async def resource(request: Request) -> Response:
+        user_of(request)
+        ref = request.path_params["sha256"]
+        path = daemon.store.resource_path(ref)
+        meta = daemon.store.resource_meta(ref)
+        return FileResponse(path, media_type=meta.get("media_type") or "application/octet-stream")
+
+    async def metrics(request: Request) -> Response:
+        return Response(daemon.metrics.render(), media_type=daemon.metrics.content_type)
+
+    routes = [
+        Route("/api/v1/health", handler(health)),
+        Route("/api/v1/flows", handler(flows)),
+        Route("/api/v1/flows/{flow}/runs", handler(start_run), methods=["POST"]),
+        Route("/api/v1/runs", handler(list_runs)),
+        Route("/api/v1/runs/{run_id}", handler(get_run)),
+        Route("/api/v1/runs/{run_id}/events", handler(run_events)),
+        Route("/api/v1/runs/{run_id}/cancel", handler(cancel), methods=["POST"]),
+        Route("/api/v1/runs/{run_id}/steps/{step_id}/decision", handler(decision), methods=["POST"]),
+        Route("/api/v1/pending", handler(pending)),
+        Route("/api/v1/resources/{sha256}", handler(resource)),
+        Route("/callbacks/{token}", handler(callback), methods=["POST"]),
+        Route("/metrics", handler(metrics)),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
+        return JSONResponse({"error": {"code": code, "message": f"{request.method} {request.url.path}: "
+                                       f"{getattr(exc, 'detail', 'not found')}"}}, status_code=status)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await daemon.start()
+        try:
+            yield
+        finally:
+            await daemon.stop()
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, lifespan=lifespan)

@@ -1,0 +1,109 @@
+"""`approval`: park until allowed people decide; never approve on a timeout.
+
+The context is rendered once, when the wait begins, and kept with its sha256:
+a decision that names a different hash was made on something else and is
+refused. A quorum counts distinct people; no role bypasses it, and the run's
+starter may not approve unless the flow says `allow_self_approval: true`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from runner.errors import Conflict, Forbidden, Invalid
+from runner.steps import Expired, Park, Receipt, StepContext
+from runner.timeutil import parse_duration, rfc3339
+
+DECISIONS = ("approve", "reject", "request_changes")
+CONTEXT_LIMIT = 64 * 1024
+
+
+def _needs_comment(setting: Any, decision: str) -> bool:
+    if setting in (True, "always"):
+        return True
+    return setting == "reject" and decision != "approve"
+
+
+class ApprovalKind:
+    instant = False
+    waits = True
+    shell_fields = ()
+
+    async def execute(self, ctx: StepContext) -> Park:
+        spec = ctx.step.spec
+        context = str(ctx.evaluate(spec.get("context", ""), "context") or "")
+        digest = hashlib.sha256(context.encode()).hexdigest()
+        if len(context.encode()) > CONTEXT_LIMIT:
+            context = ctx.store.put_resource(context.encode(), media_type="text/plain; charset=utf-8",
+                                             name=f"{ctx.step.id}.context", run_id=ctx.run["id"], step=ctx.step.id)
+        deadline = ctx.clock.now() + timedelta(seconds=parse_duration(spec["timeout"]))
+        approvers = list(spec["approvers"])
+        state = {"context": context, "context_sha256": digest, "approvers": approvers,
+                 "min_approvals": int(spec.get("min_approvals", 1)), "scope": spec.get("scope", "apply"),
+                 "deadline": rfc3339(deadline), "approvals": []}
+        return Park(deadline, f"awaiting approval by {', '.join(approvers)}", state)
+
+    async def wake(self, ctx: StepContext) -> Expired:
+        return Expired(f"no decision within {ctx.step.spec['timeout']}")
+
+    def receive(self, ctx: StepContext, message: dict[str, Any]) -> Receipt:
+        spec, step_id = ctx.step.spec, ctx.step.id
+        state = ctx.run["steps"][step_id]
+        user, decision = message["user"], message.get("decision")
+        comment = (message.get("comment") or "").strip() or None
+        if state["status"] != "waiting":
+            raise Conflict(f"step '{step_id}' is not waiting for a decision (it is {state['status']})")
+        if decision not in DECISIONS:
+            raise Invalid(f"decision must be one of {', '.join(DECISIONS)}")
+        if decision == "request_changes" and not spec.get("rewind_to"):
+            raise Invalid(f"step '{step_id}' has no rewind_to, so it cannot take request_changes",
+                          hint="approve or reject")
+        if ctx.users is None or not ctx.users.allowed(user, state.get("approvers") or spec["approvers"]):
+            raise Forbidden(f"{user.name} is not an approver of step '{step_id}' "
+                            f"(approvers: {', '.join(spec['approvers'])})")
+        if decision == "approve" and user.name == ctx.run.get("started_by") and not spec.get("allow_self_approval"):
+            raise Forbidden(f"{user.name} started this run and may not approve it",
+                            hint="another approver must decide (allow_self_approval is false)")
+        if _needs_comment(spec.get("require_comment", "never"), decision) and not comment:
+            raise Invalid(f"a comment is required to {decision.replace('_', ' ')} step '{step_id}'")
+        shown = message.get("context_sha256")
+        if shown and shown != state.get("context_sha256"):
+            raise Conflict("the context changed since it was shown to you; reload it and decide again")
+        if any(a["by"] == user.name for a in state.get("approvals") or []):
+            raise Conflict(f"{user.name} already approved step '{step_id}'; a quorum needs different people")
+        inputs = self._inputs(spec, message.get("inputs") or {}, decision)
+        approvals = [a["by"] for a in state.get("approvals") or []]
+        final = decision != "approve" or len(approvals) + 1 >= int(spec.get("min_approvals", 1))
+        event = {"type": "decision", "by": user.name, "decision": decision, "comment": comment, "inputs": inputs,
+                 "context_sha256": state.get("context_sha256"), "final": final, "decided_by": user.name}
+        if not final:
+            return Receipt(event=event)
+        outputs = {"decision": decision, "decided_by": user.name, "comment": comment, "inputs": inputs,
+                   "approved_by": approvals + [user.name] if decision == "approve" else []}
+        return Receipt(event=event, outcome="succeeded" if decision == "approve" else "rejected", outputs=outputs)
+
+    def _inputs(self, spec: dict, given: dict[str, Any], decision: str) -> dict[str, Any]:
+        declared = spec.get("inputs") or {}
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            raise Invalid(f"unknown reviewer input(s): {', '.join(unknown)}",
+                          hint=f"this step asks for: {', '.join(declared) or 'nothing'}")
+        values = dict(given)
+        for name, field in declared.items():
+            if name not in values and "default" in (field or {}):
+                values[name] = field["default"]
+        schema = {"type": "object", "properties": {
+            name: {k: v for k, v in (field or {}).items() if k in ("type", "enum")} for name, field in declared.items()},
+            "required": [n for n, f in declared.items() if (f or {}).get("required") and decision == "approve"]}
+        reasons = [f"{'.'.join(map(str, e.absolute_path)) or 'inputs'}: {e.message}"
+                   for e in Draft202012Validator(schema).iter_errors(values)]
+        if reasons:
+            raise Invalid("reviewer inputs are not valid", reasons)
+        return values
+
+
+KIND = ApprovalKind()

@@ -1,0 +1,314 @@
+"""Helpers shared by the store, engine, http-step and CLI tests.
+
+Plain functions and classes (no fixtures), so each test module states what it
+uses. Everything here is a real part: files in temp dirs, a real git, a real
+HTTP server on loopback, real subprocesses. The one stand-in is `FakeClock`,
+the injectable clock the engine is designed to take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from runner.config import load_config
+from runner.engine import Engine
+from runner.flowfile import load_flow
+from runner.inputs import resolve_inputs
+from runner.model import Flow
+from runner.store import Store
+from runner.timeutil import Clock
+
+PROJECT = Path(__file__).resolve().parent.parent
+FLOWS = PROJECT / "flows"
+
+
+# ---- time ---------------------------------------------------------------------
+
+
+class FakeClock(Clock):
+    """Virtual wall time that moves only when something sleeps; `sleep` returns at once.
+
+    Every sleep is recorded in `slept` (seconds asked), so tests can check backoff
+    and timer lengths without waiting for them.
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.start = start or datetime(2030, 1, 2, 3, 4, 5, 600000, tzinfo=timezone.utc)
+        self.offset = timedelta(0)
+        self.slept: list[float] = []
+
+    def now(self) -> datetime:
+        return self.start + self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.offset += timedelta(seconds=max(0.0, seconds))
+        await asyncio.sleep(0)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
+               what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers kill(0); treat it as gone once it has exited
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_pid_gone(pid: int, timeout: float = 10.0) -> None:
+    wait_until(lambda: not pid_alive(pid), timeout=timeout, what=f"process {pid} to end")
+
+
+def kill_quietly(pid: int) -> None:
+    """Clean-up for processes a test left behind (its own children only)."""
+    for target in (lambda: os.killpg(pid, 9), lambda: os.kill(pid, 9)):
+        try:
+            target()
+        except OSError:
+            pass
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+# ---- flows, engine, store --------------------------------------------------------
+
+
+def write_flow(directory: Path, text: str, name: str | None = None) -> Path:
+    """Write a flow file (its name taken from the `name:` line unless given) and return its path."""
+    if name is None:
+        name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("name:"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def make_flow(tmp_path: Path, text: str, *, config: Any = None) -> Flow:
+    return load_flow(write_flow(tmp_path / "flows", text), config=config)
+
+
+def write_config(tmp_path: Path, data: dict) -> Path:
+    """A signoff.yaml; JSON is valid YAML, so the dict is written as JSON."""
+    path = tmp_path / "signoff.yaml"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+@dataclass
+class Harness:
+    """An Engine over a real Store in a temp dir, with a fake clock."""
+
+    tmp_path: Path
+    config: Any = None
+    clock: FakeClock = field(default_factory=FakeClock)
+    keep_output: bool = True  # record what the engine streams to `on_output` (off for huge outputs)
+    outputs: list[tuple[str, str, str]] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    engine: Engine = field(init=False)
+    store: Store = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = Store(self.tmp_path / "data")
+        (self.tmp_path / "work").mkdir(parents=True, exist_ok=True)
+        kwargs = {"masker": self.config.masker} if self.config is not None else {}
+        self.engine = Engine(self.store, work_dir=self.tmp_path / "work", config=self.config, clock=self.clock,
+                             listener=lambda run, event: self.events.append(dict(event)),
+                             on_output=self._on_output if self.keep_output else None,
+                             **kwargs)
+
+    def _on_output(self, step: str, stream: str, text: str) -> None:
+        self.outputs.append((step, stream, text))
+
+    def flow(self, text: str) -> Flow:
+        return make_flow(self.tmp_path, text, config=self.config)
+
+    def start(self, flow: Flow, inputs: dict | None = None, *, draft: bool = True) -> str:
+        """Create a run as the CLI does: inputs defaulted and checked by `resolve_inputs` first."""
+        values = resolve_inputs(flow, inputs or {})
+        return self.engine.create_run(flow, values, started_by="tester", draft=draft)
+
+    def run(self, flow: Flow | str, inputs: dict | None = None, *, draft: bool = True) -> dict:
+        if isinstance(flow, str):
+            flow = self.flow(flow)
+        run_id = self.start(flow, inputs, draft=draft)
+        return asyncio.run(self.engine.advance(run_id))
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.store.run_dir(run_id)
+
+    def history(self, run_id: str) -> list[dict]:
+        return list(self.store.read_events(run_id))
+
+    def snapshot(self, run_id: str) -> dict:
+        return json.loads((self.run_dir(run_id) / "run.json").read_text())
+
+
+def harness_with_config(tmp_path: Path, data: dict, **kwargs: Any) -> Harness:
+    return Harness(tmp_path, config=load_config(write_config(tmp_path, data)), **kwargs)
+
+
+def all_file_bytes(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+# ---- a real HTTP server on loopback ----------------------------------------------
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+def json_reply(status: int, data: Any) -> Reply:
+    return status, {"Content-Type": "application/json"}, json.dumps(data).encode()
+
+
+class HttpServer:
+    """ThreadingHTTPServer on 127.0.0.1:0 that records every request.
+
+    `routes` maps "METHOD /path" to a function(Request, nth_call) -> (status, headers, body);
+    unknown routes answer 404. Use as a context manager so the socket is always closed.
+    """
+
+    def __init__(self, routes: dict[str, Callable[[Request, int], Reply]] | None = None) -> None:
+        self.routes = dict(routes or {})
+        self.requests: list[Request] = []
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = Request(self.command, parts.path, parse_qs(parts.query), dict(self.headers.items()), body)
+                key = f"{self.command} {parts.path}"
+                with owner._lock:
+                    owner.requests.append(request)
+                    owner.calls[key] = owner.calls.get(key, 0) + 1
+                    nth = owner.calls[key]
+                route = owner.routes.get(key)
+                status, headers, payload = route(request, nth) if route else json_reply(404, {"error": "no route"})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="test-http", daemon=True)
+
+    def __enter__(self) -> "HttpServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---- git and the CLI ----------------------------------------------------------------
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "Test",
+           "GIT_COMMITTER_EMAIL": "test@example.com", "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                          env={**os.environ, **GIT_ENV, "HOME": str(repo)})
+    return done.stdout.strip()
+
+
+def make_repo(path: Path) -> Path:
+    """A real git repository holding a copy of the project's flows/, committed on `main`."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, capture_output=True)
+    shutil.copytree(FLOWS, path / "flows")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "flows")
+    return path
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
+    env.update({"SIGNOFF_DATA": str(data_dir), "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def signoff_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "runner", *args]
+
+
+def run_cli(cwd: Path, env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(signoff_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
