@@ -139,7 +139,7 @@ def make_flow(rng: random.Random, number: int) -> dict:
     name = f"bench-flow-{number:03d}"
     count = rng.randint(MIN_STEPS, MAX_STEPS)
     kinds = [rng.choice(["shell", "shell", "set", "set", "wait", "http"]) for _ in range(count)]
-    ids = [f"{kind}-{i}" for i, kind in enumerate(kinds)]
+    ids = [f"{kind}_{i}" for i, kind in enumerate(kinds)]
     inputs = make_inputs(rng)
     flow: dict = {"name": name, "description": f"generated flow {number} for the validate benchmark"}
     if inputs:

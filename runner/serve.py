@@ -21,9 +21,10 @@ def build(env: Any, *, host: str | None = None, port: int | None = None) -> tupl
     server = config.data.get("server") or {}
     host = host or server.get("host", "127.0.0.1")
     port = port if port is not None else int(server.get("port", 8080))
-    data_dir = Path(config.data["data"]) if config.data.get("data") and not env.data_given else env.data
+    base = config.path.parent if config.path else Path.cwd()  # paths in a config are relative to it
+    data_dir = base / config.data["data"] if config.data.get("data") and not env.data_given else env.data
     repo_spec = config.data.get("repo") or {}
-    repo = Path(repo_spec["path"]).resolve() if repo_spec.get("path") else env.repo
+    repo = (base / repo_spec["path"]).resolve() if repo_spec.get("path") else env.repo
     public_url = server.get("public_url") or f"http://{host}:{port}"
     store = Store(data_dir)
     users = load_users(config.data, data_dir, config.path.parent if config.path else None)
