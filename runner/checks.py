@@ -42,6 +42,8 @@ def semantic_problems(doc: Document, *, expect_name: str | None, config: Any = N
     yield from _jumps(doc, steps, index)
     yield from _expressions(doc, data, steps, index)
     yield from _deadlines(doc, steps)
+    if config is not None and not getattr(config, "declared", True):
+        config = None  # no config file: names of connections and channels cannot be checked
     yield from _triggers(doc, data, config)
     if config is not None:
         yield from _references_to_config(doc, steps, config)

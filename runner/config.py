@@ -39,6 +39,11 @@ class Config:
     masker: Masker = field(default_factory=Masker)
 
     @property
+    def declared(self) -> bool:
+        """Whether a config file was given (only then are flows checked against its names)."""
+        return self.path is not None
+
+    @property
     def limits(self) -> dict[str, Any]:
         return self.data.get("limits") or {}
 

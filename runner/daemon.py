@@ -46,7 +46,8 @@ class Daemon:
         self.metrics = Metrics()
         self.notifier = Notifier(config.channels)
         self.engine = Engine(store, work_dir=repo, config=config, clock=self.clock, masker=config.masker,
-                             users=users, public_url=self.public_url, listener=self._on_event)
+                             users=users, public_url=self.public_url, listener=self._on_event,
+                             accepts_messages=True)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()

@@ -50,7 +50,8 @@ class Engine:
     def __init__(self, store: Store, *, work_dir: str | Path = ".", config: Any = None, clock: Clock | None = None,
                  masker: Masker | None = None, output_threshold: int = OUTPUT_THRESHOLD,
                  listener: Listener | None = None, on_output: Callable[[str, str, str], None] | None = None,
-                 rng: random.Random | None = None, users: Any = None, public_url: str | None = None) -> None:
+                 rng: random.Random | None = None, users: Any = None, public_url: str | None = None,
+                 accepts_messages: bool = False) -> None:
         self.store = store
         self.work_dir = Path(work_dir)
         self.config = config
@@ -62,6 +63,7 @@ class Engine:
         self.rng = rng or random.Random()
         self.users = users
         self.public_url = public_url.rstrip("/") if public_url else None
+        self.accepts_messages = accepts_messages  # a daemon is there to take decisions and callbacks
         self.evaluator = Evaluator()
 
     def callback_url(self, token: str) -> str | None:
@@ -315,6 +317,9 @@ class _Driver:
         self.record("step_started", step=step.id, attempt=attempt, flush=not instant)
         if kind is None:
             return self.fail(step, f"'{step.kind}' steps are not available in this build")
+        if hasattr(kind, "receive") and not self.engine.accepts_messages:
+            return self.fail(step, f"'{step.kind}' steps wait for people or systems, which need the daemon: "
+                                   "start `signoff serve` and run the flow without --local")
         policy = step.retry
         while True:
             status, error, retryable, outputs = StepStatus.FAILED, "", False, {}
