@@ -374,7 +374,9 @@ class _Driver:
             callback_url=lambda step_id: self.engine.callback_url(tokens[step_id]) if step_id in tokens else None,
             evaluate=lambda value, field: evaluator.render(value, context, step=step.id, field=field),
             public_url=self.engine.public_url,
-            on_output=(lambda stream, text: on_output(step.id, stream, text)) if on_output else (lambda s, t: None))
+            mask=self.engine.masker.mask, masking=bool(self.engine.masker.values),
+            on_output=(lambda stream, text: on_output(step.id, stream, self.engine.masker.mask(text)))
+            if on_output else (lambda s, t: None))
 
     async def park(self, step: Step, kind: Any, ctx: StepContext, parked: Park) -> StepStatus | str:
         self.record("step_waiting", step=step.id, wake_at=rfc3339(parked.wake_at), reason=parked.reason,

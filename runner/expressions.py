@@ -33,17 +33,65 @@ class Raw(str):
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    """jinja2's immutable sandbox, plus caps on everything that can build a huge value."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context, operator, left, right):  # noqa: ANN001 - jinja2's signature
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 128:
-            raise SecurityError("exponent too large in expression")
+        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
+            if abs(right) > 4096 or (isinstance(left, int) and abs(left) > 1
+                                     and left.bit_length() * abs(right) > 100_000):
+                raise SecurityError("exponent too large in expression")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
                     if len(seq) * times > MAX_BUILT_LENGTH:
                         raise SecurityError("expression would build a value over 1,000,000 items")
+        if operator == "%" and isinstance(left, str):
+            _check_format(left)
+            _check_numbers(right if isinstance(right, tuple) else (right,))
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja2's signature
+        _check_numbers(args)
+        _check_numbers(tuple(kwargs.values()))
+        if getattr(__obj, "__name__", "") in ("format", "format_map") and isinstance(getattr(__obj, "__self__", None), str):
+            _check_format(__obj.__self__)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj, attribute):  # noqa: ANN001 - jinja2's signature
+        # data first: an output named `items` or `keys` is the output, not dict.items
+        if isinstance(obj, dict) and isinstance(attribute, str) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_BIG_WIDTH = re.compile(r"[1-9][0-9]{6,}")
+
+
+def _check_numbers(values: tuple) -> None:
+    for value in values:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_BUILT_LENGTH:
+            raise SecurityError("a number argument over 1,000,000 is not allowed here")
+
+
+def _check_format(template: str) -> None:
+    if _BIG_WIDTH.search(template):
+        raise SecurityError("format widths over 1,000,000 are not allowed")
+
+
+def _guarded_filter(func):
+    def guarded(*args, **kwargs):
+        _check_numbers(tuple(args[1:]) + tuple(kwargs.values()))
+        if func.__name__ == "do_format" and args and isinstance(args[0], str):
+            _check_format(args[0])
+        return func(*args, **kwargs)
+
+    for attr in ("jinja_pass_arg",):
+        if hasattr(func, attr):
+            setattr(guarded, attr, getattr(func, attr))
+    guarded.__name__ = func.__name__
+    return guarded
 
 
 def _fromjson(text: str) -> Any:
@@ -54,6 +102,7 @@ def make_environment() -> ImmutableSandboxedEnvironment:
     env = _Sandbox(undefined=StrictUndefined, autoescape=False)
     env.globals = {"raw": lambda value: Raw(to_text(value)), "fromjson": _fromjson,
                    "range": env.globals["range"], "dict": dict}
+    env.filters = {name: _guarded_filter(func) for name, func in env.filters.items()}
     env.filters["fromjson"] = _fromjson
     return env
 
@@ -123,24 +172,56 @@ class Evaluator:
         if not has_expression(value):
             return value
         whole = EXPRESSION.fullmatch(value.strip())
-        if whole and not shell:
+        if whole and len(EXPRESSION.findall(value)) == 1 and not shell:
             result = self.evaluate(whole.group(1), context, step=step, field=field)
             return str(result) if isinstance(result, Raw) else result
 
-        def splice(match: re.Match) -> str:
+        pieces, position, quoting = [], 0, None
+        for match in EXPRESSION.finditer(value):
+            literal = value[position:match.start()]
+            quoting = _shell_state(literal, quoting) if shell else None
             result = self.evaluate(match.group(1), context, step=step, field=field)
             text = to_text(result)
             if shell and not isinstance(result, Raw):
-                return shlex.quote(text)
-            return text
-
-        return EXPRESSION.sub(splice, value)
+                text = shell_quote(text, quoting)
+            pieces += [literal, text]
+            position = match.end()
+        pieces.append(value[position:])
+        return "".join(pieces)
 
     def truthy(self, value: Any, context: dict[str, Any], *, step: str | None = None) -> bool:
         result = self.render(value, context, step=step, field="if")
         if isinstance(result, str):
             return result.strip().lower() not in {"", "false", "0", "no", "null", "none"}
         return bool(result)
+
+
+def _shell_state(literal: str, state: str | None) -> str | None:
+    """The quoting in force after `literal`: None, "'" or '"' (backslash escapes honoured)."""
+    escaped = False
+    for char in literal:
+        if escaped:
+            escaped = False
+        elif state == "'":
+            if char == "'":
+                state = None
+        elif char == "\\":
+            escaped = True
+        elif state == '"':
+            if char == '"':
+                state = None
+        elif char in "'\"":
+            state = char
+    return state
+
+
+def shell_quote(text: str, state: str | None = None) -> str:
+    """Quote `text` as one literal word for where it lands: bare, inside '...' or inside "..."."""
+    if state == '"':
+        return re.sub(r'([\\"$`])', r"\\\1", text)
+    if state == "'":
+        return "'" + shlex.quote(text) + "'"  # close the author's quote, add ours, reopen
+    return shlex.quote(text)
 
 
 @dataclass

@@ -40,6 +40,7 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
             step["started_at"] = at
             run["steps_executed"] += 1
         step.update({"status": StepStatus.RUNNING.value, "attempts": event["attempt"], "error": None})
+        step.pop("retry_at", None)  # the wait between attempts is over
         run["current_step"] = event["step"]
         run["status"] = RunStatus.RUNNING.value
     elif kind == "step_waiting":

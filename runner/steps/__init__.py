@@ -87,6 +87,8 @@ class StepContext:
     evaluate: Callable[[Any, str], Any] = lambda value, field: value
     on_output: Callable[[str, str], None] = lambda stream, text: None
     public_url: str | None = None
+    mask: Callable[[Any], Any] = lambda value: value
+    masking: bool = False  # whether there are secret values to mask at all
 
     @property
     def draft(self) -> bool:

@@ -55,7 +55,11 @@ class _Spool:
         self.handle.close()
         if self.size <= THRESHOLD:
             return {name: self.path.read_bytes().decode("utf-8", "replace")}
-        ref = ctx.store.put_resource(self.path, media_type="text/plain", name=f"{ctx.step.id}.{name}",
+        content: Path | bytes = self.path
+        if ctx.masking:  # a printed secret must never reach the store (costs memory up to the spool cap)
+            text = self.path.read_bytes().decode("utf-8", "replace")
+            content = ctx.mask(text).encode()
+        ref = ctx.store.put_resource(content, media_type="text/plain", name=f"{ctx.step.id}.{name}",
                                      run_id=ctx.run["id"], step=ctx.step.id)
         result = {name: ref, f"{name}_bytes": self.size,
                   f"{name}_tail": self.tail[-TAIL:].decode("utf-8", "replace")}
