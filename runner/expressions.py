@@ -59,6 +59,11 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             _check_format(__obj.__self__)
         return super().call(__context, __obj, *args, **kwargs)
 
+    def format_string(self, s, args, kwargs, format_func=None):  # noqa: ANN001 - jinja2's signature
+        _check_format(s)
+        _check_numbers(tuple(args) + tuple(kwargs.values()))
+        return super().format_string(s, args, kwargs, format_func)
+
     def getattr(self, obj, attribute):  # noqa: ANN001 - jinja2's signature
         # data first: an output named `items` or `keys` is the output, not dict.items
         if isinstance(obj, dict) and isinstance(attribute, str) and attribute in obj:
@@ -245,15 +250,20 @@ def references(env: ImmutableSandboxedEnvironment, expr: str) -> References:
     for name in tree.find_all(nodes.Name):
         if name.ctx == "load" and name.name not in assigned:
             refs.roots.add(name.name)
+    buckets = {"inputs": refs.inputs, "steps": refs.steps, "callbacks": refs.callbacks}
+    callees = {id(call.node): call for call in tree.find_all(nodes.Call)}
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         target = node.node
-        if isinstance(target, nodes.Name) and target.ctx == "load":
+        if not (isinstance(target, nodes.Name) and target.ctx == "load" and target.name in buckets):
+            continue
+        call = callees.get(id(node))
+        if call is not None:  # steps.get('build'): the key is the call's argument
+            first = call.args[0] if call.args else None
+            key = first.value if isinstance(first, nodes.Const) and isinstance(first.value, str) else None
+        else:
             key = _static_key(node)
-            if key is None:
-                continue
-            bucket = {"inputs": refs.inputs, "steps": refs.steps, "callbacks": refs.callbacks}.get(target.name)
-            if bucket is not None:
-                bucket.add(key)
+        if key is not None:
+            buckets[target.name].add(key)
     return refs
 
 

@@ -108,8 +108,9 @@ def _to_problems(doc: Document, schema_name: str, error: ValidationError) -> Ite
         missing = _UNEXPECTED.findall(error.message)[:1]
         field = missing[0] if missing else "?"
         kind = _kind_at(doc, path)
+        article = "an" if kind and kind[0] in "aeiou" else "a"
         yield doc.problem(path, "schema.required", f"{where} is missing required field '{field}'",
-                          f"a {kind} step needs `{field}:`" if kind else f"add `{field}:`")
+                          f"{article} {kind} step needs `{field}:`" if kind else f"add `{field}:`")
         return
     if error.validator in ("enum", "const"):
         options = error.schema.get("enum") or [error.schema.get("const")]
@@ -135,6 +136,15 @@ def _to_problems(doc: Document, schema_name: str, error: ValidationError) -> Ite
                               error.schema.get("description", f"it must match {error.schema.get('pattern')}"))
         return
     if error.validator == "not":
+        forbidden = (error.schema.get("not") or {})
+        if "enum" in forbidden or "const" in forbidden:
+            yield doc.problem(path, "schema.reserved", f"{json.dumps(error.instance)} at {where} is a reserved word",
+                              "choose another name; fail, continue and reject are keywords of on_error and on_timeout")
+            return
+        if _kind_at(doc, path[:2]) == "wait" or _kind_at(doc, path) == "wait":
+            yield doc.problem(path, rule, f"{where}: give either duration or until, not both",
+                              "keep one of them")
+            return
         yield doc.problem(path, rule, f"{where}: {_not_message(error)}", "keep one of the conflicting fields")
         return
     message = error.message if len(error.message) < 200 else error.message[:200] + "..."

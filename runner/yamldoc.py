@@ -21,6 +21,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 MAX_FILE_BYTES = 1024 * 1024
 MAX_ALIASES = 100
 MAX_NODES = 200_000
+MAX_FLOW_DEPTH = 100
 
 
 @dataclass
@@ -126,6 +127,10 @@ def parse_bytes(data: bytes, label: str) -> Document:
         raise _refuse(label, "not-utf8", f"file is not UTF-8 text (byte {exc.start})") from None
     if "\x00" in text:
         raise _refuse(label, "not-yaml", "file contains NUL bytes; it is not a YAML text file")
+    depth = _bracket_depth(text)
+    if depth > MAX_FLOW_DEPTH:
+        raise _refuse(label, "too-deep", f"YAML nesting is {depth} levels deep (brackets); the limit is {MAX_FLOW_DEPTH}",
+                      "flatten the document")
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
@@ -154,7 +159,8 @@ def parse_bytes(data: bytes, label: str) -> Document:
     except RecursionError:
         raise _refuse(label, "too-deep", "YAML nesting is too deep") from None
     if not isinstance(root, dict):
-        got = "an empty file" if root is None else f"a {type(root).__name__}"
+        got = "an empty file" if root is None else ("a list" if isinstance(root, list) else
+                                                    f"a scalar ({to_plain(root)!r:.40})")
         raise _refuse(label, "not-a-mapping", f"expected a YAML mapping at the top level, got {got}",
                       "a flow starts with `name:` and `steps:`")
     if _expanded_size(root, {}, 0) > MAX_NODES:
@@ -164,6 +170,18 @@ def parse_bytes(data: bytes, label: str) -> Document:
     doc = Document(label, text, root)
     doc.plain = to_plain(root)
     return doc
+
+
+def _bracket_depth(text: str) -> int:
+    """How deep [ and { nest, quotes ignored: cheap, and spares the parser pathological input."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}" and depth:
+            depth -= 1
+    return deepest
 
 
 def _first_line(text: str | None) -> str:

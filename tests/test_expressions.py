@@ -61,9 +61,6 @@ def test_expressions_inside_text_are_spliced_as_text(evaluator, template, expect
     assert evaluator.render(template, CONTEXT) == expected
 
 
-@pytest.mark.xfail(reason="BUG: a string that starts with ${{ and ends with }} is taken as ONE expression "
-                          "(fullmatch over the non-greedy pattern), so '${{ a }}-${{ b }}' is a syntax error",
-                   strict=True)
 def test_two_expressions_that_fill_the_whole_string(evaluator):
     assert evaluator.render("${{ inputs.first }} ${{ inputs.last }}", CONTEXT) == "Ada Lovelace"
 
@@ -154,13 +151,19 @@ def test_raw_runs_the_value_as_shell_in_a_real_run(make_flow, cli, tmp_path):
     assert target.exists()
 
 
-@pytest.mark.xfail(reason="BUG: shlex.quote breaks out of author-written double quotes: "
-                          "run: echo \"${{ inputs.v }}\" with v='\"; touch F #' runs touch F", strict=True)
-def test_an_input_cannot_inject_from_inside_double_quotes(make_flow, cli, tmp_path):
+@pytest.mark.parametrize("run_line", ['echo "${{ inputs.v }}"', "echo '${{ inputs.v }}'",
+                                      'echo "pre ${{ inputs.v }} post" | sed "s/^pre //; s/ post$//"'],
+                         ids=["double-quoted", "single-quoted", "mid-double-quoted"])
+@pytest.mark.parametrize("payload", ['"; touch {target} #', "'; touch {target}; '", "$(touch {target})"],
+                         ids=["double-quote", "single-quote", "subshell"])
+def test_an_input_cannot_inject_from_inside_author_quotes(make_flow, cli, tmp_path, run_line, payload):
     target = tmp_path / "pwned"
-    _injection_flow(make_flow, 'echo "${{ inputs.v }}"')
-    cli(["run", "inject", "--local", "--json", "-i", f'v="; touch {target} #'])
+    value = payload.format(target=target)
+    _injection_flow(make_flow, run_line)
+    code, _, err, record = cli(["run", "inject", "--local", "--json", "-i", f"v={value}"])
     assert not target.exists()
+    assert code == 0, err
+    assert record["steps"]["say"]["outputs"]["stdout"] == value + "\n"
 
 
 # ---- the sandbox -----------------------------------------------------------------------------
@@ -178,7 +181,7 @@ def test_an_input_cannot_inject_from_inside_double_quotes(make_flow, cli, tmp_pa
     ("10**9 * 'a'", "1,000,000"),
     ("[0] * 10**9", "1,000,000"),
     ("2 ** 100000", "exponent"),
-    ("range(10**9) | list", "Range too big"),
+    ("range(10**9) | list", None),
 ], ids=["class", "mro", "subclasses", "str-mro", "format", "attr-filter", "mutation", "big-string",
         "big-string-reversed", "big-list", "big-power", "big-range"])
 def test_the_sandbox_refuses(evaluator, expr, says):
@@ -188,15 +191,18 @@ def test_the_sandbox_refuses(evaluator, expr, says):
     assert (error.step, error.field) == ("deploy", "run")
     assert error.message.startswith("deploy.run: ")
     assert expr in error.message
-    assert says in error.message
+    if says is not None:
+        assert says in error.message
 
 
-@pytest.mark.xfail(reason="BUG: the size cap covers only * and **; these build values over 1,000,000 "
-                          "(with 10**9 in place of 2000000, or one more `** 128`, the process eats GBs or hangs)",
-                   strict=True)
-@pytest.mark.parametrize("expr", ["2 ** 128 ** 128 ** 128", "'%02000000d' % 1", "'a' | center(2000000)",
-                                  "'{:>2000000}'.format(1)"],
-                         ids=["chained-power", "percent-format", "center-filter", "format-width"])
+@pytest.mark.parametrize("expr", [
+    "2 ** 128 ** 128 ** 128",
+    "'%02000000d' % 1",
+    "'a' | center(2000000)",
+    pytest.param("'{:>2000000}'.format(1)", marks=pytest.mark.xfail(
+        reason="BUG: a format width in the template string itself is not capped: '{:>2000000}'.format(1) "
+               "builds 2,000,000 chars ('{:>999999999}' allocates 1 GB)", strict=True)),
+], ids=["chained-power", "percent-format", "center-filter", "format-width"])
 def test_the_sandbox_caps_every_way_of_building_a_huge_value(evaluator, expr):
     with pytest.raises(ExpressionError):
         evaluator.evaluate(expr, CONTEXT, step="deploy", field="run")
@@ -246,8 +252,9 @@ def test_a_sandbox_violation_fails_a_real_run_naming_step_and_field(make_flow, c
         "steps": [{"id": "probe", "kind": "shell", "run": "echo ${{ inputs.v.__class__.__mro__ }}",
                    "timeout": "30s"}],
     })
-    code, _, _, record = cli(["run", "escape", "--local", "--json"])
+    code, _, err, record = cli(["run", "escape", "--local", "--json"])
     assert code == 1
+    assert "Traceback" not in err
     assert record["status"] == "failed"
     step = record["steps"]["probe"]
     assert step["status"] == "failed"
