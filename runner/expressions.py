@@ -55,14 +55,14 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja2's signature
         _check_numbers(args)
         _check_numbers(tuple(kwargs.values()))
-        if getattr(__obj, "__name__", "") in ("format", "format_map") and isinstance(getattr(__obj, "__self__", None), str):
-            _check_format(__obj.__self__)
         return super().call(__context, __obj, *args, **kwargs)
 
-    def format_string(self, s, args, kwargs, format_func=None):  # noqa: ANN001 - jinja2's signature
-        _check_format(s)
-        _check_numbers(tuple(args) + tuple(kwargs.values()))
-        return super().format_string(s, args, kwargs, format_func)
+    def wrap_str_format(self, value):  # noqa: ANN001 - jinja2's signature
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        _check_format(value.__self__)  # the width lives in the template string itself
+        return wrapped
 
     def getattr(self, obj, attribute):  # noqa: ANN001 - jinja2's signature
         # data first: an output named `items` or `keys` is the output, not dict.items
