@@ -109,8 +109,7 @@ def validate(paths: tuple[str, ...], ref: str | None, data, repo, config, as_jso
 def _flow_files_at(env: Env, ref: str, paths: tuple[str, ...]) -> list[str]:
     if paths:
         return [os.path.relpath(Path(p).resolve(), env.repo) if Path(p).exists() else p for p in paths]
-    listing = releases._git(env.repo, "ls-tree", "--name-only", releases.resolve_ref(env.repo, ref)[1], "flows/")
-    return [p for p in (listing or "").splitlines() if p.endswith((".yaml", ".yml"))]
+    return releases.flow_paths_at(env.repo, ref)
 
 
 def _check_at_ref(env: Env, ref: str, relative: Path, cfg: Any):

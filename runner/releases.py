@@ -1,36 +1,29 @@
-"""Git refs and drafts: where a flow's source comes from.
+"""Git, read without a checkout: refs, tags, and flow files at any commit.
 
-Today: the repository root, the current branch and commit, and a flow's bytes
-at any ref (read from git's object store, no checkout), so `--ref BRANCH`
-runs a draft exactly as committed. Refs are matched by full name.
+All git access goes through `FlowRepo`, used in a `with` block so the
+persistent `git cat-file` processes GitPython keeps are closed every time;
+GitPython is not thread-safe, so callers use one FlowRepo per thread and
+operation. Refs are matched by full name and annotated tags are peeled.
 """
 
 from __future__ import annotations
 
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
 
-from runner.errors import NotFound, UsageError
+import git
+from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
+from runner.errors import NotFound, SignoffError, UsageError
 
-def _git(repo: Path, *args: str) -> str | None:
-    """stdout of a git command, or None if it failed (not a repo, unknown ref)."""
-    try:
-        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
-    except FileNotFoundError:
-        raise UsageError("git is not installed; signoff needs git to read flows at a ref") from None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def find_root(start: Path) -> Path:
-    """The git work tree around `start`, or `start` itself outside git."""
-    root = _git(start, "rev-parse", "--show-toplevel")
-    return Path(root) if root else start
+FLOWS_DIR = "flows"
 
 
 @dataclass
 class Source:
+    """A flow file's bytes and where they came from."""
+
     data: bytes
     label: str
     ref: str | None
@@ -38,34 +31,183 @@ class Source:
     dirty: bool = False
 
 
+@dataclass
+class TagInfo:
+    ref: str                   # refs/tags/v1.2.0
+    commit: str                # peeled
+    annotated: bool = False
+    tagger: str | None = None
+    date: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class Refs:
+    tags: dict[str, TagInfo] = field(default_factory=dict)      # by full ref name
+    branches: dict[str, str] = field(default_factory=dict)      # full ref name -> commit
+
+
+class FlowRepo:
+    """One git repository, opened for one operation (use `with`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            self.repo = git.Repo(path)
+        except (InvalidGitRepositoryError, NoSuchPathError):
+            raise NotFound(f"{path} is not a git repository", hint="point --repo at your flows repository") from None
+        self.path = Path(self.repo.working_tree_dir or self.repo.git_dir)
+
+    def __enter__(self) -> "FlowRepo":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.repo.close()
+
+    # ---- refs -------------------------------------------------------------------
+
+    def refs(self) -> Refs:
+        found = Refs()
+        for ref in self.repo.refs:
+            name = ref.path
+            try:
+                if name.startswith("refs/tags/"):
+                    tag = ref.tag  # None for a lightweight tag
+                    info = TagInfo(name, ref.commit.hexsha, annotated=tag is not None)
+                    if tag is not None:
+                        info.tagger = f"{tag.tagger.name} <{tag.tagger.email}>" if tag.tagger else None
+                        info.date = datetime.fromtimestamp(tag.tagged_date, timezone.utc).isoformat().replace(
+                            "+00:00", "Z")
+                        info.message = (tag.message or "").strip()
+                    found.tags[name] = info
+                elif name.startswith("refs/heads/"):
+                    found.branches[name] = ref.commit.hexsha
+            except (ValueError, BadName):
+                continue  # a tag pointing at a tree or blob is not a release
+        return found
+
+    def resolve(self, ref: str) -> tuple[str, str]:
+        """`main`, `refs/heads/main`, `v1.2.0`, a sha -> (full ref name, commit). Branches before tags."""
+        candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}",
+                                                             f"refs/remotes/{ref}"]
+        for name in candidates:
+            try:
+                return name, self.repo.commit(name).hexsha
+            except (BadName, ValueError, GitCommandError):
+                continue
+        try:
+            return ref, self.repo.commit(ref).hexsha
+        except (BadName, ValueError, GitCommandError):
+            raise NotFound(f"no branch, tag or commit named {ref!r} in {self.path}",
+                           hint="list them with `git show-ref`") from None
+
+    def head(self) -> tuple[str | None, str | None]:
+        """(current branch ref, HEAD commit), either None when unborn or detached."""
+        try:
+            commit = self.repo.head.commit.hexsha
+        except ValueError:
+            return None, None
+        try:
+            return self.repo.head.ref.path, commit
+        except TypeError:
+            return None, commit
+
+    # ---- content ------------------------------------------------------------------
+
+    def read(self, commit: str, path: str) -> bytes:
+        try:
+            blob = self.repo.commit(commit).tree / path
+        except KeyError:
+            raise NotFound(f"{path} does not exist at {commit[:12]}") from None
+        return blob.data_stream.read()
+
+    def flow_files(self, commit: str) -> dict[str, bytes]:
+        """flows/*.yaml|yml at a commit, by flow name (the file stem)."""
+        try:
+            tree = self.repo.commit(commit).tree / FLOWS_DIR
+        except KeyError:
+            return {}
+        files = {}
+        for blob in tree.blobs:
+            stem, suffix = PurePosixPath(blob.name).stem, PurePosixPath(blob.name).suffix
+            if suffix in (".yaml", ".yml"):
+                files[stem] = blob.data_stream.read()
+        return files
+
+    def flow_blob_id(self, commit: str, name: str) -> str | None:
+        for suffix in (".yaml", ".yml"):
+            try:
+                return (self.repo.commit(commit).tree / f"{FLOWS_DIR}/{name}{suffix}").hexsha
+            except KeyError:
+                continue
+        return None
+
+    # ---- writing tags -------------------------------------------------------------
+
+    def create_tag(self, name: str, commit: str, message: str) -> TagInfo:
+        if f"refs/tags/{name}" in {r.path for r in self.repo.tags}:
+            raise UsageError(f"tag {name} already exists", hint="releases are never moved: pick a higher version")
+        self.repo.create_tag(name, ref=commit, message=message)
+        return self.refs().tags[f"refs/tags/{name}"]
+
+    def push_tag(self, name: str) -> str | None:
+        """Push to the first remote, if there is one; returns the remote's name."""
+        if not self.repo.remotes:
+            return None
+        remote = self.repo.remotes[0]
+        try:
+            remote.push(f"refs/tags/{name}:refs/tags/{name}")
+        except GitCommandError as exc:
+            raise SignoffError(f"tag {name} was created but pushing it to {remote.name} failed: "
+                               f"{exc.stderr.strip()[:300]}", hint=f"push it yourself: git push {remote.name} {name}")
+        return remote.name
+
+
+def find_root(start: Path) -> Path:
+    """The git work tree around `start`, or `start` itself outside git."""
+    try:
+        repo = git.Repo(start, search_parent_directories=True)
+    except (InvalidGitRepositoryError, NoSuchPathError):
+        return start
+    try:
+        return Path(repo.working_tree_dir or start)
+    finally:
+        repo.close()
+
+
 def working_tree(repo: Path, path: Path) -> Source:
     """A flow file from the working tree, with the branch and commit it sits on."""
-    ref = _git(repo, "symbolic-ref", "-q", "HEAD")
-    commit = _git(repo, "rev-parse", "-q", "--verify", "HEAD^{commit}")
-    dirty = bool(commit) and bool(_git(repo, "status", "--porcelain", "--", str(path)))
-    return Source(path.read_bytes(), str(path), ref, commit, dirty)
+    data = path.read_bytes()
+    try:
+        with FlowRepo(repo) as flow_repo:
+            ref, commit = flow_repo.head()
+            dirty = bool(commit) and flow_repo.repo.is_dirty(untracked_files=True, path=str(path))
+    except NotFound:
+        ref, commit, dirty = None, None, False
+    return Source(data, str(path), ref, commit, dirty)
 
 
 def resolve_ref(repo: Path, ref: str) -> tuple[str, str]:
-    """`main`, `refs/heads/main`, `v1.2.0` -> (full ref name, commit sha). Branches before tags."""
-    candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}",
-                                                         f"refs/remotes/{ref}"]
-    for name in candidates:
-        commit = _git(repo, "rev-parse", "-q", "--verify", f"{name}^{{commit}}")
-        if commit:
-            return name, commit
-    commit = _git(repo, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}")
-    if commit:
-        return ref, commit
-    raise NotFound(f"no branch, tag or commit named {ref!r} in {repo}", hint="list them with `git show-ref`")
+    with FlowRepo(repo) as flow_repo:
+        return flow_repo.resolve(ref)
 
 
 def at_ref(repo: Path, ref: str, relative: str) -> Source:
     """A file's bytes as committed at `ref`."""
-    full, commit = resolve_ref(repo, ref)
-    try:
-        data = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{relative}"], capture_output=True,
-                              timeout=30, check=True).stdout
-    except subprocess.CalledProcessError:
-        raise NotFound(f"{relative} does not exist at {full} ({commit[:12]})") from None
+    with FlowRepo(repo) as flow_repo:
+        full, commit = flow_repo.resolve(ref)
+        try:
+            data = flow_repo.read(commit, relative)
+        except NotFound:
+            raise NotFound(f"{relative} does not exist at {full} ({commit[:12]})") from None
     return Source(data, f"{relative}@{full}", full, commit)
+
+
+def flow_paths_at(repo: Path, ref: str) -> list[str]:
+    """Paths of flows/*.yaml|yml as committed at `ref`."""
+    with FlowRepo(repo) as flow_repo:
+        _, commit = flow_repo.resolve(ref)
+        try:
+            tree = flow_repo.repo.commit(commit).tree / FLOWS_DIR
+        except KeyError:
+            return []
+        return sorted(blob.path for blob in tree.blobs if blob.name.endswith((".yaml", ".yml")))
