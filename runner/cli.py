@@ -390,3 +390,6 @@ def _fail(as_json: bool, document: dict, message: str, hint: str | None, code: i
         click.echo(json.dumps({"error": document}, indent=2, ensure_ascii=False))
     click.echo(f"error: {message}" + (f"\n  hint: {hint}" if hint else ""), err=True)
     sys.exit(code)
+
+
+from runner import cli_releases  # noqa: E402,F401  (registers the release commands on `cli`)
