@@ -12,40 +12,50 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from runner import releases
+from collections import deque
+from datetime import datetime
+
 from runner.auth import User, Users
 from runner.config import Config
 from runner.engine import SHUTDOWN, Engine
-from runner.errors import Forbidden, NotFound
-from runner.flowfile import check_file, expand_paths, find_flow_file, load_flow_bytes
+from runner.errors import Forbidden, Invalid, NotFound
+from runner.flowfile import check_file, expand_paths
+from runner.gitops import GitOps
 from runner.inputs import resolve_inputs
+from runner.live import Resolution
 from runner.metrics import Metrics
 from runner.notify import Message, Notifier
 from runner.status import ACTIVE_RUN, is_terminal
 from runner.steps import Receipt
 from runner.store import Store
 from runner.timeutil import Clock, parse_duration, parse_rfc3339
+from runner.triggers import ScheduleState, next_slot, schedules, verify_signature, webhook_secret_name
 
 log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, *, config: Config, store: Store, users: Users, repo: Path, public_url: str,
-                 clock: Clock | None = None) -> None:
+    def __init__(self, *, config: Config, store: Store, users: Users, gitops: GitOps, work_dir: Path,
+                 public_url: str, clock: Clock | None = None) -> None:
         self.config = config
         self.store = store
         self.users = users
-        self.repo = repo
+        self.gitops = gitops
+        gitops.on_change = self._live_changed
+        self.repo = work_dir
         self.public_url = public_url.rstrip("/")
         self.clock = clock or Clock()
         self.metrics = Metrics()
         self.notifier = Notifier(config.channels)
-        self.engine = Engine(store, work_dir=repo, config=config, clock=self.clock, masker=config.masker,
+        self.schedule_state = ScheduleState(store.data_dir)
+        self._deliveries: deque[str] = deque(maxlen=10_000)
+        self.engine = Engine(store, work_dir=work_dir, config=config, clock=self.clock, masker=config.masker,
                              users=users, public_url=self.public_url, listener=self._on_event,
                              accepts_messages=True)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -61,8 +71,10 @@ class Daemon:
     # ---- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild timers and resume every active run from its files."""
+        """Read the refs, rebuild timers and resume every active run from its files."""
+        await self.gitops.reconcile("start")
         self._monitor = asyncio.create_task(self._timer_loop(), name="timers")
+        self._watcher = asyncio.create_task(self.gitops.watch(), name="ref-watcher")
         resumed = 0
         for status in ACTIVE_RUN:
             for run in self.store.list_runs(status=status.value, limit=1_000_000):
@@ -75,6 +87,7 @@ class Daemon:
         self.stopping = True
         if self._monitor:
             self._monitor.cancel()
+            self._watcher.cancel()
         running = list(self._tasks.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace)
@@ -87,28 +100,34 @@ class Daemon:
 
     # ---- starting and advancing runs --------------------------------------------
 
-    def flows_dir(self) -> Path:
-        return self.repo / "flows"
-
-    def load_flow(self, name: str, ref: str | None = None):
-        if ref:
-            source = releases.at_ref(self.repo, ref, f"flows/{name}.yaml")
-        else:
-            source = releases.working_tree(self.repo, find_flow_file(self.flows_dir(), name))
-        flow = load_flow_bytes(source.data, source.label, expect_name=name, config=self.config)
-        return flow, source
-
-    def start_run(self, name: str, inputs: dict[str, Any], user: User, *, ref: str | None = None,
-                  trigger: str = "manual") -> dict[str, Any]:
+    async def start_run(self, name: str, inputs: dict[str, Any], user: User, *, ref: str | None = None,
+                        trigger: str = "manual") -> dict[str, Any]:
+        """Start the live version of a flow (or a draft at `ref`), queued if its concurrency is reached."""
         if not user.can("run"):
             raise Forbidden(f"{user.name} may not start runs (needs the run role)")
-        flow, source = self.load_flow(name, ref)
-        values = resolve_inputs(flow, inputs)
-        run_id = self.engine.create_run(flow, values, started_by=user.name, draft=bool(ref), ref=source.ref,
-                                        commit=source.commit)
-        self.metrics.runs_started.labels(flow=flow.name, trigger=trigger).inc()
+        origin = await self.gitops.origin(name, ref)
+        values = resolve_inputs(origin.flow, inputs)
+        run_id = self.engine.create_run(origin.flow, values, started_by=user.name, draft=origin.draft,
+                                        ref=origin.ref, version=origin.version, commit=origin.commit)
+        self.metrics.runs_started.labels(flow=origin.flow.name, trigger=trigger).inc()
         self.schedule(run_id)
         return self.store.read_run(run_id)
+
+    def _may_start(self, run_id: str) -> bool:
+        """A queued run starts only while its flow has fewer active runs than its `concurrency`."""
+        run = self.store.read_run(run_id)
+        if run["status"] != "queued":
+            return True
+        limit = self.engine._flow_of(run_id).concurrency
+        if not limit:
+            return True
+        active = sum(len(self.store.list_runs(flow=run["flow"], status=s, limit=limit)) for s in ("running", "waiting"))
+        return active < limit
+
+    def _start_queued(self, flow: str) -> None:
+        queued = self.store.list_runs(flow=flow, status="queued", limit=10_000)
+        if queued:
+            self.schedule(queued[-1]["id"])  # the oldest first
 
     def schedule(self, run_id: str) -> None:
         """Advance the run soon; if it is being advanced now, once more after that."""
@@ -124,6 +143,8 @@ class Daemon:
         try:
             while True:
                 self._again.discard(run_id)
+                if not self._may_start(run_id):
+                    return  # stays queued; a finishing run of its flow starts it
                 async with self._lock(run_id):
                     run = await self.engine.advance(run_id, hold=False)
                 self._watch(run)
@@ -157,11 +178,13 @@ class Daemon:
         while True:
             now = self.clock.now().timestamp()
             while self._timers and self._timers[0][0] <= now:
-                _, run_id, what = heapq.heappop(self._timers)
+                _, key, what = heapq.heappop(self._timers)
                 if what == "wake":
-                    self.schedule(run_id)
+                    self.schedule(key)
                 elif what.startswith("remind:"):
-                    self._spawn(self._remind(run_id, what.split(":", 1)[1]))
+                    self._spawn(self._remind(key, what.split(":", 1)[1]))
+                elif what.startswith("schedule:"):
+                    self._spawn(self._fire_schedule(key, what))
             delay = self._timers[0][0] - now if self._timers else 3600.0
             self._timer_changed.clear()
             try:
@@ -227,16 +250,98 @@ class Daemon:
                           "min_approvals": state.get("min_approvals"), "url": self.run_url(run["id"])})
         return found
 
+    # ---- triggers -----------------------------------------------------------------------
+
+    def _live_changed(self, resolution: Resolution) -> None:
+        self._spawn(self._plan_schedules())
+
+    async def _plan_schedules(self) -> None:
+        """Timers for the next slot of every schedule of every live flow (a slot fires once)."""
+        now = self.clock.now()
+        for name in self.gitops.live_flows():
+            try:
+                flow = (await self.gitops.origin(name, None)).flow
+            except Exception:
+                continue
+            for index, spec in schedules(flow):
+                slot = self.schedule_state.first_due(name, index, spec, now)
+                self._add_timer(slot.timestamp(), name, f"schedule:{index}:{slot.isoformat()}")
+
+    async def _fire_schedule(self, name: str, what: str) -> None:
+        _, index, slot_text = what.split(":", 2)
+        index, slot = int(index), datetime.fromisoformat(slot_text)
+        try:
+            origin = await self.gitops.origin(name, None)
+        except NotFound:
+            return  # no longer live
+        specs = dict(schedules(origin.flow))
+        if origin.draft or index not in specs:
+            return  # drafts never fire; the live version dropped this schedule
+        following = next_slot(specs[index], slot)
+        self._add_timer(following.timestamp(), name, f"schedule:{index}:{following.isoformat()}")
+        if not self.schedule_state.claim(name, index, slot):
+            return  # already fired (before a restart, or by an earlier plan)
+        try:
+            values = resolve_inputs(origin.flow, {})
+            run_id = self.engine.create_run(origin.flow, values, started_by="schedule", draft=False,
+                                            ref=origin.ref, version=origin.version, commit=origin.commit)
+        except Exception:
+            log.exception("schedule of %s could not start a run", name, extra={"event": "schedule_failed"})
+            return
+        self.metrics.runs_started.labels(flow=name, trigger="schedule").inc()
+        self.schedule(run_id)
+
+    async def hook(self, name: str, body: bytes, signature: str | None) -> dict[str, Any]:
+        """A webhook trigger: only for a live flow that declares one, HMAC-signed with its secret."""
+        if not self.gitops.tagged:
+            raise NotFound(f"flow {name} is not live (the repository has no release tags)")
+        origin = await self.gitops.origin(name, None)
+        secret_name = webhook_secret_name(origin.flow)
+        if secret_name is None:
+            raise NotFound(f"flow {name} has no webhook trigger")
+        secret = self.config.secrets.get(secret_name)
+        if secret is None:
+            raise Forbidden(f"the webhook secret '{secret_name}' is not configured on this daemon")
+        verify_signature(secret, body, signature)
+        try:
+            inputs = json.loads(body or b"{}")
+        except ValueError:
+            raise Invalid("the webhook body is not valid JSON") from None
+        if not isinstance(inputs, dict):
+            raise Invalid("the webhook body must be a JSON object of inputs")
+        values = resolve_inputs(origin.flow, inputs)
+        run_id = self.engine.create_run(origin.flow, values, started_by="webhook", draft=False, ref=origin.ref,
+                                        version=origin.version, commit=origin.commit)
+        self.metrics.runs_started.labels(flow=name, trigger="webhook").inc()
+        self.schedule(run_id)
+        return self.store.read_run(run_id)
+
+    def git_webhook(self, body: bytes, signature: str | None, delivery: str | None) -> dict[str, Any]:
+        secret_ref = (self.config.data.get("repo") or {}).get("webhook_secret")
+        if not secret_ref:
+            raise Forbidden("this daemon has no repo.webhook_secret configured, so it takes no push webhooks")
+        verify_signature(self.gitops.webhook_secret or "", body, signature)
+        if delivery and delivery in self._deliveries:
+            return {"accepted": False, "duplicate": True}
+        if delivery:
+            self._deliveries.append(delivery)
+        self.gitops.nudge()
+        return {"accepted": True, "duplicate": False}
+
     def run_url(self, run_id: str) -> str:
         return f"{self.public_url}/ui/runs/{run_id}"
 
-    def flows(self) -> list[dict[str, Any]]:
-        folder = self.flows_dir()
+    def flows(self) -> dict[str, Any]:
+        """Live versions (with refusals) when the repo has release tags; else the working tree's flows."""
+        if self.gitops.tagged:
+            return {"tagged": True, "flows": self.gitops.resolution.to_dict()["flows"]}
+        folder = self.repo / "flows"
         reports = [check_file(p, config=self.config) for p in expand_paths([folder])] if folder.is_dir() else []
-        return [{"name": r.name, "file": str(Path(r.file).relative_to(self.repo)) if r.file.startswith(str(self.repo))
-                 else r.file, "ok": r.ok, "errors": [p.to_dict() for p in r.errors],
-                 "description": r.flow.description if r.flow else None,
-                 "inputs": r.flow.inputs if r.flow else {}} for r in reports]
+        return {"tagged": False, "flows": [
+            {"flow": r.name or Path(r.file).stem, "live": None,
+             "working_tree": {"file": Path(r.file).name, "ok": r.ok, "errors": [p.to_dict() for p in r.errors],
+                              "description": r.flow.description if r.flow else None,
+                              "inputs": r.flow.inputs if r.flow else {}}} for r in reports]}
 
     # ---- notifications ---------------------------------------------------------------
 
@@ -259,6 +364,7 @@ class Daemon:
         kind = event["type"]
         if kind == "run_finished":
             self.metrics.runs_finished.labels(flow=run["flow"], status=event["status"]).inc()
+            asyncio.get_running_loop().call_soon(self._start_queued, run["flow"])
         elif kind == "step_finished":
             self.metrics.steps_finished.labels(status=event["status"]).inc()
         elif kind == "step_waiting":

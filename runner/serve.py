@@ -9,11 +9,15 @@ from typing import Any
 
 import uvicorn
 
+from runner import secrets
 from runner.auth import LOCAL_USER, TOKEN_FILE, load_users
 from runner.config import load_config
 from runner.daemon import Daemon
+from runner.gitops import GitOps
 from runner.server import create_app
 from runner.store import Store
+from runner.timeutil import parse_duration
+from runner.watcher import RepoSource
 
 
 def build(env: Any, *, host: str | None = None, port: int | None = None) -> tuple[Daemon, Any, str, int]:
@@ -24,11 +28,24 @@ def build(env: Any, *, host: str | None = None, port: int | None = None) -> tupl
     base = config.path.parent if config.path else Path.cwd()  # paths in a config are relative to it
     data_dir = base / config.data["data"] if config.data.get("data") and not env.data_given else env.data
     repo_spec = config.data.get("repo") or {}
-    repo = (base / repo_spec["path"]).resolve() if repo_spec.get("path") else env.repo
+    if repo_spec.get("url"):
+        source = RepoSource(url=repo_spec["url"], data_dir=data_dir)
+        work_dir = data_dir / "workspace"
+        work_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        work_dir = (base / repo_spec["path"]).resolve() if repo_spec.get("path") else env.repo
+        source = RepoSource(path=work_dir)
     public_url = server.get("public_url") or f"http://{host}:{port}"
     store = Store(data_dir)
     users = load_users(config.data, data_dir, config.path.parent if config.path else None)
-    daemon = Daemon(config=config, store=store, users=users, repo=repo, public_url=public_url)
+    webhook_secret = (secrets.resolve(repo_spec["webhook_secret"], what="repo.webhook_secret", base_dir=base)
+                      if repo_spec.get("webhook_secret") else None)
+    if webhook_secret:
+        config.masker.add(webhook_secret)
+    gitops = GitOps(source=source, data_dir=data_dir, config=config, webhook_secret=webhook_secret,
+                    poll_interval=parse_duration(repo_spec.get("poll_interval", "15s")))
+    daemon = Daemon(config=config, store=store, users=users, gitops=gitops, work_dir=work_dir,
+                    public_url=public_url)
     limits = config.limits
     app = create_app(daemon, body_limit=int(limits.get("body_max_bytes", 1024 * 1024)))
     return daemon, app, host, port
@@ -39,7 +56,7 @@ def serve(env: Any, *, host: str | None = None, port: int | None = None) -> None
     daemon, app, host, port = build(env, host=host, port=port)
     local = [u for u in daemon.users.by_hash.values() if u.name == LOCAL_USER]
     print(f"signoff daemon on http://{host}:{port}  (public URL {daemon.public_url})", file=sys.stderr)
-    print(f"  flows:  {daemon.repo / 'flows'}", file=sys.stderr)
+    print(f"  flows:  {daemon.gitops.source.url or daemon.repo / 'flows'}", file=sys.stderr)
     print(f"  data:   {daemon.store.data_dir.resolve()}", file=sys.stderr)
     if local:
         print(f"  token:  {(daemon.store.data_dir / TOKEN_FILE).resolve()} (the CLI on this machine reads it)",

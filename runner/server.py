@@ -94,13 +94,14 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         return wrapped
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"ok": True, "version": __version__, "stopping": daemon.stopping,
+        repo = daemon.gitops.health()
+        return JSONResponse({"ok": repo["error"] is None, "version": __version__, "stopping": daemon.stopping,
                              "active_runs": len(daemon._tasks), "timers": len(daemon._timers),
-                             "repo": str(daemon.repo), "public_url": daemon.public_url})
+                             "public_url": daemon.public_url, "repo": repo})
 
     async def flows(request: Request) -> Response:
         user_of(request)
-        return JSONResponse({"flows": daemon.flows()})
+        return JSONResponse(daemon.flows())
 
     async def start_run(request: Request) -> Response:
         user = user_of(request)
@@ -108,7 +109,7 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         inputs = body.get("inputs") or {}
         if not isinstance(inputs, dict):
             raise Invalid("inputs must be a JSON object")
-        run = daemon.start_run(request.path_params["flow"], inputs, user, ref=body.get("ref"))
+        run = await daemon.start_run(request.path_params["flow"], inputs, user, ref=body.get("ref"))
         return JSONResponse(run, status_code=201, headers={"Location": f"/api/v1/runs/{run['id']}"})
 
     async def list_runs(request: Request) -> Response:
@@ -175,6 +176,17 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         meta = daemon.store.resource_meta(ref)
         return FileResponse(path, media_type=meta.get("media_type") or "application/octet-stream")
 
+    async def hook(request: Request) -> Response:
+        body = await read_body(request, body_limit)
+        run = await daemon.hook(request.path_params["flow"], body, request.headers.get("x-hub-signature-256"))
+        return JSONResponse(run, status_code=201, headers={"Location": f"/api/v1/runs/{run['id']}"})
+
+    async def git_webhook(request: Request) -> Response:
+        body = await read_body(request, body_limit)
+        answer = daemon.git_webhook(body, request.headers.get("x-hub-signature-256"),
+                                    request.headers.get("x-github-delivery"))
+        return JSONResponse(answer, status_code=202)
+
     async def metrics(request: Request) -> Response:
         return Response(daemon.metrics.render(), media_type=daemon.metrics.content_type)
 
@@ -190,6 +202,8 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         Route("/api/v1/pending", handler(pending)),
         Route("/api/v1/resources/{sha256}", handler(resource)),
         Route("/callbacks/{token}", handler(callback), methods=["POST"]),
+        Route("/hooks/{flow}", handler(hook), methods=["POST"]),
+        Route("/api/v1/git/webhook", handler(git_webhook), methods=["POST"]),
         Route("/metrics", handler(metrics)),
     ]
 

@@ -1,0 +1,147 @@
+"""The daemon's view of the flows repository: what is live, and where a run's flow comes from.
+
+Git is touched from one worker thread at a time (GitPython is not thread-safe).
+`reconcile()` refreshes the mirror (for a clone URL), re-reads the refs and
+recomputes the live versions; a failure keeps the last good state and is
+reported in health. Polling runs every `poll_interval` (with jitter); a push
+webhook only asks for an earlier reconcile, and bursts merge into one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from runner.errors import NotFound
+from runner.flowfile import find_flow_file, load_flow_bytes
+from runner.live import Resolution, Resolver
+from runner.model import Flow
+from runner.releases import FlowRepo, Source, working_tree
+from runner.timeutil import Clock, rfc3339
+from runner.watcher import RepoSource, describe_git_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FlowOrigin:
+    """Where a run's flow came from: what the run record keeps."""
+
+    flow: Flow
+    ref: str | None
+    commit: str | None
+    version: str | None
+    draft: bool
+
+
+class GitOps:
+    def __init__(self, *, source: RepoSource, data_dir: Path, config: Any, poll_interval: float,
+                 clock: Clock | None = None, on_change: Callable[[Resolution], None] | None = None,
+                 webhook_secret: str | None = None) -> None:
+        self.source = source
+        self.webhook_secret = webhook_secret
+        self.config = config
+        self.poll_interval = poll_interval
+        self.clock = clock or Clock()
+        self.resolver = Resolver(source.path, data_dir, config=config, clock=self.clock)
+        self.resolution: Resolution | None = None
+        self.error: str | None = None
+        self.last_ok: str | None = None
+        self.on_change = on_change
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    async def git(self, func: Callable, *args: Any) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(func, *args)
+
+    async def reconcile(self, reason: str = "poll") -> Resolution | None:
+        try:
+            await self.git(self.source.refresh)
+            resolution = await self.git(self.resolver.resolve)
+        except Exception as exc:  # unreachable remote, broken repo: keep serving the last good state
+            self.error = describe_git_error(exc)
+            log.warning("reconcile (%s) failed: %s", reason, self.error, extra={"event": "reconcile_failed"})
+            return self.resolution
+        changed = self.resolution is None or _live_map(self.resolution) != _live_map(resolution)
+        self.resolution, self.error, self.last_ok = resolution, None, rfc3339(self.clock.now())
+        for problem in resolution.problems:
+            log.warning("%s", problem["message"], extra={"event": "tag_" + problem["problem"]})
+        if changed:
+            log.info("live versions: %s", _live_map(resolution), extra={"event": "live_changed"})
+            if self.on_change:
+                self.on_change(resolution)
+        return resolution
+
+    def nudge(self) -> None:
+        """Ask for a reconcile soon (a push webhook); many nudges before it runs make one."""
+        self._wake.set()
+
+    async def watch(self) -> None:
+        while True:
+            self._wake.clear()
+            await self.reconcile("poll")
+            delay = self.poll_interval * random.uniform(0.8, 1.2)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    # ---- where a run's flow comes from ------------------------------------------------
+
+    @property
+    def tagged(self) -> bool:
+        return bool(self.resolution and self.resolution.tagged)
+
+    async def origin(self, name: str, ref: str | None) -> FlowOrigin:
+        """The live version of a flow, or with `ref` a draft pinned to the ref's commit."""
+        if ref:
+            source = await self.git(_read_at, self.source.path, ref, name)
+            return FlowOrigin(self._load(source, name), source.ref, source.commit, None, True)
+        if not self.tagged:
+            if self.source.remote:
+                source = await self.git(_read_at, self.source.path, "HEAD", name)
+            else:  # no release tags yet: the working tree runs, as a draft
+                source = await self.git(working_tree, self.source.path,
+                                        find_flow_file(self.source.path / "flows", name))
+            return FlowOrigin(self._load(source, name), source.ref, source.commit, None, True)
+        live = self.resolution.flows.get(name) if self.resolution else None
+        if live is None or live.release is None:
+            why = "it was removed in the newest release" if live and live.removed else "it has no live release"
+            raise NotFound(f"flow {name} cannot start: {why}",
+                           hint=f"release it (signoff release {name} <version>) or run a draft with --ref BRANCH")
+        release = live.release
+        source = await self.git(_read_at, self.source.path, release.commit, name)
+        return FlowOrigin(self._load(source, name), f"refs/tags/{release.tag}", release.commit, release.tag, False)
+
+    def _load(self, source: Source, name: str) -> Flow:
+        return load_flow_bytes(source.data, source.label, expect_name=name,
+                               config=self.config if getattr(self.config, "declared", False) else None)
+
+    def live_flows(self) -> list[str]:
+        if not self.resolution:
+            return []
+        return [name for name, live in self.resolution.flows.items() if live.release is not None]
+
+    def health(self) -> dict[str, Any]:
+        live = _live_map(self.resolution) if self.resolution else {}
+        return {"source": self.source.url or str(self.source.path), "tagged": self.tagged, "live": live,
+                "error": self.error, "last_reconciled": self.last_ok,
+                "problems": self.resolution.problems if self.resolution else []}
+
+
+def _live_map(resolution: Resolution) -> dict[str, str | None]:
+    return {name: live.release.tag if live.release else None for name, live in resolution.flows.items()}
+
+
+def _read_at(repo_path: Path, ref: str, name: str) -> Source:
+    with FlowRepo(repo_path) as repo:
+        full, commit = repo.resolve(ref)
+        files = repo.flow_files(commit)
+        if name not in files:
+            raise NotFound(f"flows/{name}.yaml does not exist at {full} ({commit[:12]})")
+        return Source(files[name], f"flows/{name}.yaml@{full}", full, commit)
