@@ -374,7 +374,7 @@ class _Driver:
             callback_url=lambda step_id: self.engine.callback_url(tokens[step_id]) if step_id in tokens else None,
             evaluate=lambda value, field: evaluator.render(value, context, step=step.id, field=field),
             public_url=self.engine.public_url,
-            mask=self.engine.masker.mask, masking=bool(self.engine.masker.values),
+            mask=self.engine.masker.mask, masking=bool(self.engine.masker.values), masker=self.engine.masker,
             on_output=(lambda stream, text: on_output(step.id, stream, self.engine.masker.mask(text)))
             if on_output else (lambda s, t: None))
 

@@ -112,6 +112,8 @@ class GitOps:
         live = self.resolution.flows.get(name) if self.resolution else None
         if live is None or live.release is None:
             why = "it was removed in the newest release" if live and live.removed else "it has no live release"
+            if live and live.refused:
+                why += f" (refused: {', '.join(r['tag'] for r in live.refused)})"
             raise NotFound(f"flow {name} cannot start: {why}",
                            hint=f"release it (signoff release {name} <version>) or run a draft with --ref BRANCH")
         release = live.release

@@ -231,7 +231,9 @@ class Resolver:
                 live.refused.append({"tag": candidate.tag, "commit": candidate.commit, "errors": verdict["errors"]})
                 continue
             if name not in verdict["flows"]:
-                live.removed = True  # the newest valid release dropped the flow
+                # the newest valid release lacks the flow: removed, if an older release had it
+                older = candidates[candidates.index(candidate) + 1:]
+                live.removed = any(repo.flow_blob_id(c.commit, name) for c in older)
                 break
             live.release = candidate
             break

@@ -51,6 +51,28 @@ class Masker:
     def add(self, value: str) -> None:
         self.values = sorted({*self.values, value} if len(value) >= 4 else set(self.values), key=len, reverse=True)
 
+    def mask_file(self, source: Path, target: Path, chunk_size: int = 1 << 20) -> bool:
+        """Copy `source` to `target` with secret byte strings masked, streaming; True if any were."""
+        needles = [v.encode() for v in self.values]
+        keep = max((len(n) for n in needles), default=1) - 1
+        found = False
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            carry = b""
+            while True:
+                chunk = src.read(chunk_size)
+                buffer = carry + chunk
+                for needle in needles:
+                    if needle in buffer:
+                        buffer = buffer.replace(needle, MASK.encode())
+                        found = True
+                if not chunk:
+                    dst.write(buffer)
+                    return found
+                # hold back a tail that may be the start of a secret split across chunks
+                cut = max(len(buffer) - keep, 0)
+                dst.write(buffer[:cut])
+                carry = buffer[cut:]
+
     def mask(self, value: Any) -> Any:
         if not self.values or value is None:
             return value

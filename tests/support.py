@@ -186,6 +186,15 @@ def harness_with_config(tmp_path: Path, data: dict, **kwargs: Any) -> Harness:
     return Harness(tmp_path, config=load_config(write_config(tmp_path, data)), **kwargs)
 
 
+def run_schema_errors(record: dict) -> list[str]:
+    """Where `record` breaks schema/run.schema.json (DESIGN §4: tests validate real records against it)."""
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((PROJECT / "schema" / "run.schema.json").read_text())
+    Draft202012Validator.check_schema(schema)
+    return [f"{list(e.absolute_path)}: {e.message}" for e in Draft202012Validator(schema).iter_errors(record)]
+
+
 def all_file_bytes(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
 

@@ -46,6 +46,8 @@ def harness(tmp_path, monkeypatch, api):
         "api": {"kind": "http", "base_url": api.url,
                 "headers": {"Authorization": {"env": "API_TOKEN"}, "X-Static": "static-value"}},
         "prod": {"kind": "http", "base_url": api.url, "live_only": True},
+        "prod-with-stand-in": {"kind": "http", "base_url": f"http://127.0.0.1:{closed_port()}", "live_only": True,
+                               "draft_replacement": "api"},
         "gone": {"kind": "http", "base_url": f"http://127.0.0.1:{closed_port()}"},
     }})
 
@@ -198,6 +200,14 @@ def test_a_live_only_connection_is_refused_to_draft_runs_before_any_request(harn
     live = harness.run(text, draft=False)
     assert live["status"] == "succeeded", live["error"]
     assert len(api.requests) == 1
+
+
+def test_a_draft_run_uses_the_draft_replacement_of_a_live_only_connection(harness, api):
+    record = harness.run("name: stand-in\nsteps:\n"
+                         "  - {id: call, kind: http, connection: prod-with-stand-in, method: POST, path: /items}\n")
+    assert record["status"] == "succeeded", record["error"]
+    assert len(api.requests) == 1
+    assert api.requests[0].headers["X-Static"] == "static-value"  # the replacement's own headers
 
 
 def test_an_unknown_connection_fails_the_step_clearly(tmp_path, api):

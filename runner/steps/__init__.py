@@ -89,6 +89,7 @@ class StepContext:
     public_url: str | None = None
     mask: Callable[[Any], Any] = lambda value: value
     masking: bool = False  # whether there are secret values to mask at all
+    masker: Any = None
 
     @property
     def draft(self) -> bool:

@@ -55,10 +55,11 @@ class _Spool:
         self.handle.close()
         if self.size <= THRESHOLD:
             return {name: self.path.read_bytes().decode("utf-8", "replace")}
-        content: Path | bytes = self.path
-        if ctx.masking:  # a printed secret must never reach the store (costs memory up to the spool cap)
-            text = self.path.read_bytes().decode("utf-8", "replace")
-            content = ctx.mask(text).encode()
+        content = self.path
+        if ctx.masker is not None and ctx.masking:  # a printed secret must never reach the store
+            masked = self.path.with_name(self.path.name + ".masked")
+            if ctx.masker.mask_file(self.path, masked):
+                content = masked
         ref = ctx.store.put_resource(content, media_type="text/plain", name=f"{ctx.step.id}.{name}",
                                      run_id=ctx.run["id"], step=ctx.step.id)
         result = {name: ref, f"{name}_bytes": self.size,
@@ -85,11 +86,15 @@ def parse_output_file(path: Path) -> dict[str, Any]:
                 continue
             if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
                 key, marker = line.split("<<", 1)
-                body = []
+                body, closed = [], False
                 for inner in lines:
                     if inner == marker:
+                        closed = True
                         break
                     body.append(inner)
+                if not closed:
+                    raise StepFailed(f"$SIGNOFF_OUTPUT: {key.strip()}<<{marker} is never closed by a line "
+                                     f"{marker!r}", retryable=False)
                 values[key.strip()] = "\n".join(body)
             elif "=" in line:
                 key, value = line.split("=", 1)
