@@ -65,6 +65,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=STEPS)
     args = parser.parse_args()
     steps = args.steps
+    load_before = os.getloadavg()
 
     data, source = flow_parts(steps)
     assert len(source.encode()) <= MAX_FILE_BYTES, "the flow source must fit the flow file limit (advance re-reads it)"
@@ -175,6 +176,8 @@ def main() -> int:
     print(f"  run.json (final)          {run_json:>12,} bytes")
     print(f"  events.jsonl (final)      {events_jsonl:>12,} bytes, {verified.events:,} events "
           f"(verify: ok, {verify_seconds:.2f} s)")
+    print(f"  load average              {' '.join(f'{x:.2f}' for x in load_before)} before, "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after")
     print(f"TARGET last-{WINDOW} mean <= {TARGET_RATIO}x first-{WINDOW} mean: {'MET' if met else 'MISSED'} "
           f"(ratio {ratio:.2f}; middle/first {means['middle'] / means['first']:.2f})")
     return 0 if met else 1

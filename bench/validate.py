@@ -12,7 +12,10 @@ env; expressions reading inputs, run and earlier steps; `if`, retries,
 timeouts and `on_error` jumps. The generator is seeded, so every run checks the
 same files.
 
-Run: .venv/bin/python bench/validate.py [--flows N] [--profile]
+Run: .venv/bin/python bench/validate.py [--flows N] [--breakdown | --profile]
+  --breakdown  skip the CLI; time each phase of check_file over the same files
+               (YAML alias-count pass, YAML round-trip load, schema, meaning, Flow)
+  --profile    skip the CLI; cProfile check_file over the first 100 flows, print the top functions
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ TARGET_SECONDS = 5.0
 FLOWS = 500
 MIN_STEPS, MAX_STEPS = 5, 30
 SEED = 20261125
+PROFILE_FLOWS = 100
 
 
 def make_inputs(rng: random.Random) -> dict:
@@ -175,6 +179,41 @@ def write_flows(directory: Path, count: int) -> tuple[int, int]:
     return total_steps, total_bytes
 
 
+def breakdown(files: list[Path]) -> None:
+    """Time the phases `check_file` goes through, separately, without a profiler's distortion."""
+    from runner import checks, schemas, yamldoc
+    from runner.model import Flow
+
+    phases = dict.fromkeys(["yaml: alias-count pass (yaml.parse)", "yaml: round-trip load (yaml.load)",
+                            "yaml: to_plain", "schema (jsonschema)", "meaning (checks.semantic_problems)",
+                            "Flow.from_dict"], 0.0)
+    names = list(phases)
+    total_start = time.perf_counter()
+    for path in files:
+        text = path.read_text()
+        t0 = time.perf_counter()
+        for _ in YAML(typ="rt").parse(text):
+            pass
+        t1 = time.perf_counter()
+        root = YAML(typ="rt").load(text)
+        t2 = time.perf_counter()
+        plain = yamldoc.to_plain(root)
+        t3 = time.perf_counter()
+        doc = yamldoc.Document(str(path), text, root, plain)
+        assert not schemas.schema_problems(doc, "flow")
+        t4 = time.perf_counter()
+        assert not [p for p in checks.semantic_problems(doc, expect_name=path.stem) if p.severity != "warning"]
+        t5 = time.perf_counter()
+        Flow.from_dict(plain, source=text, file=str(path))
+        t6 = time.perf_counter()
+        for name, seconds in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+            phases[name] += seconds
+    total = time.perf_counter() - total_start
+    print(f"phase breakdown over {len(files)} flows (no profiler), total {total:.2f} s:")
+    for name, seconds in phases.items():
+        print(f"  {name:<40} {seconds:>7.2f} s  {seconds / total:>5.0%}")
+
+
 def run_cli(directory: Path, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
     command = [sys.executable, "-m", "runner", "validate", str(directory), "--json"]
     start = time.perf_counter()
@@ -185,8 +224,11 @@ def run_cli(directory: Path, cwd: Path) -> tuple[float, subprocess.CompletedProc
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=FLOWS)
-    parser.add_argument("--profile", action="store_true", help="cProfile the in-process loop, print top functions")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--breakdown", action="store_true", help="skip the CLI; time each phase of check_file")
+    mode.add_argument("--profile", action="store_true", help="skip the CLI; cProfile the in-process loop")
     args = parser.parse_args()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
 
     with tempfile.TemporaryDirectory(prefix="signoff-bench-validate-") as name:
         tmp = Path(name)
@@ -194,6 +236,19 @@ def main() -> int:
         flows_dir.mkdir()
         empty_dir.mkdir()
         total_steps, total_bytes = write_flows(flows_dir, args.flows)
+        if args.breakdown:
+            breakdown(expand_paths([flows_dir]))
+            return 0
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            sample = expand_paths([flows_dir])[:PROFILE_FLOWS]  # cProfile slows this ~5x: a sample keeps it < 2 min
+            profiler.runcall(lambda: [check_file(path) for path in sample])
+            print(f"profile of the in-process check_file loop over {len(sample)} flows (cumulative, top 40):")
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+            return 0
 
         empty_seconds, empty = run_cli(empty_dir, tmp)
         assert empty.returncode == 0, empty.stderr
@@ -208,17 +263,9 @@ def main() -> int:
         all_ok = done.returncode == 0 and result.get("ok") is True and not bad and len(result["flows"]) == args.flows
 
         files = expand_paths([flows_dir])
-        profiler = None
-        if args.profile:
-            import cProfile
-
-            profiler = cProfile.Profile()
-            profiler.enable()
         start = time.perf_counter()
         reports = [check_file(path) for path in files]
         loop_seconds = time.perf_counter() - start
-        if profiler:
-            profiler.disable()
         loop_ok = all(r.ok for r in reports) and len(reports) == args.flows
 
     met = cli_seconds < TARGET_SECONDS and all_ok
@@ -232,14 +279,9 @@ def main() -> int:
           f"{loop_seconds / total_steps * 1e3:.2f} ms/step), all ok: {loop_ok}")
     for report in bad[:3]:
         print(f"  INVALID {report['file']}: {report['errors'][:2]}")
+    print(f"  load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"TARGET CLI < {TARGET_SECONDS:.0f} s with every flow ok: {'MET' if met else 'MISSED'} "
           f"({cli_seconds:.2f} s, all ok: {all_ok})")
-
-    if profiler:
-        import pstats
-
-        print("\nprofile of the in-process loop (cumulative, top 40):")
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
     return 0 if met else 1
 
 

@@ -14,10 +14,12 @@ the daemon, which comes back when a timer fires or `deliver` ends a wait.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
 import secrets as random_tokens
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -65,6 +67,7 @@ class Engine:
         self.public_url = public_url.rstrip("/") if public_url else None
         self.accepts_messages = accepts_messages  # a daemon is there to take decisions and callbacks
         self.evaluator = Evaluator()
+        self._flows: dict[str, Flow] = {}  # validated flow copies by sha256: each is checked once
 
     def callback_url(self, token: str) -> str | None:
         return f"{self.public_url}/callbacks/{token}" if self.public_url else None
@@ -73,6 +76,7 @@ class Engine:
                    ref: str | None = None, version: str | None = None, commit: str | None = None) -> str:
         """Make the run directory, keep the flow source, mint callback tokens, record `run_created`."""
         run_id = self.store.create_run_dir(self.clock.now(), flow.source)
+        self._remember(flow)
         tokens = {s.id: random_tokens.token_urlsafe(32) for s in flow.steps if s.kind == "callback"}
         for step_id, token in tokens.items():
             self.store.index_callback(token, run_id, step_id)
@@ -134,10 +138,21 @@ class Engine:
 
     def _flow_of(self, run_id: str) -> Flow:
         source = self.store.flow_source(run_id).encode()
+        digest = hashlib.sha256(source).hexdigest()
+        flow = self._flows.get(digest)
+        if flow is not None:
+            return flow
         try:
-            return load_flow_bytes(source, f"runs/{run_id}/flow.yaml")
+            flow = load_flow_bytes(source, f"runs/{run_id}/flow.yaml", limit=None)
         except FlowInvalid as exc:  # the copy was valid when the run started: someone edited it
             raise FlowInvalid(f"the flow copy kept with run {run_id} no longer validates", exc.problems) from None
+        self._remember(flow)
+        return flow
+
+    def _remember(self, flow: Flow) -> None:
+        if len(self._flows) >= 256:
+            self._flows.pop(next(iter(self._flows)))
+        self._flows[flow.sha256] = flow
 
 
 class _Driver:
@@ -152,6 +167,7 @@ class _Driver:
         self.pending: list[dict] = []
         self.last_snapshot = float("-inf")
         self.behind = False  # events on disk that run.json does not reflect yet
+        self.snapshot_interval = SNAPSHOT_INTERVAL
         self.hold = True
 
     def __enter__(self) -> "_Driver":
@@ -180,8 +196,11 @@ class _Driver:
             self.log.append(batch)
             self.behind = True
         now = self.engine.clock.monotonic()
-        if self.behind and (force or now - self.last_snapshot >= SNAPSHOT_INTERVAL):
+        if self.behind and (force or now - self.last_snapshot >= self.snapshot_interval):
+            started = time.perf_counter()
             self.engine.store.write_snapshot(self.run, self.log)
+            # a big snapshot is rewritten less often, so it never costs more than ~5% of the loop
+            self.snapshot_interval = max(SNAPSHOT_INTERVAL, 20 * (time.perf_counter() - started))
             self.last_snapshot, self.behind = now, False
         if self.engine.listener:
             for event in batch:

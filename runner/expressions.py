@@ -10,6 +10,7 @@ command are quoted with `shlex.quote` unless written `raw(...)`.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -99,6 +100,148 @@ def _guarded_filter(func):
     return guarded
 
 
+_PATH = re.compile(r"^\s*(inputs|steps|run|callbacks)((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\s*'[^'\\]*'\s*\]|\[[0-9]+\])+)\s*$")
+_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[\s*'([^'\\]*)'\s*\]|\[([0-9]+)\]")
+
+
+def _path_lookup(expr: str):
+    """A plain path (`steps.plan.outputs.stdout`) read from the data directly: no compile, no
+    attribute access on any object at all. Anything else, or a miss, goes to jinja2."""
+    match = _PATH.match(expr)
+    if not match or "-" in "".join(m.group(1) or "" for m in _PART.finditer(match.group(2))):
+        return None
+    root = match.group(1)
+    parts = [(m.group(1) or m.group(2), m.group(3)) for m in _PART.finditer(match.group(2))]
+    fallback = []
+
+    def lookup(**context: Any) -> Any:
+        value = context[root]
+        for key, index in parts:
+            if isinstance(value, dict) and index is None and key in value:
+                value = value[key]
+            elif isinstance(value, list) and index is not None and int(index) < len(value):
+                value = value[int(index)]
+            else:  # let jinja2 produce its usual error (or attribute semantics)
+                if not fallback:
+                    fallback.append(_SLOW_ENV.compile_expression(expr.strip(), undefined_to_none=False))
+                return fallback[0](**context)
+        return value
+
+    return lookup
+
+
+_SIMPLE_NODES = (nodes.Const, nodes.Name, nodes.Getattr, nodes.Getitem, nodes.BinExpr, nodes.UnaryExpr,
+                 nodes.Compare, nodes.Operand, nodes.Concat, nodes.CondExpr, nodes.List, nodes.Tuple, nodes.Dict,
+                 nodes.Pair, nodes.Filter, nodes.Output, nodes.Template, nodes.TemplateData)
+_BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "//": operator.floordiv,
+           "%": operator.mod, "**": operator.pow}
+_COMPARE = {"eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gteq": operator.ge, "lt": operator.lt,
+            "lteq": operator.le, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b}
+
+
+class _Unsupported(Exception):
+    """This expression needs jinja2 proper (an error to word, attribute semantics, a test...)."""
+
+
+def _interpreted(env: ImmutableSandboxedEnvironment, expr: str):
+    """Evaluate common expressions straight from jinja2's parse tree.
+
+    Compiling each distinct expression to Python costs ~0.5 ms, which dominated
+    short steps. Only data is touched (dict keys, list items); operators go
+    through the sandbox's caps; anything unusual, and every error, is handed to
+    the compiled jinja2 expression, so results and messages are jinja2's own.
+    """
+    try:
+        tree = env.parse("{{ " + expr.strip() + " }}")
+    except TemplateSyntaxError:
+        return None
+    body = tree.body[0].nodes[0] if tree.body and isinstance(tree.body[0], nodes.Output) else None
+    if body is None or len(tree.body[0].nodes) != 1:
+        return None
+    for node in tree.find_all(nodes.Node):
+        if not isinstance(node, _SIMPLE_NODES) or (isinstance(node, nodes.Filter) and (
+                node.dyn_args or node.dyn_kwargs or node.node is None)):
+            return None
+    slow: list = []
+
+    def evaluate(**context: Any) -> Any:
+        try:
+            return _walk(env, body, context)
+        except Exception:
+            if not slow:
+                slow.append(env.compile_expression(expr.strip(), undefined_to_none=False))
+            return slow[0](**context)
+
+    return evaluate
+
+
+def _walk(env: ImmutableSandboxedEnvironment, node: nodes.Node, context: dict[str, Any]) -> Any:
+    kind = type(node)
+    if kind is nodes.Const:
+        return node.value
+    if kind is nodes.Name:
+        if node.name in context:
+            return context[node.name]
+        raise _Unsupported(node.name)
+    if kind is nodes.Getattr:
+        value = _walk(env, node.node, context)
+        if isinstance(value, dict) and node.attr in value:
+            return value[node.attr]
+        raise _Unsupported(node.attr)
+    if kind is nodes.Getitem:
+        value, key = _walk(env, node.node, context), _walk(env, node.arg, context)
+        if isinstance(value, dict) and isinstance(key, str) and key in value:
+            return value[key]
+        if isinstance(value, (list, tuple)) and isinstance(key, int) and -len(value) <= key < len(value):
+            return value[key]
+        raise _Unsupported("item")
+    if kind is nodes.And:
+        return _walk(env, node.left, context) and _walk(env, node.right, context)
+    if kind is nodes.Or:
+        return _walk(env, node.left, context) or _walk(env, node.right, context)
+    if isinstance(node, nodes.BinExpr):
+        left, right = _walk(env, node.left, context), _walk(env, node.right, context)
+        if node.operator in env.intercepted_binops:
+            return env.call_binop(None, node.operator, left, right)
+        return _BINARY[node.operator](left, right)
+    if kind is nodes.Not:
+        return not _walk(env, node.node, context)
+    if kind is nodes.Neg:
+        return -_walk(env, node.node, context)
+    if kind is nodes.Pos:
+        return +_walk(env, node.node, context)
+    if kind is nodes.Compare:
+        left = _walk(env, node.expr, context)
+        for operand in node.ops:
+            right = _walk(env, operand.expr, context)
+            if not _COMPARE[operand.op](left, right):
+                return False
+            left = right
+        return True
+    if kind is nodes.Concat:
+        return "".join(str(_walk(env, part, context)) for part in node.nodes)
+    if kind is nodes.CondExpr:
+        if _walk(env, node.test, context):
+            return _walk(env, node.expr1, context)
+        if node.expr2 is None:
+            raise _Unsupported("else")
+        return _walk(env, node.expr2, context)
+    if kind is nodes.List:
+        return [_walk(env, item, context) for item in node.items]
+    if kind is nodes.Tuple:
+        return tuple(_walk(env, item, context) for item in node.items)
+    if kind is nodes.Dict:
+        return {_walk(env, pair.key, context): _walk(env, pair.value, context) for pair in node.items}
+    if kind is nodes.Filter:
+        func = env.filters.get(node.name)
+        if func is None or getattr(func, "jinja_pass_arg", None) is not None:
+            raise _Unsupported(node.name)
+        args = [_walk(env, arg, context) for arg in node.args]
+        kwargs = {pair.key: _walk(env, pair.value, context) for pair in node.kwargs}
+        return func(_walk(env, node.node, context), *args, **kwargs)
+    raise _Unsupported(kind.__name__)
+
+
 def _fromjson(text: str) -> Any:
     return json.loads(text)
 
@@ -110,6 +253,9 @@ def make_environment() -> ImmutableSandboxedEnvironment:
     env.filters = {name: _guarded_filter(func) for name, func in env.filters.items()}
     env.filters["fromjson"] = _fromjson
     return env
+
+
+_SLOW_ENV = make_environment()
 
 
 def to_text(value: Any) -> str:
@@ -132,16 +278,21 @@ def has_expression(text: Any) -> bool:
 class Evaluator:
     """Evaluates and renders expressions; compiled expressions are cached."""
 
+    CACHE_SIZE = 4096
+
     def __init__(self) -> None:
         self.env = make_environment()
-        self._compiled: dict[str, Any] = {}
+        self._compiled: dict[str, Any] = {}  # bounded: an unbounded cache makes every GC pass slower
 
     def evaluate(self, expr: str, context: dict[str, Any], *, step: str | None = None,
                  field: str | None = None) -> Any:
         compiled = self._compiled.get(expr)
         try:
             if compiled is None:
-                compiled = self.env.compile_expression(expr.strip(), undefined_to_none=False)
+                compiled = (_path_lookup(expr) or _interpreted(self.env, expr)
+                            or self.env.compile_expression(expr.strip(), undefined_to_none=False))
+                if len(self._compiled) >= self.CACHE_SIZE:
+                    self._compiled.pop(next(iter(self._compiled)))
                 self._compiled[expr] = compiled
             value = compiled(**context)
         except UndefinedError as exc:

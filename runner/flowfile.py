@@ -14,7 +14,7 @@ from runner.checks import semantic_problems
 from runner.errors import FlowInvalid, NotFound
 from runner.model import Flow
 from runner.schemas import schema_problems
-from runner.yamldoc import Document, DocumentError, Problem, parse_bytes, read_file
+from runner.yamldoc import MAX_FILE_BYTES, Document, DocumentError, Problem, parse_bytes, read_file
 
 FLOW_SUFFIXES = (".yaml", ".yml")
 
@@ -58,9 +58,10 @@ def check_file(path: str | Path, *, config: Any = None, label: str | None = None
     return check_document(doc, expect_name=path.stem, config=config)
 
 
-def check_bytes(data: bytes, label: str, *, expect_name: str | None = None, config: Any = None) -> FlowReport:
+def check_bytes(data: bytes, label: str, *, expect_name: str | None = None, config: Any = None,
+                limit: int | None = MAX_FILE_BYTES) -> FlowReport:
     try:
-        doc = parse_bytes(data, label)
+        doc = parse_bytes(data, label, limit=limit)
     except DocumentError as exc:
         return FlowReport(label, None, errors=[exc.problem])
     return check_document(doc, expect_name=expect_name, config=config)
@@ -79,8 +80,10 @@ def load_flow(path: str | Path, *, config: Any = None, label: str | None = None)
     return _require(check_file(path, config=config, label=label))
 
 
-def load_flow_bytes(data: bytes, label: str, *, expect_name: str | None = None, config: Any = None) -> Flow:
-    return _require(check_bytes(data, label, expect_name=expect_name, config=config))
+def load_flow_bytes(data: bytes, label: str, *, expect_name: str | None = None, config: Any = None,
+                    limit: int | None = MAX_FILE_BYTES) -> Flow:
+    """`limit=None` is for a run's own flow copy, which was admitted (and size-checked) when the run began."""
+    return _require(check_bytes(data, label, expect_name=expect_name, config=config, limit=limit))
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:

@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent
@@ -91,6 +92,23 @@ class Document:
         return Problem(self.file, line, column, format_path(path), rule, message, hint, severity)
 
 
+class _TooManyAliases(Exception):
+    def __init__(self, mark: Any) -> None:
+        super().__init__("too many aliases")
+        self.mark = mark
+
+
+class _CountingComposer(Composer):
+    """Counts aliases while composing, so the file is parsed once and a bomb stops early."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.parser.check_event(AliasEvent):
+            self.alias_count = getattr(self, "alias_count", 0) + 1
+            if self.alias_count > MAX_ALIASES:
+                raise _TooManyAliases(self.parser.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 class DocumentError(Exception):
     """The file could not be read as YAML at all; carries one Problem."""
 
@@ -117,8 +135,8 @@ def read_file(path: str | os.PathLike, label: str | None = None) -> Document:
     return parse_bytes(data, label)
 
 
-def parse_bytes(data: bytes, label: str) -> Document:
-    if len(data) > MAX_FILE_BYTES:
+def parse_bytes(data: bytes, label: str, *, limit: int | None = MAX_FILE_BYTES) -> Document:
+    if limit is not None and len(data) > limit:
         raise _refuse(label, "file-too-large", f"file is over {MAX_FILE_BYTES:,} bytes",
                       "split the flow, or move large data into a script or resource")
     try:
@@ -133,17 +151,13 @@ def parse_bytes(data: bytes, label: str) -> Document:
                       "flatten the document")
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
+    yaml.Composer = _CountingComposer
     try:
-        aliases = 0
-        for event in yaml.parse(text):
-            if isinstance(event, AliasEvent):
-                aliases += 1
-                if aliases > MAX_ALIASES:
-                    mark = event.start_mark
-                    raise _refuse(label, "too-many-aliases",
-                                  f"more than {MAX_ALIASES} YAML aliases (*name); refusing a possible alias bomb",
-                                  "write the values out, or use fewer anchors", mark.line + 1, mark.column + 1)
         root = yaml.load(text)
+    except _TooManyAliases as exc:
+        raise _refuse(label, "too-many-aliases",
+                      f"more than {MAX_ALIASES} YAML aliases (*name); refusing a possible alias bomb",
+                      "write the values out, or use fewer anchors", exc.mark.line + 1, exc.mark.column + 1) from None
     except DuplicateKeyError as exc:
         mark = exc.problem_mark
         raise _refuse(label, "duplicate-key", _first_line(exc.problem) or "duplicate key",
