@@ -372,7 +372,8 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except SignoffError as exc:
-        _fail(as_json, exc.to_dict(), exc.message, exc.hint, exc.exit_code)
+        reasons = "".join(f"\n  - {reason}" for reason in getattr(exc, "reasons", []) or [])
+        _fail(as_json, exc.to_dict(), exc.message + reasons, exc.hint, exc.exit_code)
     except click.exceptions.Abort:
         _fail(as_json, {"code": "aborted", "message": "aborted"}, "aborted", None, 1)
     except click.ClickException as exc:

@@ -11,6 +11,7 @@ before this returns, so the HTTP layer may acknowledge them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import json
 import logging
@@ -24,7 +25,7 @@ from datetime import datetime
 from runner.auth import User, Users
 from runner.config import Config
 from runner.engine import SHUTDOWN, Engine
-from runner.errors import Forbidden, Invalid, NotFound
+from runner.errors import Conflict, Forbidden, Invalid, NotFound
 from runner.flowfile import check_file, expand_paths
 from runner.gitops import GitOps
 from runner.inputs import resolve_inputs
@@ -34,7 +35,8 @@ from runner.notify import Message, Notifier
 from runner.status import ACTIVE_RUN, is_terminal
 from runner.steps import Receipt
 from runner.store import Store
-from runner.timeutil import Clock, parse_duration, parse_rfc3339
+from runner.steps.callback import parse_payload
+from runner.timeutil import Clock, parse_duration, parse_rfc3339, rfc3339
 from runner.triggers import ScheduleState, next_slot, schedules, verify_signature, webhook_secret_name
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ class Daemon:
         """Start the live version of a flow (or a draft at `ref`), queued if its concurrency is reached."""
         if not user.can("run"):
             raise Forbidden(f"{user.name} may not start runs (needs the run role)")
+        if ref is not None and not isinstance(ref, str):
+            raise Invalid("ref must be a string (a branch, tag or commit)")
         origin = await self.gitops.origin(name, ref)
         values = resolve_inputs(origin.flow, inputs)
         run_id = self.engine.create_run(origin.flow, values, started_by=user.name, draft=origin.draft,
@@ -199,6 +203,8 @@ class Daemon:
             raise Forbidden(f"{user.name} may not decide approvals (needs the approve role)")
         message = {"type": "decision", "user": user, **{k: body.get(k) for k in
                                                          ("decision", "comment", "inputs", "context_sha256")}}
+        if not isinstance(step_id, str):
+            raise Invalid("step must be a string")
         async with self._lock(run_id):
             receipt, run = self.engine.deliver(run_id, step_id, message)
         if receipt.outcome:
@@ -213,13 +219,33 @@ class Daemon:
         flow = self.engine._flow_of(run_id)
         return run_id, step_id, flow.step(step_id).spec
 
-    async def callback(self, token: str, body: bytes) -> tuple[Receipt, dict]:
-        run_id, step_id, _ = self.callback_target(token)
-        async with self._lock(run_id):
-            receipt, run = self.engine.deliver(run_id, step_id, {"type": "callback", "body": body})
-        if receipt.outcome:
-            self.schedule(run_id)
-        return receipt, run
+    async def callback(self, token: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Accept a callback into the run's inbox (fsynced), then let the run consume it.
+
+        202 when accepted now, 200 for the identical body again (nothing changes), 409 for a
+        different body or a step that no longer waits, 422 for a payload the schema refuses.
+        The run's writer is not needed, so a run busy with an earlier step answers at once.
+        """
+        run_id, step_id, spec = self.callback_target(token)
+        digest = hashlib.sha256(body).hexdigest()
+        existing = self.store.read_callback(run_id, step_id)
+        if existing is None:
+            run = self.store.read_run(run_id)
+            existing = (run.get("callbacks_received") or {}).get(step_id)
+        if existing is None:
+            if is_terminal(run["status"]):
+                raise Conflict(f"run {run_id} already ended {run['status']}")
+            status = run["steps"][step_id]["status"]
+            if status not in ("pending", "waiting"):
+                raise Conflict(f"step '{step_id}' is {status}; it no longer takes a callback")
+            parse_payload(body, spec.get("schema"))
+            accepted, existing = self.store.accept_callback(run_id, step_id, body, at=rfc3339(self.clock.now()))
+            if accepted:
+                self.schedule(run_id)
+                return 202, {"accepted": True, "replay": False, "run": run_id, "step": step_id, **existing}
+        if existing["sha256"] == digest:
+            return 200, {"accepted": True, "replay": True, "run": run_id, "step": step_id, **existing}
+        raise Conflict(f"step '{step_id}' already accepted a different callback", hint="a callback is accepted once")
 
     async def cancel(self, run_id: str, user: User) -> dict[str, Any]:
         run = self.store.read_run(run_id)
@@ -242,7 +268,11 @@ class Daemon:
         for run in self.store.list_runs(status="waiting", limit=10_000):
             step_id = run.get("current_step")
             state = run["steps"].get(step_id or "", {})
-            if not state.get("approvers") or not self.users.allowed(user, state["approvers"]):
+            if not state.get("approvers") or not user.can("approve") or not self.users.allowed(user, state["approvers"]):
+                continue
+            if run.get("started_by") == user.name and not state.get("allow_self_approval"):
+                continue
+            if any(a.get("by") == user.name for a in state.get("approvals") or []):
                 continue
             found.append({"run": run["id"], "flow": run["flow"], "step": step_id, "started_by": run["started_by"],
                           "context": state.get("context"), "context_sha256": state.get("context_sha256"),
@@ -367,6 +397,8 @@ class Daemon:
             asyncio.get_running_loop().call_soon(self._start_queued, run["flow"])
         elif kind == "step_finished":
             self.metrics.steps_finished.labels(status=event["status"]).inc()
+            if event["status"] == "timed_out" and run["steps"][event["step"]].get("deadline"):
+                self._spawn(self._announce_timeout(dict(run), event))
         elif kind == "step_waiting":
             self._spawn(self._announce_wait(dict(run), event))
 
@@ -393,6 +425,15 @@ class Daemon:
         else:
             return
         await self._notify(run, step_id, spec.get("notify") or [], f"{run['flow']}: waiting at {step_id}", text)
+
+    async def _announce_timeout(self, run: dict, event: dict) -> None:
+        step_id = event["step"]
+        spec = self._step_spec(run["id"], step_id)
+        follow = spec.get("on_timeout", "fail")
+        what = {"fail": "the run ends timed_out", "reject": "treated as a rejection"}.get(follow, f"going on at '{follow}'")
+        await self._notify(run, step_id, spec.get("notify") or [], f"{run['flow']}: {step_id} timed out",
+                           f"Run {run['id']} of {run['flow']}: nobody answered '{step_id}' within "
+                           f"{spec.get('timeout')}; {what}.")
 
     async def _remind(self, run_id: str, step_id: str) -> None:
         run = self.store.read_run(run_id)

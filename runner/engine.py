@@ -103,7 +103,7 @@ class Engine:
                 return driver.run
 
     def deliver(self, run_id: str, step_id: str, message: dict[str, Any]) -> tuple[Receipt, dict[str, Any]]:
-        """Hand an outside message (a decision, a callback) to a waiting step's kind.
+        """Hand a decision to a waiting step's kind.
 
         The kind checks it (raising Forbidden, Conflict, Invalid...); what it accepts is
         recorded and fsynced before this returns, so the caller may acknowledge it.
@@ -336,7 +336,7 @@ class _Driver:
         self.record("step_started", step=step.id, attempt=attempt, flush=not instant)
         if kind is None:
             return self.fail(step, f"'{step.kind}' steps are not available in this build")
-        if hasattr(kind, "receive") and not self.engine.accepts_messages:
+        if getattr(kind, "waits", False) and not self.engine.accepts_messages:
             return self.fail(step, f"'{step.kind}' steps wait for people or systems, which need the daemon: "
                                    "start `signoff serve` and run the flow without --local")
         policy = step.retry
@@ -398,18 +398,24 @@ class _Driver:
             if on_output else (lambda s, t: None))
 
     async def park(self, step: Step, kind: Any, ctx: StepContext, parked: Park) -> StepStatus | str:
+        settled = self.settle(step, kind, ctx)  # the answer came early: nothing to wait for
+        if settled is not None:
+            return settled
         self.record("step_waiting", step=step.id, wake_at=rfc3339(parked.wake_at), reason=parked.reason,
                     state=self.engine.masker.mask(parked.state), force=True)
         return await self.finish_wait(step, parked.wake_at, kind, ctx)
 
     async def finish_wait(self, step: Step, wake_at, kind: Any = None,
                           ctx: StepContext | None = None) -> StepStatus | str:
+        kind = kind or load_kind(step.kind)
+        ctx = ctx or self.step_context(step, kind, self.run["steps"][step.id]["attempts"], render=False)
+        settled = self.settle(step, kind, ctx)
+        if settled is not None:
+            return settled
         remaining = (wake_at - self.engine.clock.now()).total_seconds()
         if remaining > 0 and not self.hold:
             return PARKED
         await self.engine.clock.sleep(remaining)
-        kind = kind or load_kind(step.kind)
-        ctx = ctx or self.step_context(step, kind, self.run["steps"][step.id]["attempts"], render=False)
         try:
             result = await kind.wake(ctx)
         except StepFailed as exc:
@@ -418,6 +424,24 @@ class _Driver:
             return self.fail(step, result.reason, status=StepStatus.TIMED_OUT)
         return self.succeed(step, result)
 
+    def settle(self, step: Step, kind: Any, ctx: StepContext) -> StepStatus | None:
+        """End a wait whose answer is already here (an inbox callback, a decision cut short by a crash)."""
+        receipt = kind.settle(ctx) if hasattr(kind, "settle") else None
+        if receipt is None:
+            return None
+        self.conclude(step, receipt)
+        return StepStatus(receipt.outcome)
+
+    def conclude(self, step: Step, receipt: Receipt) -> None:
+        """Record what a receipt says in one batch: one write, one fsync."""
+        if receipt.event:
+            event = dict(receipt.event)
+            self.record(event.pop("type"), step=step.id, flush=False, **self.engine.masker.mask(event))
+        if receipt.outcome:
+            self.record("step_finished", step=step.id, status=receipt.outcome, flush=False, error=None,
+                        outputs=self.compact(step, self.engine.masker.mask(receipt.outputs)))
+        self.flush()
+
     def deliver(self, step_id: str, message: dict[str, Any]) -> Receipt:
         try:
             step = self.flow.step(step_id)
@@ -425,21 +449,13 @@ class _Driver:
             raise NotFound(f"run {self.run_id} has no step '{step_id}'") from None
         kind = load_kind(step.kind)
         if not hasattr(kind, "receive"):
-            raise Conflict(f"step '{step_id}' is a {step.kind} step; it takes no decisions or callbacks")
-        if is_terminal(self.run["status"]) and message.get("type") != "callback":
+            raise Conflict(f"step '{step_id}' is a {step.kind} step; it takes no decisions")
+        if is_terminal(self.run["status"]):
             raise Conflict(f"run {self.run_id} already ended {self.run['status']}")
         ctx = self.step_context(step, kind, self.run["steps"][step_id]["attempts"], render=False)
         receipt = kind.receive(ctx, message)
-        if receipt.duplicate:
-            return receipt
-        if receipt.event:
-            self.record(receipt.event.pop("type"), step=step_id, **self.engine.masker.mask(receipt.event))
-        if receipt.outcome:
-            if receipt.outcome == StepStatus.SUCCEEDED.value:
-                self.succeed(step, Done(receipt.outputs))
-            else:
-                self.record("step_finished", step=step.id, status=receipt.outcome,
-                            outputs=self.compact(step, receipt.outputs), error=None)
+        if not receipt.duplicate:
+            self.conclude(step, receipt)
         return receipt
 
     def succeed(self, step: Step, result: Done) -> StepStatus:

@@ -21,7 +21,7 @@ def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
     return values
 
 
-def _coerce(name: str, kind: str, value: Any) -> Any:
+def coerce(name: str, kind: str, value: Any) -> Any:
     if not isinstance(value, str) or kind == "string":
         return value
     try:
@@ -54,7 +54,7 @@ def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
     for name, spec in flow.inputs.items():
         spec = spec or {}
         if name in given:
-            values[name] = _coerce(name, spec.get("type", "string"), given[name])
+            values[name] = coerce(name, spec.get("type", "string"), given[name])
         elif "default" in spec:
             values[name] = spec["default"]
         elif spec.get("required"):

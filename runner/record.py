@@ -55,7 +55,7 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
                          "comment": event.get("comment"), "inputs": event.get("inputs") or {}})
     elif kind == "callback_received":
         run.setdefault("callbacks_received", {})[event["step"]] = {
-            "payload": event["payload"], "sha256": event["sha256"], "at": at}
+            "payload": event["payload"], "sha256": event["sha256"], "at": event.get("accepted_at", at)}
     elif kind == "step_retrying":
         step.update({"status": StepStatus.RUNNING.value, "error": event["error"], "retry_at": event["retry_at"]})
     elif kind == "step_interrupted":

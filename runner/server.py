@@ -159,15 +159,12 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
     async def callback(request: Request) -> Response:
         token = request.path_params["token"]
         try:
-            _, step_id, spec = daemon.callback_target(token)
+            _, _, spec = daemon.callback_target(token)
         except (NotFound, KeyError):
             return JSONResponse({"error": {"code": "not_found", "message": "no such callback"}}, status_code=404)
         body = await read_body(request, int(spec.get("max_bytes", body_limit)))
-        receipt, run = await daemon.callback(token, body)
-        accepted = receipt.previous if receipt.duplicate else receipt.event
-        answer = {"accepted": True, "replay": receipt.duplicate, "run": run["id"], "step": step_id,
-                  "sha256": (accepted or {}).get("sha256"), "at": (accepted or {}).get("at")}
-        return JSONResponse(answer, status_code=200 if receipt.duplicate else 202)
+        status, answer = await daemon.callback(token, body)
+        return JSONResponse(answer, status_code=status)
 
     async def resource(request: Request) -> Response:
         user_of(request)

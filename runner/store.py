@@ -312,6 +312,46 @@ class Store:
             return None
         return entry["run"], entry["step"]
 
+    # ---- callback inbox: accepted first, consumed by the run's writer later -----------
+
+    def accept_callback(self, run_id: str, step_id: str, body: bytes, *, at: str) -> tuple[bool, dict[str, Any]]:
+        """Durably accept a callback body for a step, first one wins.
+
+        Returns (True, entry) when this call accepted it, or (False, the entry already
+        there). Needs no run lock, so a callback is acknowledged even while the run is
+        busy with an earlier step; the run's writer consumes it when it gets there.
+        """
+        digest = hashlib.sha256(body).hexdigest()
+        inbox = self.run_dir(run_id) / "inbox"
+        inbox.mkdir(exist_ok=True)
+        target = inbox / f"{step_id}.json"
+        if target.exists():
+            return False, json.loads(target.read_text())
+        ref = self.put_resource(body, media_type="application/json", name=f"{step_id}.payload", run_id=run_id,
+                                step=step_id, created_at=at)
+        entry = {"sha256": digest, "at": at, "bytes": len(body), "resource": ref}
+        tmp = inbox / f".{step_id}.{secrets.token_hex(8)}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(_dumps(entry).encode())
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+        try:
+            os.link(tmp, target)  # atomic and exclusive: of two racing callbacks exactly one lands
+        except FileExistsError:
+            return False, json.loads(target.read_text())
+        finally:
+            os.unlink(tmp)
+        if self.fsync:
+            fsync_dir(inbox)
+        return True, entry
+
+    def read_callback(self, run_id: str, step_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.run_dir(run_id) / "inbox" / f"{step_id}.json").read_text())
+        except FileNotFoundError:
+            return None
+
     # ---- resources ----------------------------------------------------------
 
     def put_resource(self, data: bytes | Path, *, media_type: str = "application/octet-stream",

@@ -14,7 +14,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from runner.errors import Conflict, Forbidden, Invalid
+from runner.errors import Conflict, Forbidden, Invalid, UsageError
+from runner.inputs import coerce
 from runner.steps import Expired, Park, Receipt, StepContext
 from runner.timeutil import parse_duration, rfc3339
 
@@ -43,6 +44,7 @@ class ApprovalKind:
         deadline = ctx.clock.now() + timedelta(seconds=parse_duration(spec["timeout"]))
         approvers = list(spec["approvers"])
         state = {"context": context, "context_sha256": digest, "approvers": approvers,
+                 "allow_self_approval": bool(spec.get("allow_self_approval")),
                  "min_approvals": int(spec.get("min_approvals", 1)), "scope": spec.get("scope", "apply"),
                  "deadline": rfc3339(deadline), "approvals": []}
         return Park(deadline, f"awaiting approval by {', '.join(approvers)}", state)
@@ -54,6 +56,9 @@ class ApprovalKind:
         spec, step_id = ctx.step.spec, ctx.step.id
         state = ctx.run["steps"][step_id]
         user, decision = message["user"], message.get("decision")
+        for field, kinds in (("comment", str), ("context_sha256", str), ("decision", str), ("inputs", dict)):
+            if message.get(field) is not None and not isinstance(message[field], kinds):
+                raise Invalid(f"{field} must be {'a string' if kinds is str else 'an object'}")
         comment = (message.get("comment") or "").strip() or None
         if state["status"] != "waiting":
             raise Conflict(f"step '{step_id}' is not waiting for a decision (it is {state['status']})")
@@ -86,13 +91,28 @@ class ApprovalKind:
                    "approved_by": approvals + [user.name] if decision == "approve" else []}
         return Receipt(event=event, outcome="succeeded" if decision == "approve" else "rejected", outputs=outputs)
 
+    def settle(self, ctx: StepContext) -> Receipt | None:
+        """A final decision recorded before a crash cut the step short ends the wait now."""
+        state = ctx.run["steps"][ctx.step.id]
+        if not state.get("decision"):
+            return None
+        approved = state["decision"] == "approve"
+        outputs = {"decision": state["decision"], "decided_by": state.get("decided_by"),
+                   "comment": state.get("comment"), "inputs": state.get("inputs") or {},
+                   "approved_by": [a["by"] for a in state.get("approvals") or []] if approved else []}
+        return Receipt(outcome="succeeded" if approved else "rejected", outputs=outputs)
+
     def _inputs(self, spec: dict, given: dict[str, Any], decision: str) -> dict[str, Any]:
         declared = spec.get("inputs") or {}
         unknown = sorted(set(given) - set(declared))
         if unknown:
             raise Invalid(f"unknown reviewer input(s): {', '.join(unknown)}",
                           hint=f"this step asks for: {', '.join(declared) or 'nothing'}")
-        values = dict(given)
+        try:
+            values = {name: coerce(name, (declared[name] or {}).get("type", "string"), value)
+                      for name, value in given.items()}
+        except UsageError as exc:
+            raise Invalid("reviewer inputs are not valid", [exc.message]) from None
         for name, field in declared.items():
             if name not in values and "default" in (field or {}):
                 values[name] = field["default"]

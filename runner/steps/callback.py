@@ -1,14 +1,13 @@
 """`callback`: park until an outside system POSTs JSON to the step's URL.
 
 The URL (and its 256-bit token) exists from the run's start, so it can be
-handed to a worker before the run gets here; a payload that arrives early is
-kept and consumed when the step starts. The same body twice is a replay and
-changes nothing; a different body once one was accepted is a conflict.
+handed to a worker before the run gets here. The daemon checks a payload
+(`parse_payload`) and accepts it into the run's inbox (the store); the step
+consumes it when it waits, whether it arrived early or on time.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import timedelta
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from runner.errors import Conflict, Invalid
-from runner.steps import Done, Expired, Park, Receipt, StepContext
+from runner.errors import Invalid
+from runner.steps import Expired, Park, Receipt, StepContext
 from runner.timeutil import parse_duration, rfc3339
 
 MAX_DEPTH = 64
@@ -58,41 +57,30 @@ class CallbackKind:
     waits = True
     shell_fields = ()
 
-    async def execute(self, ctx: StepContext) -> Done | Park:
-        received = (ctx.run.get("callbacks_received") or {}).get(ctx.step.id)
-        if received is not None:
-            return Done({"payload": received["payload"], "received_at": received["at"]})
+    async def execute(self, ctx: StepContext) -> Park:
         deadline = ctx.clock.now() + timedelta(seconds=parse_duration(ctx.step.spec["timeout"]))
         return Park(deadline, "awaiting callback", {"deadline": rfc3339(deadline)})
 
     async def wake(self, ctx: StepContext) -> Expired:
         return Expired(f"no callback within {ctx.step.spec['timeout']}")
 
-    def receive(self, ctx: StepContext, message: dict[str, Any]) -> Receipt:
-        body: bytes = message["body"]
-        digest = hashlib.sha256(body).hexdigest()
-        step_id = ctx.step.id
-        previous = (ctx.run.get("callbacks_received") or {}).get(step_id)
-        if previous is not None:
-            if previous["sha256"] == digest:
-                return Receipt(duplicate=True, previous=previous)
-            raise Conflict(f"step '{step_id}' already accepted a different callback", hint="a callback is accepted once")
-        state = ctx.run["steps"][step_id]
-        if ctx.run["status"] in ("succeeded", "failed", "rejected", "cancelled", "timed_out"):
-            raise Conflict("the run already ended")
-        if state["status"] not in ("pending", "waiting", "skipped"):
-            raise Conflict(f"step '{step_id}' is {state['status']}; it no longer takes a callback")
-        payload = parse_payload(body, ctx.step.spec.get("schema"))
-        stored: Any = payload
-        if len(body) > INLINE_LIMIT:
-            stored = ctx.store.put_resource(body, media_type="application/json", name=f"{step_id}.payload",
-                                            run_id=ctx.run["id"], step=step_id)
-        waiting = state["status"] == "waiting"
-        event = {"type": "callback_received", "payload": stored, "sha256": digest, "bytes": len(body),
-                 "early": not waiting}
-        if not waiting:
-            return Receipt(event=event)
-        return Receipt(event=event, outcome="succeeded", outputs={"payload": stored})
+    def settle(self, ctx: StepContext) -> Receipt | None:
+        """A callback accepted into the run's inbox (early or while waiting) ends the wait."""
+        entry = ctx.store.read_callback(ctx.run["id"], ctx.step.id)
+        recorded = (ctx.run.get("callbacks_received") or {}).get(ctx.step.id)
+        if recorded is not None and ctx.run["steps"][ctx.step.id]["status"] == "waiting":
+            # accepted and recorded, but the step was cut short before it finished
+            return Receipt(outcome="succeeded", outputs={"payload": recorded["payload"], "received_at": recorded["at"]})
+        if entry is None:
+            return None
+        payload: Any = entry["resource"]
+        if entry["bytes"] <= INLINE_LIMIT:
+            with open(ctx.store.resource_path(entry["resource"]), "rb") as handle:
+                payload = json.loads(handle.read())
+        started = ctx.run["steps"][ctx.step.id].get("started_at") or ""
+        event = {"type": "callback_received", "payload": payload, "sha256": entry["sha256"],
+                 "bytes": entry["bytes"], "accepted_at": entry["at"], "early": entry["at"] < started}
+        return Receipt(event=event, outcome="succeeded", outputs={"payload": payload, "received_at": entry["at"]})
 
 
 KIND = CallbackKind()

@@ -31,9 +31,10 @@ a job later (a run's cancel, its callback's timeout) and `detached_workers`
 finds the ones a run may still have running. `upload` / `download` copy files
 over sftp before / after the command; downloads become resources.
 
-paramiko is synchronous: every blocking call runs in a thread of its own (not
-the loop's shared executor, which a few long commands would exhaust), so the
-daemon's event loop never waits on the network.
+paramiko is synchronous: every blocking call (network, and the step's own file
+work) runs on a thread pool of this module (not the loop's shared executor,
+which a few long commands would exhaust), so the daemon's event loop never
+waits on the network or the disk for an ssh step.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import shlex
 import shutil
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -286,11 +288,16 @@ class _Session:
 # ---- threads ------------------------------------------------------------------------
 
 
-def _in_thread(fn: Callable[..., Any], *args: Any, cleanup: Callable[[Any], None] | None = None,
-               daemon: bool = False) -> asyncio.Future:
-    """fn(*args) in a thread of its own, as a future of the running loop.
+# Blocking work runs on this pool rather than the loop's default executor, which a few long
+# commands would exhaust. Threads are made on demand and then reused: starting a thread
+# waits for it to run, which under load would stall the loop as much as the work itself.
+_POOL = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="signoff-ssh")
 
-    If the future is cancelled (its awaiting task was), the thread still runs to
+
+def _in_thread(fn: Callable[..., Any], *args: Any, cleanup: Callable[[Any], None] | None = None) -> asyncio.Future:
+    """fn(*args) on the ssh thread pool, as a future of the running loop.
+
+    If the future is cancelled (its awaiting task was), the call still runs to
     its end and `cleanup(result)` gets what it made (an open connection, say).
     """
     loop = asyncio.get_running_loop()
@@ -299,7 +306,7 @@ def _in_thread(fn: Callable[..., Any], *args: Any, cleanup: Callable[[Any], None
     def settle(result: Any, error: BaseException | None) -> None:
         if future.cancelled():
             if cleanup is not None and error is None:
-                threading.Thread(target=cleanup, args=(result,), name="ssh-cleanup").start()
+                _POOL.submit(cleanup, result)
         elif error is not None:
             future.set_exception(error)
         else:
@@ -317,7 +324,7 @@ def _in_thread(fn: Callable[..., Any], *args: Any, cleanup: Callable[[Any], None
             if cleanup is not None and error is None:
                 cleanup(result)
 
-    threading.Thread(target=target, name=f"ssh-{getattr(fn, '__name__', 'call')}", daemon=daemon).start()
+    _POOL.submit(target)
     return future
 
 
@@ -659,6 +666,18 @@ def _upload_target(ctx: StepContext, item: dict, cwd: str | None) -> str:
     return _remote_path(target, cwd)
 
 
+def _prepare_work(work: Path, cap: int) -> dict[str, _Spool]:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return {"stdout": _Spool(work / "stdout", cap), "stderr": _Spool(work / "stderr", cap)}
+
+
+def _remove_work(work: Path, spools: dict[str, _Spool]) -> None:
+    for spool in spools.values():
+        spool.handle.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 class _Sink:
     """Spools a stream as shell does and streams it to ctx.on_output on the loop's thread."""
 
@@ -698,7 +717,7 @@ class SshKind:
                       sink: Callable[[str, bytes], None]) -> int:
         """Run the job; on cancel (a timeout, a cancelled run) kill it on the host before letting go."""
         stop = threading.Event()
-        job = _in_thread(_exec, session, command, sink, stop, daemon=True)
+        job = _in_thread(_exec, session, command, sink, stop)
         job.add_done_callback(lambda done: done.cancelled() or done.exception())  # never "not retrieved"
         try:
             code = await asyncio.shield(job)
@@ -723,44 +742,43 @@ class SshKind:
 
     async def _run(self, ctx: StepContext, plan: _Plan, session: _Session) -> Done:
         work = ctx.run_dir / "work" / f"{ctx.step.id}-{ctx.attempt}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
         cap = int((ctx.config.limits if ctx.config else {}).get("max_output_bytes", MAX_SPOOL))
-        spools = {"stdout": _Spool(work / "stdout", cap), "stderr": _Spool(work / "stderr", cap)}
+        spools = await _in_thread(_prepare_work, work, cap)  # files stay off the loop's thread
         try:
-            try:
-                code = await self._remote(plan, session, _run_script(plan),
-                                          _Sink(asyncio.get_running_loop(), ctx, spools))
-            finally:
-                for spool in spools.values():
-                    spool.handle.close()
-            # the job dir: read $SIGNOFF_OUTPUT, then remove it
-            status, written, err = await _in_thread(
-                _capture, session, f'd={_job_dir(plan.job)}\ncat "$d/output" 2>/dev/null\nrm -rf "$d"\n')
-            outputs: dict[str, Any] = {"exit_code": code}
-            for name, spool in spools.items():
-                outputs.update(spool.outputs(name, ctx))
-            if status != 0:
-                raise StepFailed(f"ssh {plan.hops[-1].label}: reading $SIGNOFF_OUTPUT failed: {err.strip()[:300]}",
-                                 outputs=outputs)
-            if len(written.encode()) > MAX_OUTPUT_FILE:
-                raise StepFailed(f"$SIGNOFF_OUTPUT is over {MAX_OUTPUT_FILE:,} bytes", retryable=False,
-                                 outputs=outputs)
-            (work / "output").write_text(written)
-            outputs.update(parse_output_file(work / "output"))
-            if plan.downloads:
-                files = await _in_thread(_download, session, plan.downloads, work, cap, code == 0)
-                outputs["downloads"] = {name: ctx.store.put_resource(path, name=name, run_id=ctx.run["id"],
-                                                                     step=ctx.step.id)
-                                        for name, path in files.items()}
-            if code != 0:
-                last = spools["stderr"].tail.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-                raise StepFailed(f"exit code {code}{': ' + last[0][:300] if last[0] else ''}", outputs=outputs)
-            if plan.output_json:
-                outputs["json"] = self._json(spools["stdout"], outputs)
-            return Done(outputs)
+            code = await self._remote(plan, session, _run_script(plan),
+                                      _Sink(asyncio.get_running_loop(), ctx, spools))
+            return Done(await _in_thread(self._collect, ctx, plan, session, work, spools, code, cap))
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            await _settled(_in_thread(_remove_work, work, spools))
+
+    def _collect(self, ctx: StepContext, plan: _Plan, session: _Session, work: Path, spools: dict[str, _Spool],
+                 code: int, cap: int) -> dict[str, Any]:
+        """The outputs of a finished command (in a pool thread): tails, resources, $SIGNOFF_OUTPUT, downloads."""
+        for spool in spools.values():
+            spool.handle.close()
+        # the job dir: read $SIGNOFF_OUTPUT, then remove it
+        status, written, err = _capture(session, f'd={_job_dir(plan.job)}\ncat "$d/output" 2>/dev/null\nrm -rf "$d"\n')
+        outputs: dict[str, Any] = {"exit_code": code}
+        for name, spool in spools.items():
+            outputs.update(spool.outputs(name, ctx))
+        if status != 0:
+            raise StepFailed(f"ssh {plan.hops[-1].label}: reading $SIGNOFF_OUTPUT failed: {err.strip()[:300]}",
+                             outputs=outputs)
+        if len(written.encode()) > MAX_OUTPUT_FILE:
+            raise StepFailed(f"$SIGNOFF_OUTPUT is over {MAX_OUTPUT_FILE:,} bytes", retryable=False, outputs=outputs)
+        (work / "output").write_text(written)
+        outputs.update(parse_output_file(work / "output"))
+        if plan.downloads:
+            files = _download(session, plan.downloads, work, cap, code == 0)
+            outputs["downloads"] = {name: ctx.store.put_resource(path, name=name, run_id=ctx.run["id"],
+                                                                 step=ctx.step.id)
+                                    for name, path in files.items()}
+        if code != 0:
+            last = spools["stderr"].tail.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            raise StepFailed(f"exit code {code}{': ' + last[0][:300] if last[0] else ''}", outputs=outputs)
+        if plan.output_json:
+            outputs["json"] = self._json(spools["stdout"], outputs)
+        return outputs
 
     def _json(self, spool: _Spool, outputs: dict[str, Any]) -> Any:
         if spool.truncated:

@@ -1,0 +1,357 @@
+"""The real signoff daemon as a subprocess, for the daemon tests.
+
+`DaemonProcess(root, flows=...)` lays out, under `root`:
+
+    root/repo/            a real git repository (branch main) with flows/<name>.yaml, committed
+    root/data/            the daemon's data directory (kept across restarts)
+    root/signoff.yaml     the config: loopback host, a free port, users, groups, channels
+    root/daemon.log       the daemon's stdout and stderr (shown when it fails to start)
+
+and runs `python -m runner serve --config root/signoff.yaml`. Users alice,
+bob, carol and dave get random bearer tokens handed over in the child's
+environment (`token: {env: ...}`); only their hashes reach the daemon.
+
+    alice  roles run, approve        groups ops
+    bob    roles run, approve        groups ops, editors
+    carol  roles run, approve        groups ops, editors, finance
+    dave   roles run (no approve)    groups ops
+
+`start()` polls GET /api/v1/health until the daemon answers (deadline 15 s);
+`stop()` sends SIGTERM and waits (SIGKILL after 10 s); `kill()` is `kill -9`;
+`restart()` is stop + start on the same data dir and port. `public_url` may
+name the port as `{port}` (e.g. "http://localhost:{port}"). `api(user)` gives
+an httpx.Client with that user's token (closed by `close()`), `cli(...)` runs
+the real CLI against the daemon with SIGNOFF_SERVER / SIGNOFF_TOKEN.
+Nothing is mocked: real git, real sockets, real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import httpx
+from ruamel.yaml import YAML
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FLOWS = PROJECT_ROOT / "flows"
+START_DEADLINE = 15.0
+STOP_DEADLINE = 10.0
+TERMINAL = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
+
+USERS: dict[str, dict[str, Any]] = {
+    "alice": {"roles": ["run", "approve"], "groups": ["ops"]},
+    "bob": {"roles": ["run", "approve"], "groups": ["ops"]},
+    "carol": {"roles": ["run", "approve"], "groups": ["ops"]},
+    "dave": {"roles": ["run"], "groups": ["ops"]},
+}
+GROUPS: dict[str, dict[str, Any]] = {
+    "editors": {"members": ["bob", "carol"]},
+    "finance": {"members": ["carol"]},
+}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (bind port 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_environ() -> dict[str, str]:
+    """os.environ without anything that would point signoff or git elsewhere."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("SIGNOFF_") and k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
+               message: str | Callable[[], str] = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {text}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, env=clean_environ(), capture_output=True, text=True,
+                          timeout=60)
+    if done.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout.strip()
+
+
+def flow_text(content: str | dict) -> str:
+    if isinstance(content, dict):
+        from io import StringIO
+
+        yaml = YAML(typ="safe", pure=True)
+        yaml.default_flow_style = False
+        buffer = StringIO()
+        yaml.dump(content, buffer)
+        return buffer.getvalue()
+    text = textwrap.dedent(content)
+    return text[1:] if text.startswith("\n") else text
+
+
+def make_repo(path: Path, flows: dict[str, str | dict], *, copy: Iterable[str] = ()) -> Path:
+    """A real git repository at `path` with flows/<name>.yaml committed on branch main.
+
+    `flows` maps names to YAML text (dedented) or dicts; `copy` names flows to copy
+    from the project's own flows/ directory.
+    """
+    (path / "flows").mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    for key, value in (("user.name", "Test Author"), ("user.email", "author@example.com"),
+                       ("commit.gpgsign", "false"), ("tag.gpgsign", "false")):
+        git(path, "config", key, value)
+    for name in copy:
+        shutil.copy(FLOWS / f"{name}.yaml", path / "flows" / f"{name}.yaml")
+    for name, content in flows.items():
+        (path / "flows" / f"{name}.yaml").write_text(flow_text(content), encoding="utf-8")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "flows for the daemon tests")
+    return path
+
+
+class DaemonProcess:
+    """One real daemon (a subprocess) over its own repo, data dir, config and port."""
+
+    def __init__(self, root: Path, *, flows: dict[str, str | dict] | None = None, copy: Iterable[str] = (),
+                 channels: dict[str, dict] | None = None, public_url: str | None = None,
+                 limits: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.repo = make_repo(self.root / "repo", flows or {}, copy=copy)
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.public_url = (public_url or self.url).format(port=self.port)
+        self.tokens = {name: secrets.token_urlsafe(24) for name in USERS}
+        self.log_path = self.root / "daemon.log"
+        self.config_path = self.root / "signoff.yaml"
+        self.extra_env = dict(env or {})
+        config: dict[str, Any] = {
+            "server": {"host": "127.0.0.1", "port": self.port, "public_url": self.public_url},
+            "repo": {"path": str(self.repo)},
+            "data": str(self.data),
+            "users": {name: {"token": {"env": f"{name.upper()}_TOKEN"}, **spec} for name, spec in USERS.items()},
+            "groups": GROUPS,
+            "channels": {"audit": {"kind": "log"}, **(channels or {})},
+        }
+        if limits:
+            config["limits"] = limits
+        self.config_path.write_text(flow_text(config), encoding="utf-8")
+        self.process: subprocess.Popen | None = None
+        self._log = None
+        self._clients: dict[str, httpx.Client] = {}
+        self.starts = 0
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        environ = clean_environ()
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+        environ.update({f"{name.upper()}_TOKEN": token for name, token in self.tokens.items()})
+        environ.update(self.extra_env)
+        return environ
+
+    def start(self) -> "DaemonProcess":
+        assert self.process is None, "the daemon is already running"
+        self._log = open(self.log_path, "ab")
+        self._log.write(f"\n===== start {self.starts + 1} =====\n".encode())
+        self._log.flush()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runner", "serve", "--config", str(self.config_path)],
+            cwd=self.root, env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.starts += 1
+        deadline = time.monotonic() + START_DEADLINE
+        with httpx.Client(timeout=2.0) as probe:
+            while True:
+                if self.process.poll() is not None:
+                    code = self.process.returncode
+                    self._reap()
+                    raise AssertionError(f"the daemon exited with {code} before it was ready:\n{self.log_tail()}")
+                try:
+                    if probe.get(f"{self.url}/api/v1/health").status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise AssertionError(f"the daemon was not ready within {START_DEADLINE:.0f}s:\n{self.log_tail()}")
+                time.sleep(0.05)
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait for a graceful exit (SIGKILL after 10 s); the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_DEADLINE)
+        return self._reap()
+
+    def kill(self) -> int | None:
+        """kill -9: no chance to finish anything."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(STOP_DEADLINE)
+        return self._reap()
+
+    def restart(self, *, hard: bool = False) -> "DaemonProcess":
+        self.kill() if hard else self.stop()
+        return self.start()
+
+    def _reap(self) -> int | None:
+        code = self.process.returncode if self.process else None
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        self.stop()
+
+    def __enter__(self) -> "DaemonProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # ---- HTTP -----------------------------------------------------------------
+
+    def api(self, user: str | None = "alice") -> httpx.Client:
+        """An httpx.Client on the daemon's URL with `user`'s bearer token (None: no token)."""
+        key = user or ""
+        if key not in self._clients:
+            headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+            self._clients[key] = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+        return self._clients[key]
+
+    def new_client(self, user: str | None = "alice", *, asynchronous: bool = False):
+        """A fresh client (the caller closes it), for concurrent requests."""
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        kind = httpx.AsyncClient if asynchronous else httpx.Client
+        return kind(base_url=self.url, headers=headers, timeout=30.0)
+
+    def start_run(self, flow: str, inputs: dict | None = None, user: str = "alice", **body: Any) -> dict:
+        response = self.api(user).post(f"/api/v1/flows/{flow}/runs", json={"inputs": inputs or {}, **body})
+        assert response.status_code == 201, f"start {flow}: {response.status_code} {response.text}"
+        return response.json()
+
+    def run(self, run_id: str, user: str = "alice") -> dict:
+        response = self.api(user).get(f"/api/v1/runs/{run_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def events(self, run_id: str, user: str = "alice") -> list[dict]:
+        response = self.api(user).get(f"/api/v1/runs/{run_id}/events")
+        assert response.status_code == 200, response.text
+        return response.json()["events"]
+
+    def wait_for(self, run_id: str, predicate: Callable[[dict], Any], timeout: float = 20.0,
+                 what: str = "the run") -> dict:
+        last: dict[str, Any] = {}
+
+        def check() -> dict | None:
+            last["run"] = self.run(run_id)
+            return last["run"] if predicate(last["run"]) else None
+
+        return wait_until(check, timeout, message=lambda: f"{what}; last seen: {_summary(last.get('run'))}\n"
+                                                          f"daemon log:\n{self.log_tail(20)}")
+
+    def wait_status(self, run_id: str, *statuses: str, timeout: float = 20.0) -> dict:
+        return self.wait_for(run_id, lambda run: run["status"] in statuses, timeout,
+                             what=f"run {run_id} to be {' or '.join(statuses)}")
+
+    def wait_end(self, run_id: str, timeout: float = 20.0) -> dict:
+        return self.wait_status(run_id, *TERMINAL, timeout=timeout)
+
+    def wait_step(self, run_id: str, step: str, status: str = "waiting", timeout: float = 20.0) -> dict:
+        return self.wait_for(run_id, lambda run: run["steps"][step]["status"] == status, timeout,
+                             what=f"step {step} of run {run_id} to be {status}")
+
+    def decide(self, run_id: str, step: str, user: str, decision: str = "approve", **body: Any) -> httpx.Response:
+        return self.api(user).post(f"/api/v1/runs/{run_id}/steps/{step}/decision",
+                                   json={"decision": decision, **body})
+
+    def callback_url(self, run: dict, step: str) -> str:
+        return f"{self.url}/callbacks/{run['callbacks'][step]}"
+
+    # ---- files and the CLI --------------------------------------------------------
+
+    def run_json(self, run_id: str) -> dict:
+        return json.loads((self.data / "runs" / run_id / "run.json").read_text())
+
+    def cli(self, *args: str, user: str | None = "alice", timeout: float = 60) -> subprocess.CompletedProcess:
+        """The real `signoff` CLI against this daemon (SIGNOFF_SERVER / SIGNOFF_TOKEN)."""
+        environ = clean_environ()
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+        environ["SIGNOFF_SERVER"] = self.url
+        environ["SIGNOFF_DATA"] = str(self.root / "cli-data")  # never the daemon's token file
+        if user:
+            environ["SIGNOFF_TOKEN"] = self.tokens[user]
+        return subprocess.run([sys.executable, "-m", "runner", *args], cwd=self.root, env=environ,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _summary(run: dict | None) -> str:
+    if not run:
+        return "nothing"
+    steps = {k: v.get("status") for k, v in (run.get("steps") or {}).items()}
+    return f"status={run.get('status')} current={run.get('current_step')} steps={steps} error={run.get('error')}"
+
+
+def event_types(events: list[dict], step: str | None = None) -> list[str]:
+    return [e["type"] for e in events if step is None or e.get("step") == step]
