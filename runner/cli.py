@@ -158,7 +158,7 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
     values = resolve_inputs(parsed, _inputs_from(inputs_file, pairs))
     progress = render.Progress(show_output=follow and not as_json)
     engine = Engine(env.store(), work_dir=env.repo, config=cfg, masker=cfg.masker,
-                    listener=progress if follow else None, on_output=progress.output)
+                    listener=progress if follow else None)
     run_id = engine.create_run(parsed, values, started_by=getpass.getuser(), draft=True, ref=source.ref,
                                commit=source.commit)
     record = asyncio.run(_advance_interruptibly(engine, run_id))

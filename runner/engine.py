@@ -38,6 +38,9 @@ from runner.timeutil import Clock, format_duration, parse_rfc3339, rfc3339
 log = logging.getLogger(__name__)
 
 OUTPUT_THRESHOLD = 64 * 1024
+OUTPUT_BATCH_SECONDS = 0.25          # live output: at most ~4 appends a second per run
+OUTPUT_BATCH_BYTES = 16 * 1024
+OUTPUT_EVENT_LIMIT = 64 * 1024       # per step visit; the full output is in the step's outputs
 SNAPSHOT_INTERVAL = 0.2
 CONTROL_FIELDS = frozenset({"id", "kind", "name", "if", "retry", "timeout", "on_error", "on_timeout", "on_reject",
                             "rewind_to", "context"})
@@ -51,7 +54,7 @@ class Engine:
 
     def __init__(self, store: Store, *, work_dir: str | Path = ".", config: Any = None, clock: Clock | None = None,
                  masker: Masker | None = None, output_threshold: int = OUTPUT_THRESHOLD,
-                 listener: Listener | None = None, on_output: Callable[[str, str, str], None] | None = None,
+                 listener: Listener | None = None,
                  rng: random.Random | None = None, users: Any = None, public_url: str | None = None,
                  accepts_messages: bool = False) -> None:
         self.store = store
@@ -61,7 +64,6 @@ class Engine:
         self.masker = masker or Masker()
         self.output_threshold = output_threshold
         self.listener = listener
-        self.on_output = on_output
         self.rng = rng or random.Random()
         self.users = users
         self.public_url = public_url.rstrip("/") if public_url else None
@@ -168,6 +170,9 @@ class _Driver:
         self.last_snapshot = float("-inf")
         self.behind = False  # events on disk that run.json does not reflect yet
         self.snapshot_interval = SNAPSHOT_INTERVAL
+        self.outputs: dict[tuple[str, str], list[str]] = {}
+        self.output_sent: dict[str, int] = {}
+        self.output_flushed = float("-inf")
         self.hold = True
 
     def __enter__(self) -> "_Driver":
@@ -205,6 +210,24 @@ class _Driver:
         if self.engine.listener:
             for event in batch:
                 self.engine.listener(self.run, event)
+
+    def output(self, step_id: str, stream: str, text: str) -> None:
+        """Live output of a step, as `step_output` events (batched, capped) that --follow shows."""
+        buffer = self.outputs.setdefault((step_id, stream), [])
+        buffer.append(text)
+        now = self.engine.clock.monotonic()
+        if now - self.output_flushed >= OUTPUT_BATCH_SECONDS or sum(map(len, buffer)) >= OUTPUT_BATCH_BYTES:
+            self.flush_output()
+
+    def flush_output(self) -> None:
+        self.output_flushed = self.engine.clock.monotonic()
+        for (step_id, stream), parts in list(self.outputs.items()):
+            text, room = "".join(parts), OUTPUT_EVENT_LIMIT - self.output_sent.get(step_id, 0)
+            if text and room > 0:
+                self.output_sent[step_id] = self.output_sent.get(step_id, 0) + len(text)
+                self.record("step_output", step=step_id, stream=stream, text=self.engine.masker.mask(text[:room]),
+                            truncated=len(text) > room)
+        self.outputs.clear()
 
     def context(self) -> dict[str, Any]:
         run = self.run
@@ -333,6 +356,8 @@ class _Driver:
                 return StepStatus.SKIPPED
         kind = load_kind(step.kind)
         instant = bool(kind and kind.instant)
+        if attempt == 1:
+            self.output_sent.pop(step.id, None)
         self.record("step_started", step=step.id, attempt=attempt, flush=not instant)
         if kind is None:
             return self.fail(step, f"'{step.kind}' steps are not available in this build")
@@ -384,7 +409,6 @@ class _Driver:
                                                    step=step.id, field=field)
             env = {k: str(evaluator.render(v, context, step=step.id, field=f"env.{k}"))
                    for k, v in {**self.flow.env, **(step.spec.get("env") or {})}.items()}
-        on_output = self.engine.on_output
         tokens = self.run.get("callbacks") or {}
         return StepContext(
             run=self.run, step=step, spec=spec, attempt=attempt, run_dir=self.engine.store.run_dir(self.run_id),
@@ -394,8 +418,7 @@ class _Driver:
             evaluate=lambda value, field: evaluator.render(value, context, step=step.id, field=field),
             public_url=self.engine.public_url,
             mask=self.engine.masker.mask, masking=bool(self.engine.masker.values), masker=self.engine.masker,
-            on_output=(lambda stream, text: on_output(step.id, stream, self.engine.masker.mask(text)))
-            if on_output else (lambda s, t: None))
+            on_output=lambda stream, text: self.output(step.id, stream, text))
 
     async def park(self, step: Step, kind: Any, ctx: StepContext, parked: Park) -> StepStatus | str:
         settled = self.settle(step, kind, ctx)  # the answer came early: nothing to wait for
@@ -459,12 +482,14 @@ class _Driver:
         return receipt
 
     def succeed(self, step: Step, result: Done) -> StepStatus:
+        self.flush_output()
         outputs = self.compact(step, self.engine.masker.mask(result.outputs))
         self.record("step_finished", step=step.id, status=StepStatus.SUCCEEDED.value, outputs=outputs)
         return StepStatus.SUCCEEDED
 
     def fail(self, step: Step, error: str, *, status: StepStatus = StepStatus.FAILED,
              outputs: dict | None = None) -> StepStatus:
+        self.flush_output()
         outputs = self.compact(step, self.engine.masker.mask(outputs or {}))
         self.record("step_finished", step=step.id, status=status.value, error=self.engine.masker.mask(error),
                     outputs=outputs)

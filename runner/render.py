@@ -93,6 +93,10 @@ class Progress:
                 f": {short(event['error'], 100)}" if event.get("error") else "")
         elif kind == "step_skipped":
             line = f"– {step} skipped ({event['reason']})"
+        elif kind == "step_output" and self.show_output:
+            self.output(step, event["stream"], event["text"])
+            if event.get("truncated"):
+                self.stream.write(f"  {step} | ... (more output in the step's outputs)\n")
         elif kind == "jump":
             line = f"→ jump to {event['to']} ({event['reason']})"
         elif kind == "run_finished":

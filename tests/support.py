@@ -140,7 +140,7 @@ class Harness:
     tmp_path: Path
     config: Any = None
     clock: FakeClock = field(default_factory=FakeClock)
-    keep_output: bool = True  # record what the engine streams to `on_output` (off for huge outputs)
+    keep_output: bool = True  # collect the live output the engine records as step_output events
     outputs: list[tuple[str, str, str]] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     engine: Engine = field(init=False)
@@ -151,12 +151,12 @@ class Harness:
         (self.tmp_path / "work").mkdir(parents=True, exist_ok=True)
         kwargs = {"masker": self.config.masker} if self.config is not None else {}
         self.engine = Engine(self.store, work_dir=self.tmp_path / "work", config=self.config, clock=self.clock,
-                             listener=lambda run, event: self.events.append(dict(event)),
-                             on_output=self._on_output if self.keep_output else None,
-                             **kwargs)
+                             listener=self._on_event, **kwargs)
 
-    def _on_output(self, step: str, stream: str, text: str) -> None:
-        self.outputs.append((step, stream, text))
+    def _on_event(self, run: dict, event: dict) -> None:
+        self.events.append(dict(event))
+        if event["type"] == "step_output" and self.keep_output:
+            self.outputs.append((event["step"], event["stream"], event["text"]))
 
     def flow(self, text: str) -> Flow:
         return make_flow(self.tmp_path, text, config=self.config)
