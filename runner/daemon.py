@@ -15,12 +15,12 @@ import hashlib
 import heapq
 import json
 import logging
-from datetime import timedelta
+import os
+import signal
+from collections import deque
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-from collections import deque
-from datetime import datetime
 
 from runner.auth import User, Users
 from runner.config import Config
@@ -34,8 +34,8 @@ from runner.metrics import Metrics
 from runner.notify import Message, Notifier
 from runner.status import ACTIVE_RUN, is_terminal
 from runner.steps import Receipt
-from runner.store import Store
 from runner.steps.callback import parse_payload
+from runner.store import Store
 from runner.timeutil import Clock, parse_duration, parse_rfc3339, rfc3339
 from runner.triggers import ScheduleState, next_slot, schedules, verify_signature, webhook_secret_name
 
@@ -68,15 +68,17 @@ class Daemon:
         self._side_tasks: set[asyncio.Task] = set()
         self._changed: dict[str, asyncio.Event] = {}
         self._monitor: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
         self.stopping = False
+        self.failed: str | None = None  # the side task that died, if one did
 
     # ---- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
         """Read the refs, rebuild timers and resume every active run from its files."""
         await self.gitops.reconcile("start")
-        self._monitor = asyncio.create_task(self._timer_loop(), name="timers")
-        self._watcher = asyncio.create_task(self.gitops.watch(), name="ref-watcher")
+        self._monitor = self._supervised(self._timer_loop(), "timers")
+        self._watcher = self._supervised(self.gitops.watch(), "ref-watcher")
         resumed = 0
         for status in ACTIVE_RUN:
             for run in self.store.list_runs(status=status.value, limit=1_000_000):
@@ -87,9 +89,9 @@ class Daemon:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking work, let runs reach a safe point, leave the rest resumable."""
         self.stopping = True
-        if self._monitor:
-            self._monitor.cancel()
-            self._watcher.cancel()
+        for task in (self._monitor, self._watcher):
+            if task is not None:
+                task.cancel()
         running = list(self._tasks.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace)
@@ -99,6 +101,21 @@ class Daemon:
                 await asyncio.wait(pending, timeout=grace)
         for task in list(self._side_tasks):
             task.cancel()
+
+    def _supervised(self, coroutine, name: str) -> asyncio.Task:
+        """A named side task; if it dies, the daemon says which and stops cleanly (runs stay resumable)."""
+        task = asyncio.create_task(coroutine, name=name)
+
+        def died(done: asyncio.Task) -> None:
+            if done.cancelled() or self.stopping:
+                return
+            self.failed = name
+            log.error("the %s task died: %r; stopping the daemon", name, done.exception(),
+                      extra={"event": "side_task_died", "task": name})
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        task.add_done_callback(died)
+        return task
 
     # ---- starting and advancing runs --------------------------------------------
 
@@ -122,7 +139,7 @@ class Daemon:
         run = self.store.read_run(run_id)
         if run["status"] != "queued":
             return True
-        limit = self.engine._flow_of(run_id).concurrency
+        limit = self.engine.flow_of(run_id).concurrency
         if not limit:
             return True
         active = sum(len(self.store.list_runs(flow=run["flow"], status=s, limit=limit)) for s in ("running", "waiting"))
@@ -216,7 +233,7 @@ class Daemon:
         if not found:
             raise NotFound("no such callback")
         run_id, step_id = found
-        flow = self.engine._flow_of(run_id)
+        flow = self.engine.flow_of(run_id)
         return run_id, step_id, flow.step(step_id).spec
 
     async def callback(self, token: str, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -394,7 +411,8 @@ class Daemon:
         kind = event["type"]
         if kind == "run_finished":
             self.metrics.runs_finished.labels(flow=run["flow"], status=event["status"]).inc()
-            asyncio.get_running_loop().call_soon(self._start_queued, run["flow"])
+            if self.engine.flow_of(run["id"]).concurrency:
+                asyncio.get_running_loop().call_soon(self._start_queued, run["flow"])
         elif kind == "step_finished":
             self.metrics.steps_finished.labels(status=event["status"]).inc()
             if event["status"] == "timed_out" and run["steps"][event["step"]].get("deadline"):
@@ -408,7 +426,7 @@ class Daemon:
         task.add_done_callback(self._side_tasks.discard)
 
     def _step_spec(self, run_id: str, step_id: str) -> dict[str, Any]:
-        return self.engine._flow_of(run_id).step(step_id).spec
+        return self.engine.flow_of(run_id).step(step_id).spec
 
     async def _announce_wait(self, run: dict, event: dict) -> None:
         step_id = event["step"]

@@ -133,12 +133,12 @@ class Engine:
     def _driver(self, run_id: str) -> "_Driver":
         log_file = self.store.open_log(run_id)
         try:
-            return _Driver(self, run_id, self.store.read_run(run_id), self._flow_of(run_id), log_file)
+            return _Driver(self, run_id, self.store.read_run(run_id), self.flow_of(run_id), log_file)
         except BaseException:
             log_file.close()
             raise
 
-    def _flow_of(self, run_id: str) -> Flow:
+    def flow_of(self, run_id: str) -> Flow:
         source = self.store.flow_source(run_id).encode()
         digest = hashlib.sha256(source).hexdigest()
         flow = self._flows.get(digest)

@@ -95,7 +95,8 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
 
     async def health(request: Request) -> Response:
         repo = daemon.gitops.health()
-        return JSONResponse({"ok": repo["error"] is None, "version": __version__, "stopping": daemon.stopping,
+        return JSONResponse({"ok": repo["error"] is None and daemon.failed is None, "version": __version__,
+                             "stopping": daemon.stopping, "failed_task": daemon.failed,
                              "active_runs": len(daemon._tasks), "timers": len(daemon._timers),
                              "public_url": daemon.public_url, "repo": repo})
 

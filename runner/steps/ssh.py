@@ -40,6 +40,7 @@ waits on the network or the disk for an ssh step.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import codecs
 import hashlib
@@ -54,6 +55,7 @@ import shlex
 import shutil
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,6 +225,27 @@ class _Session:
     def __init__(self, hops: list[_Hop]) -> None:
         self.hops = hops
         self.connections: list[fabric.Connection] = []
+        self.reused = False  # taken from the pool: the far end may have gone meanwhile
+
+    def alive(self) -> bool:
+        transport = self.connections[-1].client.get_transport() if self.connections else None
+        return bool(transport and transport.is_active())
+
+    def first(self, use: Callable[[], Any], what: str) -> Any:
+        """use() for the session's first channel; a pooled connection found dead is replaced once."""
+        try:
+            return use()
+        except (paramiko.SSHException, OSError, EOFError, StepFailed) as exc:
+            if not self.reused:
+                raise exc if isinstance(exc, StepFailed) else _failure(self.target, exc) from None
+            log.info("ssh %s: a pooled connection is gone (%s: %s); reconnecting", self.target.label, what, exc)
+        self.close()
+        self.reused = False
+        self.open()
+        try:
+            return use()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise _failure(self.target, exc) from None
 
     @property
     def target(self) -> _Hop:
@@ -283,6 +306,91 @@ class _Session:
             except Exception:  # closing must not hide what went wrong before
                 log.debug("closing an ssh connection failed", exc_info=True)
         self.connections.clear()
+
+
+class _Pool:
+    """Idle connections kept for the next step to the same host (same hops, keys and known_hosts).
+
+    A connection is lent to one step at a time and comes back only when that step
+    ended cleanly; one idle longer than `idle` seconds is closed. Kills never use
+    the pool: they always make a new connection.
+    """
+
+    def __init__(self, idle: float = 30.0, per_key: int = 32) -> None:
+        self.idle = idle
+        self.per_key = per_key
+        self._lock = threading.Lock()
+        self._free: dict[tuple[_Hop, ...], list[tuple[float, _Session]]] = {}
+        self._reaper: threading.Thread | None = None
+
+    def take(self, hops: list[_Hop]) -> _Session:
+        """A pooled connection to `hops`, or a new one (blocking)."""
+        found, stale = None, []
+        with self._lock:
+            free = self._free.get(tuple(hops)) or []
+            while free and found is None:
+                since, session = free.pop()
+                if time.monotonic() - since < self.idle and session.alive():
+                    found = session
+                else:
+                    stale.append(session)
+        for session in stale:
+            session.close()
+        if found is not None:
+            found.reused = True
+            return found
+        return _Session(hops).open()
+
+    def give(self, session: _Session) -> None:
+        if not session.alive():
+            session.close()
+            return
+        with self._lock:
+            free = self._free.setdefault(tuple(session.hops), [])
+            free.append((time.monotonic(), session))
+            surplus = free[:-self.per_key]
+            del free[:-self.per_key]
+            if self._reaper is None or not self._reaper.is_alive():
+                self._reaper = threading.Thread(target=self._reap, name="signoff-ssh-pool", daemon=True)
+                self._reaper.start()
+        for _, extra in surplus:
+            extra.close()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(min(self.idle / 3, 10.0))
+            now, expired = time.monotonic(), []
+            with self._lock:
+                for key, free in list(self._free.items()):
+                    expired += [session for since, session in free if now - since >= self.idle]
+                    free[:] = [(since, session) for since, session in free if now - since < self.idle]
+                    if not free:
+                        del self._free[key]
+                if not self._free:
+                    self._reaper = None
+                    done = True
+                else:
+                    done = False
+            for session in expired:
+                session.close()
+            if done:
+                return
+
+    def close_all(self) -> None:
+        with self._lock:
+            sessions = [session for free in self._free.values() for _, session in free]
+            self._free.clear()
+        for session in sessions:
+            session.close()
+
+
+_CONNECTIONS = _Pool()
+atexit.register(_CONNECTIONS.close_all)
+
+
+def close_connections() -> None:
+    """Close the pooled idle connections (the daemon calls this when it stops)."""
+    _CONNECTIONS.close_all()
 
 
 # ---- threads ------------------------------------------------------------------------
@@ -432,12 +540,18 @@ def _exec(session: _Session, command: str, sink: Callable[[str, bytes], None],
 
     Returns the exit status; -1 if the connection was lost first; None once `stop` is set.
     """
-    try:
+    def start() -> paramiko.Channel:
         channel = session.transport.open_session(timeout=session.target.timeout)
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise _failure(session.target, exc) from None
+        try:
+            channel.exec_command(_wrap(command))
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+    channel = session.first(start, "exec")
+    session.reused = False
     try:
-        channel.exec_command(_wrap(command))
         channel.shutdown_write()
         poller = select.poll()
         poller.register(channel.fileno(), select.POLLIN)
@@ -503,10 +617,8 @@ def _sftp_failure(session: _Session, what: str, exc: BaseException) -> StepFaile
 
 
 def _upload(session: _Session, uploads: list[tuple[Path, str]]) -> None:
-    try:
-        sftp = session.connections[-1].client.open_sftp()
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise _sftp_failure(session, "cannot start sftp", exc) from None
+    sftp = session.first(lambda: session.connections[-1].client.open_sftp(), "sftp")
+    session.reused = False
     try:
         for local, remote in uploads:
             try:
@@ -537,10 +649,7 @@ def _download(session: _Session, downloads: list[tuple[str, str]], folder: Path,
               required: bool) -> dict[str, Path]:
     """Copy files from the host into `folder`; name -> local path. Missing ones fail only if `required`."""
     found: dict[str, Path] = {}
-    try:
-        sftp = session.connections[-1].client.open_sftp()
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise _sftp_failure(session, "cannot start sftp", exc) from None
+    sftp = session.first(lambda: session.connections[-1].client.open_sftp(), "sftp")
     try:
         for remote, name in downloads:
             try:
@@ -703,15 +812,22 @@ class SshKind:
 
     async def execute(self, ctx: StepContext) -> Done:
         plan = _Plan.build(ctx)
-        session = await _in_thread(_Session(plan.hops).open, cleanup=_Session.close)
+        session = await _in_thread(_CONNECTIONS.take, plan.hops, cleanup=_CONNECTIONS.give)
+        clean = False
         try:
             if plan.uploads:
                 await _in_thread(_upload, session, plan.uploads)
             if plan.detach:
-                return await self._detach(ctx, plan, session)
-            return await self._run(ctx, plan, session)
+                result = await self._detach(ctx, plan, session)
+            else:
+                result = await self._run(ctx, plan, session)
+            clean = True
+            return result
+        except StepFailed as exc:
+            clean = "exit_code" in exc.outputs  # the command ran to its end: the connection is fine
+            raise
         finally:
-            await _settled(_in_thread(session.close))
+            await _settled(_in_thread(_CONNECTIONS.give if clean else _Session.close, session))
 
     async def _remote(self, plan: _Plan, session: _Session, command: str,
                       sink: Callable[[str, bytes], None]) -> int:
