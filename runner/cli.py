@@ -394,3 +394,4 @@ def _fail(as_json: bool, document: dict, message: str, hint: str | None, code: i
 
 
 from runner import cli_releases  # noqa: E402,F401  (registers the release commands on `cli`)
+from runner import cli_setup  # noqa: E402,F401  (registers init and doctor)

@@ -31,6 +31,15 @@ a job later (a run's cancel, its callback's timeout) and `detached_workers`
 finds the ones a run may still have running. `upload` / `download` copy files
 over sftp before / after the command; downloads become resources.
 
+A connection that served a step cleanly is kept idle for 30 s for the next
+step to the same host (same hops, key and known_hosts), so a flow of many
+short commands pays one handshake; a pooled connection found dead is replaced
+once, transparently. Kills always use a new connection.
+
+The host needs a POSIX /bin/sh and util-linux `setsid` (with `-w`); bash is
+used for the command when present, `ps` and `awk` (if there) let a kill see
+that only zombies are left instead of waiting out the grace period.
+
 paramiko is synchronous: every blocking call (network, and the step's own file
 work) runs on a thread pool of this module (not the loop's shared executor,
 which a few long commands would exhaust), so the daemon's event loop never
@@ -53,7 +62,6 @@ import secrets
 import select
 import shlex
 import shutil
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -102,7 +110,6 @@ class _Hop:
     user: str | None
     key_file: Path | None
     known_hosts: Path
-    known_hosts_given: bool
     accept_new: bool
     timeout: float
 
@@ -148,7 +155,7 @@ def _route(config: Any, name: str, *, draft: bool) -> list[_Hop]:
             raise StepFailed(f"connection '{conn.name}': known_hosts file {known_hosts} does not exist",
                              retryable=False)
         hops.append(_Hop(name=conn.name, host=spec["host"], port=int(spec.get("port", 22)), user=spec.get("user"),
-                         key_file=key_file, known_hosts=known_hosts, known_hosts_given=given,
+                         key_file=key_file, known_hosts=known_hosts,
                          accept_new=accept_new, timeout=parse_duration(spec.get("connect_timeout", "10s"))))
         current = spec.get("jump")
     return hops[::-1]
@@ -943,11 +950,12 @@ async def kill_detached(ctx_or_config: Any, outputs: dict[str, Any], *, draft: b
     return await _settled(_in_thread(_kill, hops, shlex.quote(str(outputs["job"])), False))
 
 
-def detached_workers(run: dict[str, Any], flow: Any, *, callback: str | None = None) -> list[dict[str, Any]]:
-    """Outputs of the run's detached ssh jobs that may still be running.
+def detached_workers(run: dict[str, Any], flow: Any, *,
+                     callback: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(step id, outputs) of the run's detached ssh jobs that may still be running.
 
     Those that started and whose callback has not arrived; with `callback`, only
-    the ones reporting to that callback step.
+    the ones reporting to that callback step. Hand each outputs to kill_detached.
     """
     received = run.get("callbacks_received") or {}
     found = []
@@ -961,5 +969,5 @@ def detached_workers(run: dict[str, Any], flow: Any, *, callback: str | None = N
         target = outputs.get("callback")
         if (target and target in received) or (callback is not None and target != callback):
             continue
-        found.append(outputs)
+        found.append((step.id, outputs))
     return found

@@ -1,0 +1,130 @@
+"""CLI commands that set things up and check them: init, doctor."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlparse
+
+import click
+
+from runner import render
+from runner.cli import Env, cli, common, emit
+from runner.errors import SignoffError, UsageError
+from runner.flowfile import check_file, expand_paths
+
+EXAMPLES = ("hello.yaml", "review-before-action.yaml")
+CONFIG = """\
+# signoff serve --config signoff.yaml     (config.schema.json documents every field)
+server: {host: 127.0.0.1, port: 8080}
+repo: {path: ., poll_interval: 15s}
+data: .signoff
+users:
+  alice: {token: {env: ALICE_TOKEN}, groups: [ops], roles: [run, approve]}
+  bob: {token: {env: BOB_TOKEN}, groups: [ops], roles: [run, approve, admin]}
+channels:
+  audit: {kind: log}
+"""
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@common
+def init(directory, data, repo, config, as_json) -> None:
+    """Make DIRECTORY a flows repository: git, flows/ with examples, signoff.yaml, .gitignore.
+
+    Existing files are left alone. JSON: {directory, created: [paths]}.
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    created = []
+    if not (root / ".git").exists():
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
+        created.append(".git/")
+    (root / "flows").mkdir(exist_ok=True)
+    for name in EXAMPLES:
+        target = root / "flows" / name
+        if not target.exists():
+            target.write_bytes(_example(name))
+            created.append(f"flows/{name}")
+    for name, text in (("signoff.yaml", CONFIG), (".gitignore", ".signoff/\n")):
+        if not (root / name).exists():
+            (root / name).write_text(text)
+            created.append(name)
+    emit(as_json, {"directory": str(root.resolve()), "created": created},
+         "\n".join([f"created {path}" for path in created] or ["nothing to create"])
+         + f"\nnext: cd {directory} && signoff validate && signoff run hello --local")
+
+
+@cli.command()
+@common
+def doctor(data, repo, config, as_json) -> None:
+    """Check the config, the repository, the data directory and the connections.
+
+    JSON: {ok, checks: [{check, ok, detail}]}. Exit 1 if any check failed.
+    """
+    env = Env(data, repo, config)
+    checks: list[dict] = []
+
+    def check(name: str, func) -> None:
+        try:
+            detail = func()
+            checks.append({"check": name, "ok": True, "detail": detail})
+        except (SignoffError, OSError, subprocess.SubprocessError) as exc:
+            checks.append({"check": name, "ok": False, "detail": getattr(exc, "message", None) or str(exc)})
+
+    loaded = {}
+
+    def load() -> str:
+        loaded["config"] = env.config()
+        return str(env.config_path) if env.config_path else "no config file: defaults"
+
+    def repository() -> str:
+        if not (env.repo / ".git").exists():
+            raise UsageError(f"{env.repo} is not a git repository")
+        reports = [check_file(p, config=loaded.get("config")) for p in expand_paths([env.flows_dir])]
+        bad = [r.file for r in reports if not r.ok]
+        if bad:
+            raise UsageError(f"{len(bad)} of {len(reports)} flows invalid: {', '.join(bad)} (run signoff validate)")
+        return f"{env.repo}: {len(reports)} flows valid"
+
+    def data_dir() -> str:
+        env.data.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=env.data) as probe:
+            probe.write(b"ok")
+            probe.flush()
+            os.fsync(probe.fileno())
+        return f"{env.data.resolve()} is writable"
+
+    check("config", load)
+    check("repository", repository)
+    check("data directory", data_dir)
+    cfg = loaded.get("config")
+    for name, conn in (cfg.connections.items() if cfg else []):
+        check(f"connection {name}", lambda conn=conn: _reach(conn.spec))
+    ok = all(c["ok"] for c in checks)
+    rows = [["ok" if c["ok"] else "FAIL", c["check"], render.short(c["detail"], 90)] for c in checks]
+    emit(as_json, {"ok": ok, "checks": checks}, render.table(rows, ["", "CHECK", "DETAIL"]), exit_code=0 if ok else 1)
+
+
+def _example(name: str) -> bytes:
+    """An example flow: from the checkout's flows/, else the copy shipped in the wheel."""
+    local = Path(__file__).resolve().parent.parent / "flows" / name
+    if local.is_file():
+        return local.read_bytes()
+    return resources.files("runner.examples").joinpath(name).read_bytes()
+
+
+def _reach(spec: dict) -> str:
+    """A TCP connection to the connection's host and port (no request, no login)."""
+    if spec["kind"] == "http":
+        parsed = urlparse(spec["base_url"])
+        host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    else:
+        host, port = spec["host"], int(spec.get("port", 22))
+    with socket.create_connection((host, port), timeout=5):
+        return f"{host}:{port} reachable"
