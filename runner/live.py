@@ -202,17 +202,14 @@ class Resolver:
             if release.flow is not None:
                 own.setdefault(release.flow, []).append(release)
         names = set(own)
-        for release in repo_tags:
-            if not release.prerelease:
-                names.update(self.verdict(repo, release, verdicts)["flows"])
-                break  # flows of the newest repo release; older ones only if still released somewhere
-        for release in repo_tags:
-            verdict = verdicts.get(f"*@{release.commit}")
-            if verdict:
-                names.update(verdict["flows"])
+        for commit in {r.commit for r in repo_tags if not r.prerelease}:
+            names.update(repo.flow_names(commit))
         flows = {}
         for name in sorted(names):
-            candidates = sorted(own.get(name) or repo_tags, key=lambda r: r.version, reverse=True)
+            # a flow follows its own tags once it has a real release of its own (pre-releases change nothing)
+            mine = own.get(name) or []
+            candidates = mine if any(not r.prerelease for r in mine) else repo_tags + mine
+            candidates = sorted(candidates, key=lambda r: r.version, reverse=True)
             flows[name] = self._choose_one(repo, name, candidates, verdicts, overrides)
         return flows
 

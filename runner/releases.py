@@ -133,6 +133,14 @@ class FlowRepo:
                 files[stem] = blob.data_stream.read()
         return files
 
+    def flow_names(self, commit: str) -> set[str]:
+        """Names of the flows at a commit, from the tree alone (no file is read)."""
+        try:
+            tree = self.repo.commit(commit).tree / FLOWS_DIR
+        except KeyError:
+            return set()
+        return {PurePosixPath(b.name).stem for b in tree.blobs if b.name.endswith((".yaml", ".yml"))}
+
     def flow_blob_id(self, commit: str, name: str) -> str | None:
         for suffix in (".yaml", ".yml"):
             try:
