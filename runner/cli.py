@@ -27,6 +27,7 @@ from runner.errors import SignoffError, UsageError
 from runner.flowfile import check_file, expand_paths, find_flow_file, load_flow_bytes
 from runner.inputs import parse_pairs, resolve_inputs
 from runner.store import Store
+from runner.yamldoc import DocumentError, parse_bytes
 
 
 class Env:
@@ -169,12 +170,11 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
 def _inputs_from(inputs_file, pairs: tuple[str, ...]) -> dict[str, Any]:
     given: dict[str, Any] = {}
     if inputs_file:
-        from ruamel.yaml import YAML
-
-        loaded = YAML(typ="safe").load(inputs_file.read())
-        if not isinstance(loaded, dict):
-            raise UsageError("--inputs-file must hold a mapping of input names to values")
-        given.update(loaded)
+        try:
+            given.update(parse_bytes(inputs_file.read().encode(), inputs_file.name, limit=None).plain)
+        except DocumentError as exc:
+            raise UsageError(f"--inputs-file: {exc.problem}",
+                             hint="write a YAML or JSON mapping of input names to values") from None
     given.update(parse_pairs(pairs))
     return given
 

@@ -3,26 +3,50 @@
 Flow files and the daemon config are both read here: size limit, alias limit,
 duplicate keys and non-YAML are refused with a located `Problem`, and every
 later error (schema or semantic) can point back at file:line:column.
+
+Parsing is libyaml's composer (through PyYAML), which keeps a mark on every
+node at a fraction of a pure-Python parser's cost; scalars are resolved with
+the YAML 1.2 core schema (`yes`, `no`, `on` stay strings), as editors and the
+yaml-language-server expect.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.composer import Composer
-from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import AliasEvent
-from ruamel.yaml.scalarbool import ScalarBoolean
+import yaml
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_ALIASES = 100
 MAX_NODES = 200_000
 MAX_FLOW_DEPTH = 100
+MAX_DEPTH = 200
+
+_BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                    r"|\.(?:nan|NaN|NAN))$")
+TAG = "tag:yaml.org,2002:"
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[misc, valid-type]
+    """Plain scalars resolved by the YAML 1.2 core schema (not 1.1's yes/no/on/off booleans)."""
+
+    def resolve(self, kind, value, implicit):  # noqa: ANN001 - PyYAML's signature
+        if kind is yaml.ScalarNode and implicit[0]:
+            if value == "<<":
+                return TAG + "merge"
+            for pattern, name in ((_NULL, "null"), (_BOOL, "bool"), (_INT, "int"), (_FLOAT, "float")):
+                if pattern.match(value):
+                    return TAG + name
+            return TAG + "str"
+        return super().resolve(kind, value, implicit)
 
 
 @dataclass
@@ -61,52 +85,29 @@ def format_path(path: tuple | list) -> str:
 
 @dataclass
 class Document:
-    """A parsed YAML mapping plus what is needed to locate any path in it."""
+    """A parsed YAML mapping (`plain`) plus the position of every value and key in it."""
 
     file: str
     source: str
-    root: Any
-    plain: Any = field(default=None)
+    plain: Any
+    values: dict[tuple, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[tuple, tuple[int, int]] = field(default_factory=dict)
 
     def locate(self, path: tuple | list, *, key: bool = False) -> tuple[int, int]:
-        """1-based (line, column) of the node at `path`; of its key when `key` is true."""
-        node, line, column = self.root, 1, 1
-        for part in path:
-            lc = getattr(node, "lc", None)
-            try:
-                if lc is not None and isinstance(part, int) and isinstance(node, list):
-                    line, column = lc.item(part)[0] + 1, lc.item(part)[1] + 1
-                elif lc is not None and isinstance(node, dict) and part in node:
-                    pos = lc.key(part) if key else lc.value(part)
-                    line, column = pos[0] + 1, pos[1] + 1
-                else:
-                    break
-                node = node[part]
-            except (KeyError, IndexError, TypeError):
-                break
-        return line, column
+        """1-based (line, column) of the node at `path` (of its key when `key`), or of its nearest parent."""
+        path = tuple(path)
+        if key and path in self.keys:
+            return self.keys[path]
+        while path:
+            if path in self.values:
+                return self.values[path]
+            path = path[:-1]
+        return self.values.get((), (1, 1))
 
     def problem(self, path: tuple | list, rule: str, message: str, hint: str = "", *,
                 key: bool = False, severity: str = "error") -> Problem:
         line, column = self.locate(path, key=key)
         return Problem(self.file, line, column, format_path(path), rule, message, hint, severity)
-
-
-class _TooManyAliases(Exception):
-    def __init__(self, mark: Any) -> None:
-        super().__init__("too many aliases")
-        self.mark = mark
-
-
-class _CountingComposer(Composer):
-    """Counts aliases while composing, so the file is parsed once and a bomb stops early."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.parser.check_event(AliasEvent):
-            self.alias_count = getattr(self, "alias_count", 0) + 1
-            if self.alias_count > MAX_ALIASES:
-                raise _TooManyAliases(self.parser.peek_event().start_mark)
-        return super().compose_node(parent, index)
 
 
 class DocumentError(Exception):
@@ -137,7 +138,7 @@ def read_file(path: str | os.PathLike, label: str | None = None) -> Document:
 
 def parse_bytes(data: bytes, label: str, *, limit: int | None = MAX_FILE_BYTES) -> Document:
     if limit is not None and len(data) > limit:
-        raise _refuse(label, "file-too-large", f"file is over {MAX_FILE_BYTES:,} bytes",
+        raise _refuse(label, "file-too-large", f"file is over {limit:,} bytes",
                       "split the flow, or move large data into a script or resource")
     try:
         text = data.decode("utf-8")
@@ -147,43 +148,131 @@ def parse_bytes(data: bytes, label: str, *, limit: int | None = MAX_FILE_BYTES) 
         raise _refuse(label, "not-yaml", "file contains NUL bytes; it is not a YAML text file")
     depth = _bracket_depth(text)
     if depth > MAX_FLOW_DEPTH:
-        raise _refuse(label, "too-deep", f"YAML nesting is {depth} levels deep (brackets); the limit is {MAX_FLOW_DEPTH}",
-                      "flatten the document")
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    yaml.Composer = _CountingComposer
+        raise _refuse(label, "too-deep", f"YAML nesting is {depth} levels deep (brackets); the limit is "
+                      f"{MAX_FLOW_DEPTH}", "flatten the document")
     try:
-        root = yaml.load(text)
-    except _TooManyAliases as exc:
-        raise _refuse(label, "too-many-aliases",
-                      f"more than {MAX_ALIASES} YAML aliases (*name); refusing a possible alias bomb",
-                      "write the values out, or use fewer anchors", exc.mark.line + 1, exc.mark.column + 1) from None
-    except DuplicateKeyError as exc:
-        mark = exc.problem_mark
-        raise _refuse(label, "duplicate-key", _first_line(exc.problem) or "duplicate key",
-                      "each key may appear once in a mapping", mark.line + 1, mark.column + 1) from None
-    except MarkedYAMLError as exc:
+        _count_aliases(text, label)
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
         raise _refuse(label, "yaml-syntax", f"invalid YAML: {message}",
                       "check indentation, colons and quotes near this line", line, column) from None
-    except YAMLError as exc:
+    except yaml.YAMLError as exc:
         raise _refuse(label, "yaml-syntax", f"invalid YAML: {exc}") from None
     except RecursionError:
         raise _refuse(label, "too-deep", "YAML nesting is too deep") from None
-    if not isinstance(root, dict):
-        got = "an empty file" if root is None else ("a list" if isinstance(root, list) else
-                                                    f"a scalar ({to_plain(root)!r:.40})")
+    builder = _Builder(label)
+    plain = builder.build(root, ()) if root is not None else None
+    if not isinstance(plain, dict):
+        got = "an empty file" if plain is None else ("a list" if isinstance(plain, list) else
+                                                     f"a scalar ({plain!r:.40})")
         raise _refuse(label, "not-a-mapping", f"expected a YAML mapping at the top level, got {got}",
                       "a flow starts with `name:` and `steps:`")
-    if _expanded_size(root, {}, 0) > MAX_NODES:
+    if _expanded_size(plain, {}, 0) > MAX_NODES:
         raise _refuse(label, "too-large-expanded",
                       f"the document expands to more than {MAX_NODES:,} values through aliases",
                       "write the values out, or use fewer anchors")
-    doc = Document(label, text, root)
-    doc.plain = to_plain(root)
-    return doc
+    return Document(label, text, plain, builder.values, builder.keys)
+
+
+class _Builder:
+    """Node graph -> plain data, recording positions; refuses duplicate keys and alias bombs."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.values: dict[tuple, tuple[int, int]] = {}
+        self.keys: dict[tuple, tuple[int, int]] = {}
+        self.built: dict[int, Any] = {}
+        self.building: set[int] = set()
+        self.aliases = 0
+
+    def _at(self, node: yaml.Node) -> tuple[int, int]:
+        return node.start_mark.line + 1, node.start_mark.column + 1
+
+    def build(self, node: yaml.Node, path: tuple, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            raise _refuse(self.label, "too-deep", "YAML nesting is too deep", "flatten the document",
+                          *self._at(node))
+        self.values.setdefault(path, self._at(node))
+        if id(node) in self.built or id(node) in self.building:
+            self.aliases += 1  # a node reached twice is an alias
+            if self.aliases > MAX_ALIASES:
+                raise _refuse(self.label, "too-many-aliases",
+                              f"more than {MAX_ALIASES} YAML aliases (*name); refusing a possible alias bomb",
+                              "write the values out, or use fewer anchors", *self._at(node))
+            if id(node) in self.building:
+                raise _refuse(self.label, "recursive-alias", "an alias refers to a node that contains it",
+                              "YAML documents here cannot be recursive", *self._at(node))
+            return self.built[id(node)]
+        if isinstance(node, yaml.ScalarNode):
+            value = _scalar(node)
+        elif isinstance(node, yaml.SequenceNode):
+            self.building.add(id(node))
+            value = [self.build(item, path + (index,), depth + 1) for index, item in enumerate(node.value)]
+            self.building.discard(id(node))
+        else:
+            self.building.add(id(node))
+            value = self._mapping(node, path, depth)
+            self.building.discard(id(node))
+        self.built[id(node)] = value
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: tuple, depth: int) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        explicit: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == TAG + "merge":
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    value = self.build(source, path, depth + 1)
+                    if not isinstance(value, dict):
+                        raise _refuse(self.label, "yaml-syntax", "a merge key (<<) needs a mapping",
+                                      line=self._at(key_node)[0], column=self._at(key_node)[1])
+                    merged.update({k: v for k, v in value.items() if k not in merged})
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _refuse(self.label, "yaml-syntax", "mapping keys must be plain values",
+                              line=self._at(key_node)[0], column=self._at(key_node)[1])
+            key = str(_scalar(key_node)) if key_node.tag != TAG + "null" else "null"
+            if key in explicit:
+                raise _refuse(self.label, "duplicate-key", f'found duplicate key "{key}"',
+                              "each key may appear once in a mapping", *self._at(key_node))
+            self.keys[path + (key,)] = self._at(key_node)
+            explicit[key] = self.build(value_node, path + (key,), depth + 1)
+        return {**merged, **explicit}
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    tag, value = node.tag, node.value
+    if tag == TAG + "null":
+        return None
+    if tag == TAG + "bool":
+        return value.lower() == "true"
+    if tag == TAG + "int":
+        if value.startswith("0o"):
+            return int(value[2:], 8)
+        return int(value, 16) if value.startswith("0x") else int(value)
+    if tag == TAG + "float":
+        lowered = value.lower().lstrip("+")
+        if lowered in (".inf", "-.inf"):
+            return -math.inf if lowered.startswith("-") else math.inf
+        return math.nan if lowered == ".nan" else float(value)
+    return value
+
+
+def _count_aliases(text: str, label: str) -> None:
+    """Refuse a possible alias bomb where the limit is crossed (libyaml's event stream is cheap)."""
+    aliases = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                mark = event.start_mark
+                raise _refuse(label, "too-many-aliases",
+                              f"more than {MAX_ALIASES} YAML aliases (*name); refusing a possible alias bomb",
+                              "write the values out, or use fewer anchors", mark.line + 1, mark.column + 1)
 
 
 def _bracket_depth(text: str) -> int:
@@ -198,12 +287,8 @@ def _bracket_depth(text: str) -> int:
     return deepest
 
 
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0] if text else ""
-
-
 def _expanded_size(node: Any, memo: dict[int, int], depth: int) -> int:
-    if depth > 200:
+    if depth > MAX_DEPTH:
         return MAX_NODES + 1
     if not isinstance(node, (dict, list)):
         return 1
@@ -218,22 +303,3 @@ def _expanded_size(node: Any, memo: dict[int, int], depth: int) -> int:
             break
     memo[id(node)] = total
     return total
-
-
-def to_plain(node: Any) -> Any:
-    """ruamel's round-trip types -> plain dict/list/str/int/float/bool/None."""
-    if isinstance(node, dict):
-        return {str(k): to_plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [to_plain(v) for v in node]
-    if isinstance(node, (bool, ScalarBoolean)):
-        return bool(node)
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, (datetime, date)):
-        return node.isoformat()
-    if isinstance(node, str):
-        return str(node)
-    return node

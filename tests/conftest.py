@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import pytest
-from ruamel.yaml import YAML
+from yamlcompat import YAML
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT = 120  # a safety net against a hung child, not a performance check

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import httpx
-from ruamel.yaml import YAML
+from yamlcompat import YAML
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FLOWS = PROJECT_ROOT / "flows"
