@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections import deque
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,13 +34,14 @@ from runner.live import Resolution
 from runner.metrics import Metrics
 from runner.notify import Message, Notifier
 from runner.status import ACTIVE_RUN, is_terminal
-from runner.steps import Receipt
+from runner.steps import Receipt, load_kind
 from runner.steps.callback import parse_payload
 from runner.store import Store
 from runner.timeutil import Clock, parse_duration, parse_rfc3339, rfc3339
 from runner.triggers import ScheduleState, next_slot, schedules, verify_signature, webhook_secret_name
 
 log = logging.getLogger(__name__)
+STEP_KINDS = ("shell", "ssh", "http", "set", "wait", "approval", "callback", "notify")
 
 
 class Daemon:
@@ -76,6 +78,8 @@ class Daemon:
 
     async def start(self) -> None:
         """Read the refs, rebuild timers and resume every active run from its files."""
+        for kind in STEP_KINDS:  # import now, not on the loop in the middle of a run
+            load_kind(kind)
         await self.gitops.reconcile("start")
         self._monitor = self._supervised(self._timer_loop(), "timers")
         self._watcher = self._supervised(self.gitops.watch(), "ref-watcher")
@@ -101,6 +105,8 @@ class Daemon:
                 await asyncio.wait(pending, timeout=grace)
         for task in list(self._side_tasks):
             task.cancel()
+        if "runner.steps.ssh" in sys.modules:
+            sys.modules["runner.steps.ssh"].close_connections()
 
     def _supervised(self, coroutine, name: str) -> asyncio.Task:
         """A named side task; if it dies, the daemon says which and stops cleanly (runs stay resumable)."""
@@ -409,6 +415,10 @@ class Daemon:
         if changed is not None:
             changed.set()
         kind = event["type"]
+        if kind == "run_finished" and event["status"] == "cancelled":
+            self._spawn(self._stop_detached(dict(run), None))
+        elif kind == "step_finished" and event["status"] == "timed_out" and self._kind_of(run, event["step"]) == "callback":
+            self._spawn(self._stop_detached(dict(run), event["step"]))
         if kind == "run_finished":
             self.metrics.runs_finished.labels(flow=run["flow"], status=event["status"]).inc()
             if self.engine.flow_of(run["id"]).concurrency:
@@ -419,6 +429,22 @@ class Daemon:
                 self._spawn(self._announce_timeout(dict(run), event))
         elif kind == "step_waiting":
             self._spawn(self._announce_wait(dict(run), event))
+
+    def _kind_of(self, run: dict, step_id: str) -> str:
+        return self.engine.flow_of(run["id"]).step(step_id).kind
+
+    async def _stop_detached(self, run: dict, callback: str | None) -> None:
+        """Kill the remote workers a cancelled run (or a callback that timed out) leaves behind."""
+        from runner.steps import ssh
+
+        flow = self.engine.flow_of(run["id"])
+        for step_id, outputs in ssh.detached_workers(run, flow, callback=callback):
+            try:
+                result = await ssh.kill_detached(self.config, outputs, draft=run.get("draft"))
+            except Exception as exc:  # an unreachable host is recorded, never fatal
+                result = f"failed: {getattr(exc, 'message', exc)}"
+            await self._note(run["id"], "detached_killed", step=step_id, host=outputs.get("host"),
+                             pid=outputs.get("pid"), result=result)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
