@@ -132,6 +132,11 @@ def _override(kind: str, flow: str, version: str | None, env: Env, as_json: bool
         if known is None or version.removeprefix("v") not in known.versions:
             raise NotFound(f"{flow} has no release {version}",
                            hint=f"its releases: {', '.join(known.versions) if known else 'none'}")
+        verdict = _resolver(env).verdict_for(flow, version) or {}
+        if not verdict.get("ok"):
+            first = (verdict.get("errors") or [{}])[0]
+            raise UsageError(f"{flow} {version} was refused, so it cannot be pinned: {first.get('message', '')}",
+                             hint="pin a release that passed validation")
     overrides = _resolver(env).set_override(kind, flow, version)
     resolution = _resolver(env).resolve()
     live = resolution.flows.get(flow)

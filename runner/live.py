@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from runner.releases import FlowRepo, Refs
 from runner.store import atomic_write
 from runner.timeutil import Clock, rfc3339
 
+log = logging.getLogger(__name__)
 VERSION = r"v(?P<version>(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)"
 REPO_TAG = re.compile(rf"^{VERSION}$")
 FLOW_TAG = re.compile(rf"^(?P<flow>[a-z0-9][a-z0-9-]*)/{VERSION}$")
@@ -193,6 +195,12 @@ class Resolver:
             errors += [p.to_dict() for p in report.errors]
         verdicts[key] = {"ok": not errors, "errors": errors[:50], "flows": sorted(files),
                          "checked_at": rfc3339(self.clock.now())}
+        if errors:
+            first = errors[0]
+            log.warning("release %s refused: %s:%s: %s", release.tag, first.get("file"), first.get("line", ""),
+                        first.get("message"), extra={"event": "release_refused", "tag": release.tag})
+            self.state.append_history({"at": rfc3339(self.clock.now()), "flow": release.flow, "refused": release.tag,
+                                       "commit": release.commit, "errors": errors[:5]})
         return verdicts[key]
 
     def _choose(self, repo: FlowRepo, releases: list[Release], verdicts: dict, overrides: dict) -> dict[str, LiveFlow]:
@@ -251,6 +259,21 @@ class Resolver:
                 changed = True
         if changed:
             self.state.save("live", current)
+
+    def verdict_for(self, flow: str, version: str) -> dict[str, Any] | None:
+        """The validation verdict of the release of `flow` at `version` (None if there is no such release)."""
+        with self.state.locked(), FlowRepo(self.repo_path) as repo:
+            seen: dict[str, str] = self.state.load("seen", {})
+            verdicts: dict[str, Any] = self.state.load("verdicts", {})
+            releases, _, _ = self._releases(repo.refs(), seen)
+            mine = [r for r in releases if r.flow == flow]
+            pool = mine if any(not r.prerelease for r in mine) else [r for r in releases if r.flow is None] + mine
+            for release in pool:
+                if str(release.version) == version.removeprefix("v"):
+                    verdict = self.verdict(repo, release, verdicts)
+                    self.state.save("verdicts", verdicts)
+                    return verdict
+        return None
 
     # ---- overrides --------------------------------------------------------------------
 
