@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,7 @@ from runner.timeutil import Clock, rfc3339
 from runner.watcher import RepoSource, describe_git_error
 
 log = logging.getLogger(__name__)
+FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 @dataclass
@@ -99,6 +101,8 @@ class GitOps:
 
     async def origin(self, name: str, ref: str | None) -> FlowOrigin:
         """The live version of a flow, or with `ref` a draft pinned to the ref's commit."""
+        if not isinstance(name, str) or not FLOW_NAME.match(name):
+            raise NotFound(f"no flow named {name!r}", hint="flow names are lower-case letters, digits and -")
         if ref:
             source = await self.git(_read_at, self.source.path, ref, name)
             return FlowOrigin(self._load(source, name), source.ref, source.commit, None, True)
