@@ -86,8 +86,6 @@ class Progress:
             line = f"… {step} waiting until {event['wake_at']} ({event['reason']})"
             if event["reason"].startswith("awaiting approval"):
                 line += f"\n  decide with: signoff approve {run['id']} {step}   (or reject / request-changes)"
-            elif event["reason"].startswith("awaiting callback") and (run.get("callbacks") or {}).get(step):
-                line += f"\n  a worker reports with: signoff callback <url of {step}> --data '{{...}}'"
         elif kind == "step_retrying":
             line = f"↻ {step} attempt {event['attempt']} failed: {short(event['error'], 80)}; retrying in " \
                    f"{format_duration(event['delay_seconds'])}"
