@@ -38,9 +38,10 @@ def releases(flow, data, repo, config, as_json) -> None:
     document = resolution.to_dict()
     drafts = _drafts(env, {name: f.release.commit if f.release else None for name, f in resolution.flows.items()})
     document["flows"] = [f for f in document["flows"] if not flow or f["flow"] == flow]
+    history = resolver.state.history_by_flow()
     for entry in document["flows"]:
         entry["drafts"] = drafts.get(entry["flow"], [])
-        entry["history"] = resolver.state.history(entry["flow"])[-20:]
+        entry["history"] = history.get(entry["flow"], [])[-20:]
     rows = []
     for entry in document["flows"]:
         live = entry["live"]
@@ -73,11 +74,18 @@ def releases(flow, data, repo, config, as_json) -> None:
 def _drafts(env: Env, live_commits: dict[str, str | None]) -> dict[str, list[dict[str, str]]]:
     """Branches whose version of a flow differs from the live one."""
     drafts: dict[str, list[dict[str, str]]] = {}
+    listings: dict[str, dict[str, str]] = {}
     with FlowRepo(env.repo) as repo:
-        live_blobs = {name: repo.flow_blob_id(commit, name) if commit else None for name, commit in live_commits.items()}
+
+        def blobs(commit: str) -> dict[str, str]:
+            if commit not in listings:
+                listings[commit] = repo.flow_blobs(commit)
+            return listings[commit]
+
+        live_blobs = {name: blobs(commit).get(name) if commit else None for name, commit in live_commits.items()}
         for branch, commit in repo.refs().branches.items():
-            for name in repo.flow_files(commit):
-                if repo.flow_blob_id(commit, name) != live_blobs.get(name):
+            for name, blob in blobs(commit).items():
+                if blob != live_blobs.get(name):
                     drafts.setdefault(name, []).append({"branch": branch, "commit": commit})
     return drafts
 

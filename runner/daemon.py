@@ -311,6 +311,7 @@ class Daemon:
     async def _plan_schedules(self) -> None:
         """Timers for the next slot of every schedule of every live flow (a slot fires once)."""
         now = self.clock.now()
+        planned = []
         for name in self.gitops.live_flows():
             try:
                 flow = (await self.gitops.origin(name, None)).flow
@@ -318,7 +319,11 @@ class Daemon:
                 continue
             for index, spec in schedules(flow):
                 slot = self.schedule_state.first_due(name, index, spec, now)
-                self._add_timer(slot.timestamp(), name, f"schedule:{index}:{slot.isoformat()}")
+                planned.append((slot.timestamp(), name, f"schedule:{index}:{slot.isoformat()}"))
+        # replace every schedule timer at once (no await in between), so replans never pile up
+        self._timers = [t for t in self._timers if not t[2].startswith("schedule:")] + planned
+        heapq.heapify(self._timers)
+        self._timer_changed.set()
 
     async def _fire_schedule(self, name: str, what: str) -> None:
         _, index, slot_text = what.split(":", 2)
@@ -415,8 +420,8 @@ class Daemon:
         if changed is not None:
             changed.set()
         kind = event["type"]
-        if kind == "run_finished" and event["status"] == "cancelled":
-            self._spawn(self._stop_detached(dict(run), None))
+        if kind == "run_finished" and event["status"] != "succeeded":
+            self._spawn(self._stop_detached(dict(run), None))  # a run that ended badly leaves no worker behind
         elif kind == "step_finished" and event["status"] == "timed_out" and self._kind_of(run, event["step"]) == "callback":
             self._spawn(self._stop_detached(dict(run), event["step"]))
         if kind == "run_finished":

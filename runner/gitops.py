@@ -62,15 +62,24 @@ class GitOps:
             return await asyncio.to_thread(func, *args)
 
     async def reconcile(self, reason: str = "poll") -> Resolution | None:
+        fetch_error = None
         try:
             await self.git(self.source.refresh)
+        except Exception as exc:  # unreachable remote: go on with the refs the mirror already has
+            fetch_error = describe_git_error(exc)
+        try:
             resolution = await self.git(self.resolver.resolve)
-        except Exception as exc:  # unreachable remote, broken repo: keep serving the last good state
-            self.error = describe_git_error(exc)
+        except Exception as exc:  # no mirror yet, or a broken repository: keep the last good state
+            self.error = fetch_error or describe_git_error(exc)
             log.warning("reconcile (%s) failed: %s", reason, self.error, extra={"event": "reconcile_failed"})
             return self.resolution
+        if fetch_error:
+            log.warning("cannot reach %s (%s); serving the refs last fetched", self.source.url, fetch_error,
+                        extra={"event": "fetch_failed"})
         changed = self.resolution is None or _live_map(self.resolution) != _live_map(resolution)
-        self.resolution, self.error, self.last_ok = resolution, None, rfc3339(self.clock.now())
+        self.resolution, self.error = resolution, fetch_error
+        if not fetch_error:
+            self.last_ok = rfc3339(self.clock.now())
         for problem in resolution.problems:
             log.warning("%s", problem["message"], extra={"event": "tag_" + problem["problem"]})
         if changed:
@@ -106,6 +115,8 @@ class GitOps:
         if ref:
             source = await self.git(_read_at, self.source.path, ref, name)
             return FlowOrigin(self._load(source, name), source.ref, source.commit, None, True)
+        if self.resolution is None:
+            raise NotFound("the flows repository has not been read yet", hint=f"health says why: {self.error}")
         if not self.tagged:
             if self.source.remote:
                 source = await self.git(_read_at, self.source.path, "HEAD", name)

@@ -95,6 +95,12 @@ class State:
         with open(self.dir / "history.jsonl", "a") as handle:
             handle.write(json.dumps(entry, sort_keys=True) + "\n")
 
+    def history_by_flow(self) -> dict[str | None, list[dict[str, Any]]]:
+        grouped: dict[str | None, list[dict[str, Any]]] = {}
+        for entry in self.history():
+            grouped.setdefault(entry.get("flow"), []).append(entry)
+        return grouped
+
     def history(self, flow: str | None = None) -> list[dict[str, Any]]:
         try:
             lines = (self.dir / "history.jsonl").read_text().splitlines()
@@ -139,6 +145,7 @@ class Resolver:
     def __init__(self, repo_path: Path, data_dir: Path, *, config: Any = None, clock: Clock | None = None) -> None:
         self.repo_path = repo_path
         self.state = State(data_dir)
+        self.tag_words: dict[str, dict[str, Any]] = {}
         self.config = config
         self.clock = clock or Clock()
 
@@ -148,10 +155,12 @@ class Resolver:
             seen: dict[str, str] = self.state.load("seen", {})
             verdicts: dict[str, Any] = self.state.load("verdicts", {})
             overrides = self.state.load("overrides", {"pins": {}, "yanks": {}})
+            self.tag_words = self.state.load("tag_words", {})
             releases, problems, ignored = self._releases(refs, seen)
             flows = self._choose(repo, releases, verdicts, overrides)
             if record:
                 self.state.save("seen", seen)
+                self.state.save("tag_words", self.tag_words)
                 self.state.save("verdicts", verdicts)
                 self._record_changes(flows)
         return Resolution(flows, problems, bool(releases), ignored)
@@ -167,10 +176,13 @@ class Resolver:
                 ignored.append(short)
                 continue
             first = seen.setdefault(short, info.commit)
+            words = self.tag_words.setdefault(short, {"tagger": info.tagger, "date": info.date,
+                                                      "message": info.message})  # as first seen, like the commit
             if first != info.commit:
                 problems.append({"tag": short, "problem": "moved", "message": f"tag {short} was moved from "
                                  f"{first[:12]} to {info.commit[:12]}; the release stays at {first[:12]}"})
-            releases.append(Release(short, parsed[0], parsed[1], first, info.tagger, info.date, info.message))
+            releases.append(Release(short, parsed[0], parsed[1], first, words["tagger"], words["date"],
+                                    words["message"]))
         for short, commit in sorted(seen.items()):
             if short not in now and parse_tag(short):
                 problems.append({"tag": short, "problem": "deleted", "message": f"tag {short} was deleted; the "
@@ -210,8 +222,12 @@ class Resolver:
             if release.flow is not None:
                 own.setdefault(release.flow, []).append(release)
         names = set(own)
+        listed: dict[str, list[str]] = self.state.load("flow_names", {})  # a commit's flows never change
         for commit in {r.commit for r in repo_tags if not r.prerelease}:
-            names.update(repo.flow_names(commit))
+            if commit not in listed:
+                listed[commit] = sorted(repo.flow_names(commit))
+            names.update(listed[commit])
+        self.state.save("flow_names", listed)
         flows = {}
         for name in sorted(names):
             # a flow follows its own tags once it has a real release of its own (pre-releases change nothing)
@@ -265,6 +281,7 @@ class Resolver:
         with self.state.locked(), FlowRepo(self.repo_path) as repo:
             seen: dict[str, str] = self.state.load("seen", {})
             verdicts: dict[str, Any] = self.state.load("verdicts", {})
+            self.tag_words = self.state.load("tag_words", {})
             releases, _, _ = self._releases(repo.refs(), seen)
             mine = [r for r in releases if r.flow == flow]
             pool = mine if any(not r.prerelease for r in mine) else [r for r in releases if r.flow is None] + mine

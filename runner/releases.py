@@ -141,6 +141,14 @@ class FlowRepo:
             return set()
         return {PurePosixPath(b.name).stem for b in tree.blobs if b.name.endswith((".yaml", ".yml"))}
 
+    def flow_blobs(self, commit: str) -> dict[str, str]:
+        """Flow name -> blob id at a commit (one tree listing): equal ids mean equal content."""
+        try:
+            tree = self.repo.commit(commit).tree / FLOWS_DIR
+        except KeyError:
+            return {}
+        return {PurePosixPath(b.name).stem: b.hexsha for b in tree.blobs if b.name.endswith((".yaml", ".yml"))}
+
     def flow_blob_id(self, commit: str, name: str) -> str | None:
         for suffix in (".yaml", ".yml"):
             try:

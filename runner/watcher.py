@@ -55,6 +55,10 @@ class RepoSource:
 
 
 def describe_git_error(exc: Exception) -> str:
+    """git's own words (its `fatal:` lines first), on one line."""
     if isinstance(exc, GitCommandError):
-        return (exc.stderr or str(exc)).strip().splitlines()[-1][:300] if (exc.stderr or str(exc)).strip() else str(exc)
+        text = (exc.stderr or "").replace("stderr:", "").strip().strip("'").strip()
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+        return " ".join(fatal or lines or [str(exc)])[:300]
     return f"{type(exc).__name__}: {exc}"[:300]

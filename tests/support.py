@@ -94,6 +94,8 @@ def wait_pid_gone(pid: int, timeout: float = 10.0) -> None:
 
 def kill_quietly(pid: int) -> None:
     """Clean-up for processes a test left behind (its own children only)."""
+    if pid <= 0:  # killpg(0) would be the test run's own process group
+        return
     for target in (lambda: os.killpg(pid, 9), lambda: os.kill(pid, 9)):
         try:
             target()

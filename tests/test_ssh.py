@@ -15,6 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,7 +31,8 @@ if not sshd_support.available():
                 allow_module_level=True)
 
 from daemon_support import DaemonProcess  # noqa: E402
-from runner.steps.ssh import detached_workers, fingerprint, kill_detached  # noqa: E402
+from runner.sshsession import fingerprint  # noqa: E402
+from runner.steps.ssh import detached_workers, kill_detached  # noqa: E402
 from support import (Harness, harness_with_config, kill_quietly, pid_alive, read_pid, wait_pid_gone,  # noqa: E402
                      wait_until)
 
@@ -47,6 +51,13 @@ def ssh_harness(tmp_path: Path, sshd: Sshd, **connections: dict) -> Harness:
 def jobs_left(sshd: Sshd) -> list[str]:
     jobs = sshd.home / ".signoff" / "jobs"
     return sorted(p.name for p in jobs.iterdir()) if jobs.is_dir() else []
+
+
+def kill_left_over(*pids: int | None) -> None:
+    """kill_quietly for the pids a test found; a missing one (None) is skipped, never taken as 0 (our own group)."""
+    for pid in pids:
+        if pid:
+            kill_quietly(pid)
 
 
 def host_fingerprint(sshd: Sshd) -> str:
@@ -200,7 +211,7 @@ def test_cancelling_a_run_through_the_daemon_kills_the_remote_command(daemon, tm
         assert ended["steps"]["sleep"]["status"] == "cancelled"
         wait_pid_gone(read_pid(pid_file))
     finally:
-        kill_quietly(read_pid(pid_file) or 0)
+        kill_left_over(read_pid(pid_file))
 
 
 def test_kill_detached_stops_a_detached_worker(tmp_path, sshd):
@@ -230,8 +241,7 @@ steps:
         assert Path(outputs["log"]).exists()  # the log stays for a post-mortem
         assert asyncio.run(kill_detached(harness.config, outputs)) in ("ended", "gone")
     finally:
-        kill_quietly(read_pid(pid_file) or 0)
-        kill_quietly(outputs.get("pid") or 0)
+        kill_left_over(read_pid(pid_file), outputs.get("pid"))
 
 
 # ---- host keys, authentication, connections --------------------------------------------
@@ -384,7 +394,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def test_a_pooled_connection_that_stopped_answering_is_replaced(tmp_path, sshd, caplog):
-    caplog.set_level(logging.INFO, logger="runner.steps.ssh")
+    caplog.set_level(logging.INFO, logger="runner.sshsession")
     harness = ssh_harness(tmp_path, sshd, quick=sshd.connection(connect_timeout="2s"))
     flow = harness.flow("""\
 name: ssh-pool
@@ -430,10 +440,52 @@ steps:
 """
 
 
+def worker_flow(name: str, worker: str, *, callback_timeout: str = "5m") -> str:
+    """A flow that detaches `worker` (shell, may use ${{ inputs.pid_file }} and ${{ inputs.release }})
+    and then waits for the worker's callback at step `done`."""
+    return f"""\
+name: {name}
+inputs:
+  pid_file: {{type: string}}
+  release: {{type: string, default: unused}}
+steps:
+  - id: start
+    kind: ssh
+    connection: vm
+    detach: true
+    run: |
+{textwrap.indent(worker, "      ")}
+  - id: done
+    kind: callback
+    timeout: {callback_timeout}
+    on_timeout: fail
+"""
+
+
+# a long sleep in the worker's process group, its pid where the test can read it
+SLEEPING_WORKER = "sleep 300 & echo $! > ${{ inputs.pid_file }}\nwait\n"
+# calls back, then keeps running until the test creates the `release` file (at most a minute)
+REPORTING_WORKER = """\
+echo $$ > ${{ inputs.pid_file }}
+python3 - <<'EOF'
+import os, urllib.request
+body, headers = b'{"ok": true}', {"Content-Type": "application/json"}
+urllib.request.urlopen(urllib.request.Request(os.environ["SIGNOFF_CALLBACK_URL"], body, headers), timeout=30).close()
+EOF
+i=0
+while [ ! -e ${{ inputs.release }} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+"""
+WORKER_FLOWS = {
+    "ssh-worker-cancelled": worker_flow("ssh-worker-cancelled", SLEEPING_WORKER),
+    "ssh-worker-silent": worker_flow("ssh-worker-silent", SLEEPING_WORKER, callback_timeout="2s"),
+    "ssh-worker-reports": worker_flow("ssh-worker-reports", REPORTING_WORKER),
+}
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd):
     root = tmp_path_factory.mktemp("ssh-daemon")
-    process = DaemonProcess(root, flows={"ssh-sleeper": SLEEPER}, copy=["remote-worker-callback"],
+    process = DaemonProcess(root, flows={"ssh-sleeper": SLEEPER, **WORKER_FLOWS}, copy=["remote-worker-callback"],
                             channels={"ops-chat": {"kind": "log"}})
     config = YAML(typ="safe", pure=True).load(process.config_path.read_text())
     config["connections"] = {"vm": sshd.connection(), "build-vm": sshd.connection()}
@@ -498,3 +550,88 @@ steps:
     assert done.returncode == 0, done.stderr
     assert daemon.wait_end(run["id"])["status"] == "succeeded"
     os.unlink(daemon.repo / "flows" / "ssh-env-probe.yaml")
+
+
+def detached_kills(daemon: DaemonProcess, run_id: str) -> list[dict]:
+    return [e for e in daemon.events(run_id) if e["type"] == "detached_killed"]
+
+
+def start_worker(daemon: DaemonProcess, flow: str, pid_file: Path) -> tuple[dict, dict]:
+    """Start `flow`, wait for its callback step to wait; (the run, the detach step's outputs)."""
+    run = daemon.start_run(flow, {"pid_file": str(pid_file)})
+    waiting = daemon.wait_step(run["id"], "done", "waiting")
+    assert waiting["steps"]["start"]["status"] == "succeeded"
+    return run, waiting["steps"]["start"]["outputs"]
+
+
+def test_cancelling_a_run_kills_its_detached_worker(daemon, tmp_path):
+    pid_file = tmp_path / "sleep.pid"
+    started: dict = {}
+    try:
+        run, started = start_worker(daemon, "ssh-worker-cancelled", pid_file)
+        sleeper = wait_until(lambda: read_pid(pid_file), what="the worker's sleep to start")
+        assert pid_alive(started["pid"]) and pid_alive(sleeper)
+        response = daemon.api("alice").post(f"/api/v1/runs/{run['id']}/cancel")
+        assert response.status_code == 200, response.text
+        assert daemon.wait_end(run["id"])["status"] == "cancelled"
+        wait_pid_gone(sleeper)
+        wait_pid_gone(started["pid"])
+        kills = wait_until(lambda: detached_kills(daemon, run["id"]), what="the detached_killed event")
+        assert len(kills) == 1
+        assert kills[0]["result"] in ("killed", "terminated")
+        assert (kills[0]["step"], kills[0]["pid"], kills[0]["host"]) == ("start", started["pid"], started["host"])
+        assert (Path(started["job"]) / "killed").exists()  # the kill's own mark in the job directory
+    finally:
+        kill_left_over(read_pid(pid_file), started.get("pid"))
+
+
+def test_a_callback_timeout_kills_the_worker_that_never_reported(daemon, tmp_path):
+    pid_file = tmp_path / "sleep.pid"
+    started: dict = {}
+    try:
+        run, started = start_worker(daemon, "ssh-worker-silent", pid_file)
+        sleeper = wait_until(lambda: read_pid(pid_file), what="the worker's sleep to start")
+        ended = daemon.wait_end(run["id"], timeout=60)  # the callback's 2s timeout, on the daemon's own clock
+        assert ended["status"] == "timed_out"
+        assert ended["steps"]["done"]["status"] == "timed_out"
+        wait_pid_gone(sleeper)
+        wait_pid_gone(started["pid"])
+        kills = wait_until(lambda: detached_kills(daemon, run["id"]), what="the detached_killed event")
+        assert len(kills) == 1
+        assert kills[0]["result"] in ("killed", "terminated")
+        assert (kills[0]["step"], kills[0]["pid"]) == ("start", started["pid"])
+    finally:
+        kill_left_over(read_pid(pid_file), started.get("pid"))
+
+
+def holds_for(predicate: Callable[[], object], seconds: float, what: str) -> None:
+    """Fail as soon as `predicate` is false within the next `seconds` (a window to see something NOT happen)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), what
+        time.sleep(0.05)
+
+
+def test_a_worker_that_called_back_is_left_running(daemon, tmp_path):
+    pid_file, release = tmp_path / "worker.pid", tmp_path / "release"
+    run = daemon.start_run("ssh-worker-reports", {"pid_file": str(pid_file), "release": str(release)})
+    started: dict = {}
+    try:
+        ended = daemon.wait_end(run["id"], timeout=60)
+        assert ended["status"] == "succeeded", ended["error"]
+        started = ended["steps"]["start"]["outputs"]
+        worker = read_pid(pid_file)
+        assert worker and pid_alive(worker) and pid_alive(started["pid"])  # still working after its report
+        # the worker goes on until released: a kill on the run's end would land in this window
+        holds_for(lambda: pid_alive(worker) and not detached_kills(daemon, run["id"]), 3.0,
+                  "the daemon killed a worker whose callback had arrived")
+        release.touch()
+        exit_code = Path(started["job"]) / "exit_code"
+        wait_until(exit_code.exists, what="the worker to end on its own")
+        assert exit_code.read_text().strip() == "0"  # it ran to its end: no kill took it
+        assert not (Path(started["job"]) / "killed").exists()
+        wait_pid_gone(worker)
+        assert detached_kills(daemon, run["id"]) == []
+    finally:
+        release.touch()
+        kill_left_over(read_pid(pid_file), started.get("pid"))
