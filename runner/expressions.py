@@ -391,7 +391,36 @@ class References:
 
 
 def references(env: ImmutableSandboxedEnvironment, expr: str) -> References:
-    """Parse one expression and list the names it reads. Raises ExpressionError on bad syntax."""
+    """Parse one expression and list the names it reads. Raises ExpressionError on bad syntax.
+
+    Results are cached by text (validation sees the same expressions again and again), and a
+    plain path (`steps.plan.outputs.stdout`) is read without parsing.
+    """
+    cached = _REFERENCES.get(expr)
+    if cached is None:
+        cached = _path_references(expr) or _parse_references(env, expr)
+        if len(_REFERENCES) >= 8192:
+            _REFERENCES.pop(next(iter(_REFERENCES)))
+        _REFERENCES[expr] = cached
+    return References(set(cached.roots), set(cached.inputs), set(cached.steps), set(cached.callbacks))
+
+
+_REFERENCES: dict[str, References] = {}  # a pure function's results; bounded
+
+
+def _path_references(expr: str) -> References | None:
+    match = _PATH.match(expr)
+    if not match or "-" in match.group(2):
+        return None
+    parts = [m.group(1) or m.group(2) for m in _PART.finditer(match.group(2))]
+    refs = References(roots={match.group(1)})
+    bucket = {"inputs": refs.inputs, "steps": refs.steps, "callbacks": refs.callbacks}.get(match.group(1))
+    if bucket is not None and parts and parts[0] is not None:
+        bucket.add(parts[0])
+    return refs
+
+
+def _parse_references(env: ImmutableSandboxedEnvironment, expr: str) -> References:
     try:
         tree = env.parse("{{ " + expr.strip() + " }}")
     except TemplateSyntaxError as exc:

@@ -196,9 +196,16 @@ class Resolver:
         key = f"{release.flow or '*'}@{release.commit}"
         if key in verdicts:
             return verdicts[key]
-        files = repo.flow_files(release.commit)
-        if release.flow is not None:
-            files = {release.flow: files[release.flow]} if release.flow in files else {}
+        if release.flow is None:
+            files = repo.flow_files(release.commit)
+        else:  # one flow: read just its file
+            files = {}
+            for suffix in (".yaml", ".yml"):
+                try:
+                    files = {release.flow: repo.read(release.commit, f"flows/{release.flow}{suffix}")}
+                    break
+                except NotFound:
+                    continue
         errors = []
         if release.flow is not None and not files:
             errors.append({"file": f"flows/{release.flow}.yaml", "message": "the flow does not exist at this tag"})
