@@ -131,9 +131,10 @@ class Engine:
                 driver.record(kind, **self.masker.mask(fields))
 
     def _driver(self, run_id: str) -> "_Driver":
-        log_file = self.store.open_log(run_id)
+        run = self.store.read_run(run_id)
+        log_file = self.store.open_log(run_id, start=run.get("events"))
         try:
-            return _Driver(self, run_id, self.store.read_run(run_id), self.flow_of(run_id), log_file)
+            return _Driver(self, run_id, run, self.flow_of(run_id), log_file)
         except BaseException:
             log_file.close()
             raise

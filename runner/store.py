@@ -57,20 +57,25 @@ def fsync_dir(path: Path) -> None:
 class EventLog:
     """The append-only, hash-chained history of one run. One writer at a time."""
 
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: Path, *, fsync: bool = True, start: dict[str, Any] | None = None) -> None:
         self.path = path
         self.fsync = fsync
         self.count = 0
         self.last_sha256 = GENESIS
-        self._recover_tail()
+        offset = 0
+        if start and path.exists() and path.stat().st_size >= start.get("bytes", 0):
+            # resume from where the snapshot says the log was: only the tail is read
+            self.count, self.last_sha256, offset = start["count"], start["last_sha256"], start["bytes"]
+        self._recover_tail(offset)
         self._handle: BinaryIO = open(path, "ab")
 
-    def _recover_tail(self) -> None:
+    def _recover_tail(self, offset: int) -> None:
         """Count lines and drop a torn last line left by a crash mid-write (it was never acknowledged)."""
         if not self.path.exists():
             return
-        good = 0
+        good = offset
         with open(self.path, "rb") as handle:
+            handle.seek(offset)
             for line in handle:
                 if not line.endswith(b"\n"):
                     break
@@ -177,8 +182,9 @@ class Store:
             raise NotFound(f"no run {run_id} in {self.data_dir}", hint="list runs with `signoff runs list`")
         return path
 
-    def open_log(self, run_id: str) -> EventLog:
-        return EventLog(self.run_dir(run_id) / "events.jsonl", fsync=self.fsync)
+    def open_log(self, run_id: str, start: dict[str, Any] | None = None) -> EventLog:
+        """The run's log for appending; `start` (a snapshot's `events`) spares reading what it covers."""
+        return EventLog(self.run_dir(run_id) / "events.jsonl", fsync=self.fsync, start=start)
 
     def lock(self, run_id: str) -> RunLock:
         return RunLock(self.run_dir(run_id) / "lock")
