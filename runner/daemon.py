@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import weakref
 from collections import deque
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -62,7 +63,7 @@ class Daemon:
         self.engine = Engine(store, work_dir=work_dir, config=config, clock=self.clock, masker=config.masker,
                              users=users, public_url=self.public_url, listener=self._on_event,
                              accepts_messages=True)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()  # gone when unused
         self._tasks: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()
         self._timers: list[tuple[float, str, str]] = []
@@ -185,7 +186,10 @@ class Daemon:
             self._tasks.pop(run_id, None)
 
     def _lock(self, run_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(run_id, asyncio.Lock())
+        lock = self._locks.get(run_id)
+        if lock is None:
+            lock = self._locks[run_id] = asyncio.Lock()
+        return lock
 
     # ---- timers -------------------------------------------------------------------
 
@@ -226,8 +230,6 @@ class Daemon:
             raise Forbidden(f"{user.name} may not decide approvals (needs the approve role)")
         message = {"type": "decision", "user": user, **{k: body.get(k) for k in
                                                          ("decision", "comment", "inputs", "context_sha256")}}
-        if not isinstance(step_id, str):
-            raise Invalid("step must be a string")
         async with self._lock(run_id):
             receipt, run = self.engine.deliver(run_id, step_id, message)
         if receipt.outcome:
