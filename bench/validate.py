@@ -195,7 +195,7 @@ def breakdown(files: list[Path]) -> None:
         t4 = time.perf_counter()
         assert not [p for p in checks.semantic_problems(doc, expect_name=path.stem) if p.severity != "warning"]
         t5 = time.perf_counter()
-        Flow.from_dict(plain, source=text, file=str(path))
+        Flow.from_dict(doc.plain, source=text, file=str(path))
         t6 = time.perf_counter()
         for name, seconds in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             phases[name] += seconds

@@ -521,7 +521,7 @@ def test_remote_worker_callback_survives_a_daemon_restart(daemon, sshd):
 
 def test_the_worker_gets_its_run_step_and_callback_url(daemon, tmp_path):
     """The detached job's environment, read back from the job's own log."""
-    flow = f"""\
+    flow = """\
 name: ssh-env-probe
 steps:
   - id: launch
@@ -531,7 +531,7 @@ steps:
     run: echo "run=$SIGNOFF_RUN_ID step=$SIGNOFF_STEP url=$SIGNOFF_CALLBACK_URL"
   - id: other
     kind: set
-    values: {{x: 1}}
+    values: {x: 1}
   - id: report
     kind: callback
     timeout: 1m

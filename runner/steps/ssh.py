@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import json
 import logging
 import posixpath
 import re
@@ -41,7 +40,7 @@ from typing import Any, Callable
 
 from runner.errors import NotFound, StepFailed
 from runner.steps import Done, StepContext
-from runner.steps.shell import MAX_SPOOL, _Spool, parse_output_file
+from runner.commandoutput import MAX_SPOOL, Spool, parse_output_file, stdout_json
 from runner.sshsession import (CONNECTIONS, MAX_OUTPUT_FILE, POLL_MS, Hop, Session, capture, detach_script, download,
                                in_thread, job_dir, kill_job, remote_path, route, run_command, run_script, settled,
                                upload)
@@ -151,13 +150,13 @@ def _upload_target(ctx: StepContext, item: dict, cwd: str | None) -> str:
     return remote_path(target, cwd)
 
 
-def _prepare_work(work: Path, cap: int) -> dict[str, _Spool]:
+def _prepare_work(work: Path, cap: int) -> dict[str, Spool]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    return {"stdout": _Spool(work / "stdout", cap), "stderr": _Spool(work / "stderr", cap)}
+    return {"stdout": Spool(work / "stdout", cap), "stderr": Spool(work / "stderr", cap)}
 
 
-def _remove_work(work: Path, spools: dict[str, _Spool]) -> None:
+def _remove_work(work: Path, spools: dict[str, Spool]) -> None:
     for spool in spools.values():
         spool.handle.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -166,7 +165,7 @@ def _remove_work(work: Path, spools: dict[str, _Spool]) -> None:
 class _Sink:
     """Spools a stream as shell does and streams it to ctx.on_output on the loop's thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ctx: StepContext, spools: dict[str, _Spool]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, ctx: StepContext, spools: dict[str, Spool]) -> None:
         self.loop = loop
         self.ctx = ctx
         self.spools = spools
@@ -243,7 +242,7 @@ class SshKind:
         finally:
             await settled(in_thread(_remove_work, work, spools))
 
-    def _collect(self, ctx: StepContext, plan: _Plan, session: Session, work: Path, spools: dict[str, _Spool],
+    def _collect(self, ctx: StepContext, plan: _Plan, session: Session, work: Path, spools: dict[str, Spool],
                  code: int, cap: int) -> dict[str, Any]:
         """The outputs of a finished command (in a pool thread): tails, resources, $SIGNOFF_OUTPUT, downloads."""
         for spool in spools.values():
@@ -269,17 +268,8 @@ class SshKind:
             last = spools["stderr"].tail.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
             raise StepFailed(f"exit code {code}{': ' + last[0][:300] if last[0] else ''}", outputs=outputs)
         if plan.output_json:
-            outputs["json"] = self._json(spools["stdout"], outputs)
+            outputs["json"] = stdout_json(spools["stdout"], outputs)
         return outputs
-
-    def _json(self, spool: _Spool, outputs: dict[str, Any]) -> Any:
-        if spool.truncated:
-            raise StepFailed("output: json, but stdout was cut at the output limit", retryable=False, outputs=outputs)
-        try:
-            return json.loads(spool.path.read_bytes())
-        except ValueError as exc:
-            raise StepFailed(f"output: json, but stdout is not JSON ({exc})", retryable=False,
-                             outputs=outputs) from None
 
     async def _detach(self, ctx: StepContext, plan: _Plan, session: Session) -> Done:
         out = {"stdout": bytearray(), "stderr": bytearray()}
