@@ -60,6 +60,7 @@ class Daemon:
         self.notifier = Notifier(config.channels)
         self.schedule_state = ScheduleState(store.data_dir)
         self._deliveries: deque[str] = deque(maxlen=10_000)
+        self._stopped: set[tuple[str, str]] = set()  # detached workers already killed (run, step)
         self.engine = Engine(store, work_dir=work_dir, config=config, clock=self.clock, masker=config.masker,
                              users=users, public_url=self.public_url, listener=self._on_event,
                              accepts_messages=True)
@@ -446,6 +447,9 @@ class Daemon:
 
         flow = self.engine.flow_of(run["id"])
         for step_id, outputs in ssh.detached_workers(run, flow, callback=callback):
+            if (run["id"], step_id) in self._stopped:
+                continue  # a callback timeout that also ended the run: one kill is enough
+            self._stopped.add((run["id"], step_id))
             try:
                 result = await ssh.kill_detached(self.config, outputs, draft=run.get("draft"))
             except Exception as exc:  # an unreachable host is recorded, never fatal
