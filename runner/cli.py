@@ -21,11 +21,11 @@ import click
 from runner import __version__, render, releases
 from runner.client import Client
 from runner.config import load_config
-from runner.record import apply as apply_event
 from runner.engine import Engine
 from runner.errors import SignoffError, UsageError
-from runner.flowfile import check_file, expand_paths, find_flow_file, load_flow_bytes
+from runner.flowfile import check_bytes, check_file, expand_paths, find_flow_file, load_flow_bytes
 from runner.inputs import parse_pairs, resolve_inputs
+from runner.record import apply as apply_event
 from runner.store import Store
 from runner.yamldoc import DocumentError, parse_bytes
 
@@ -75,8 +75,9 @@ def emit(as_json: bool, document: Any, human: str, *, exit_code: int = 0) -> Non
 def cli() -> None:
     """signoff: declarative YAML workflows with human checkpoints.
 
-    Flows live in flows/<name>.yaml in a git repository. Validate them, run them
-    locally, and inspect every run's record under the data directory.
+    Flows live in flows/<name>.yaml in a git repository: validate them, release
+    them with tags, run them through the daemon (`signoff serve`) or in this
+    process (`run --local`), decide approvals, and inspect every run's record.
     """
 
 
@@ -114,8 +115,6 @@ def _flow_files_at(env: Env, ref: str, paths: tuple[str, ...]) -> list[str]:
 
 
 def _check_at_ref(env: Env, ref: str, relative: Path, cfg: Any):
-    from runner.flowfile import check_bytes
-
     source = releases.at_ref(env.repo, ref, relative.as_posix())
     return check_bytes(source.data, source.label, expect_name=relative.stem, config=cfg)
 
@@ -333,9 +332,13 @@ def pending(server, data, repo, config, as_json) -> None:
 @cli.command()
 @click.argument("target")
 @click.option("--data", "payload", required=True, metavar="JSON|@FILE", help="The JSON body, or @file to read it.")
+@click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry: the answer is always JSON.")
 @server_option
-def callback(target, payload, server) -> None:
-    """Post a callback to a URL or token (as an external worker would). JSON: the daemon's answer."""
+def callback(target, payload, as_json, server) -> None:
+    """Post a callback to a URL or token (as an external worker would).
+
+    JSON: the daemon's answer {accepted, replay, run, step, sha256, at, bytes, status}; exit 0 for 200/202.
+    """
     body = Path(payload[1:]).read_bytes() if payload.startswith("@") else payload.encode()
     url = target if "://" in target else None
     token = target.rstrip("/").rsplit("/", 1)[-1]
