@@ -34,7 +34,7 @@ from runner.inputs import resolve_inputs
 from runner.live import Resolution
 from runner.metrics import Metrics
 from runner.notify import Message, Notifier
-from runner.status import ACTIVE_RUN, is_terminal
+from runner.status import is_terminal
 from runner.steps import Receipt, load_kind
 from runner.steps.callback import parse_payload
 from runner.store import Store
@@ -85,12 +85,29 @@ class Daemon:
         await self.gitops.reconcile("start")
         self._monitor = self._supervised(self._timer_loop(), "timers")
         self._watcher = self._supervised(self.gitops.watch(), "ref-watcher")
-        resumed = 0
-        for status in ACTIVE_RUN:
-            for run in self.store.list_runs(status=status.value, limit=1_000_000):
+        resumed = parked = 0
+        for run in self.store.list_runs(limit=10_000_000, active_only=True):
+            if run["status"] == "waiting" and self._parked_quietly(run):
+                parked += 1  # nothing to do until its timer fires or an answer comes
+            else:
                 self.schedule(run["id"])
                 resumed += 1
-        log.info("daemon started; resuming %d active runs", resumed, extra={"event": "daemon_started"})
+        log.info("daemon started; %d runs resumed, %d waiting", resumed, parked, extra={"event": "daemon_started"})
+
+    def _parked_quietly(self, run: dict[str, Any]) -> bool:
+        """A waiting run whose deadline is ahead and whose answer has not come needs only its timer."""
+        step = run.get("current_step")
+        state = run["steps"].get(step or "", {})
+        if state.get("status") != "waiting" or not state.get("wake_at") or state.get("decision"):
+            return False
+        if step in (run.get("callbacks_received") or {}):
+            return False  # answered before a crash cut the step short: settle it now
+        if self.store.log_size(run["id"]) != (run.get("events") or {}).get("bytes"):
+            return False  # events the snapshot does not show yet: let the engine read them
+        if parse_rfc3339(state["wake_at"]) <= self.clock.now() or self.store.read_callback(run["id"], step):
+            return False
+        self._watch(run)
+        return True
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking work, let runs reach a safe point, leave the rest resumable."""

@@ -70,6 +70,7 @@ class Engine:
         self.accepts_messages = accepts_messages  # a daemon is there to take decisions and callbacks
         self.evaluator = Evaluator()
         self._flows: dict[str, Flow] = {}  # validated flow copies by sha256: each is checked once
+        self._run_flows: dict[str, Flow] = {}  # run id -> its flow (a run never changes flow)
 
     def callback_url(self, token: str) -> str | None:
         return f"{self.public_url}/callbacks/{token}" if self.public_url else None
@@ -140,6 +141,17 @@ class Engine:
             raise
 
     def flow_of(self, run_id: str) -> Flow:
+        """The run's own flow copy, validated (once per content) and cached."""
+        known = self._run_flows.get(run_id)
+        if known is not None:
+            return known
+        flow = self._load_flow_copy(run_id)
+        if len(self._run_flows) >= 20_000:
+            self._run_flows.pop(next(iter(self._run_flows)))
+        self._run_flows[run_id] = flow
+        return flow
+
+    def _load_flow_copy(self, run_id: str) -> Flow:
         source = self.store.flow_source(run_id).encode()
         digest = hashlib.sha256(source).hexdigest()
         flow = self._flows.get(digest)

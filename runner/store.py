@@ -186,6 +186,12 @@ class Store:
         """The run's log for appending; `start` (a snapshot's `events`) spares reading what it covers."""
         return EventLog(self.run_dir(run_id) / "events.jsonl", fsync=self.fsync, start=start)
 
+    def log_size(self, run_id: str) -> int:
+        try:
+            return (self.run_dir(run_id) / "events.jsonl").stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def lock(self, run_id: str) -> RunLock:
         return RunLock(self.run_dir(run_id) / "lock")
 
@@ -237,7 +243,7 @@ class Store:
                 yield event
 
     def list_runs(self, *, flow: str | None = None, status: str | None = None, draft: bool | None = None,
-                  limit: int = 50, before: str | None = None) -> list[dict[str, Any]]:
+                  limit: int = 50, before: str | None = None, active_only: bool = False) -> list[dict[str, Any]]:
         """Newest first (ids older than `before`, for paging), reading snapshots only, never event logs."""
         if not self.runs_dir.is_dir():
             return []
@@ -250,6 +256,8 @@ class Store:
             except (NotFound, IntegrityError):
                 continue
             if flow and run.get("flow") != flow or status and run.get("status") != status:
+                continue
+            if active_only and run.get("status") not in ("queued", "running", "waiting"):
                 continue
             if draft is not None and bool(run.get("draft")) != draft:
                 continue

@@ -407,7 +407,7 @@ def test_kill_9_while_waiting_then_restart_still_completes(daemon: DaemonProcess
 
 
 def test_kill_9_while_callbacks_are_posted_loses_no_acknowledged_callback(daemon: DaemonProcess) -> None:
-    runs = [waiting_run(daemon, "worker") for _ in range(20)]
+    runs = [waiting_run(daemon, "worker") for _ in range(50)]
     answers: dict[str, int | str] = {}
 
     def poster() -> None:
