@@ -61,6 +61,7 @@ class Daemon:
         self.schedule_state = ScheduleState(store.data_dir)
         self._deliveries: deque[str] = deque(maxlen=10_000)
         self._stopped: set[tuple[str, str]] = set()  # detached workers already killed (run, step)
+        self._targets: dict[str, tuple[str, str, dict]] = {}  # callback token -> (run, step, spec)
         self.engine = Engine(store, work_dir=work_dir, config=config, clock=self.clock, masker=config.masker,
                              users=users, public_url=self.public_url, listener=self._on_event,
                              accepts_messages=True)
@@ -161,11 +162,11 @@ class Daemon:
 
     def _may_start(self, run_id: str) -> bool:
         """A queued run starts only while its flow has fewer active runs than its `concurrency`."""
-        run = self.store.read_run(run_id)
-        if run["status"] != "queued":
-            return True
         limit = self.engine.flow_of(run_id).concurrency
         if not limit:
+            return True
+        run = self.store.read_run(run_id)
+        if run["status"] != "queued":
             return True
         active = sum(len(self.store.list_runs(flow=run["flow"], status=s, limit=limit)) for s in ("running", "waiting"))
         return active < limit
@@ -255,19 +256,26 @@ class Daemon:
         return receipt, run
 
     def callback_target(self, token: str) -> tuple[str, str, dict]:
-        found = self.store.find_callback(token)
-        if not found:
-            raise NotFound("no such callback")
-        run_id, step_id = found
-        flow = self.engine.flow_of(run_id)
-        return run_id, step_id, flow.step(step_id).spec
+        """(run, step, step spec) of a callback token; NotFound for anything else."""
+        found = self._targets.get(token)
+        if found is None:
+            located = self.store.find_callback(token)
+            if not located:
+                raise NotFound("no such callback")
+            run_id, step_id = located
+            found = (run_id, step_id, self.engine.flow_of(run_id).step(step_id).spec)
+            if len(self._targets) >= 50_000:
+                self._targets.pop(next(iter(self._targets)))
+            self._targets[token] = found
+        return found
 
     async def callback(self, token: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """Accept a callback into the run's inbox (fsynced), then let the run consume it.
 
         202 when accepted now, 200 for the identical body again (nothing changes), 409 for a
         different body or a step that no longer waits, 422 for a payload the schema refuses.
-        The run's writer is not needed, so a run busy with an earlier step answers at once.
+        The run's writer is not needed, so a run busy with an earlier step answers at once;
+        the file writes run off the event loop.
         """
         run_id, step_id, spec = self.callback_target(token)
         digest = hashlib.sha256(body).hexdigest()
@@ -282,13 +290,19 @@ class Daemon:
             if status not in ("pending", "waiting"):
                 raise Conflict(f"step '{step_id}' is {status}; it no longer takes a callback")
             parse_payload(body, spec.get("schema"))
-            accepted, existing = self.store.accept_callback(run_id, step_id, body, at=rfc3339(self.clock.now()))
+            accepted, existing = await asyncio.to_thread(self.store.accept_callback, run_id, step_id, body,
+                                                         at=rfc3339(self.clock.now()))
             if accepted:
                 self.schedule(run_id)
-                return 202, {"accepted": True, "replay": False, "run": run_id, "step": step_id, **existing}
+                return 202, self._answer(run_id, step_id, existing, replay=False)
         if existing["sha256"] == digest:
-            return 200, {"accepted": True, "replay": True, "run": run_id, "step": step_id, **existing}
+            return 200, self._answer(run_id, step_id, existing, replay=True)
         raise Conflict(f"step '{step_id}' already accepted a different callback", hint="a callback is accepted once")
+
+    @staticmethod
+    def _answer(run_id: str, step_id: str, entry: dict[str, Any], *, replay: bool) -> dict[str, Any]:
+        return {"accepted": True, "replay": replay, "run": run_id, "step": step_id, "sha256": entry["sha256"],
+                "at": entry["at"], "bytes": entry.get("bytes")}
 
     async def cancel(self, run_id: str, user: User) -> dict[str, Any]:
         run = self.store.read_run(run_id)

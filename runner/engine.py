@@ -180,7 +180,7 @@ class _Driver:
         self.flow = flow
         self.log = log_file
         self.pending: list[dict] = []
-        self.last_snapshot = float("-inf")
+        self.last_snapshot = engine.clock.monotonic() if run else float("-inf")  # a loaded snapshot is fresh
         self.behind = False  # events on disk that run.json does not reflect yet
         self.snapshot_interval = SNAPSHOT_INTERVAL
         self.outputs: dict[tuple[str, str], list[str]] = {}

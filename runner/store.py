@@ -30,6 +30,7 @@ GENESIS = "0" * 64
 RUN_ID = re.compile(r"^[0-9]{8}t[0-9]{6}z-[0-9a-f]{8}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RES_PREFIX = "res://"
+INLINE_CALLBACK = 64 * 1024  # callback bodies up to this size live in the inbox entry itself
 
 
 def _dumps(data: Any) -> str:
@@ -341,9 +342,12 @@ class Store:
         target = inbox / f"{step_id}.json"
         if target.exists():
             return False, json.loads(target.read_text())
-        ref = self.put_resource(body, media_type="application/json", name=f"{step_id}.payload", run_id=run_id,
-                                step=step_id, created_at=at)
-        entry = {"sha256": digest, "at": at, "bytes": len(body), "resource": ref}
+        entry: dict[str, Any] = {"sha256": digest, "at": at, "bytes": len(body)}
+        if len(body) <= INLINE_CALLBACK:
+            entry["body"] = body.decode("utf-8", "replace")  # small: one file, one fsync
+        else:
+            entry["resource"] = self.put_resource(body, media_type="application/json", name=f"{step_id}.payload",
+                                                  run_id=run_id, step=step_id, created_at=at)
         tmp = inbox / f".{step_id}.{secrets.token_hex(8)}.tmp"
         with open(tmp, "wb") as handle:
             handle.write(_dumps(entry).encode())

@@ -73,10 +73,13 @@ class CallbackKind:
             return Receipt(outcome="succeeded", outputs={"payload": recorded["payload"], "received_at": recorded["at"]})
         if entry is None:
             return None
-        payload: Any = entry["resource"]
-        if entry["bytes"] <= INLINE_LIMIT:
+        if "body" in entry:
+            payload: Any = json.loads(entry["body"])
+        elif entry["bytes"] <= INLINE_LIMIT:
             with open(ctx.store.resource_path(entry["resource"]), "rb") as handle:
                 payload = json.loads(handle.read())
+        else:
+            payload = entry["resource"]
         started = ctx.run["steps"][ctx.step.id].get("started_at") or ""
         event = {"type": "callback_received", "payload": payload, "sha256": entry["sha256"],
                  "bytes": entry["bytes"], "accepted_at": entry["at"], "early": entry["at"] < started}
