@@ -70,8 +70,10 @@ class GitOps:
         try:
             resolution = await self.git(self.resolver.resolve)
         except Exception as exc:  # no mirror yet, or a broken repository: keep the last good state
-            self.error = fetch_error or describe_git_error(exc)
+            self.error = fetch_error or getattr(exc, "message", None) or describe_git_error(exc)
             log.warning("reconcile (%s) failed: %s", reason, self.error, extra={"event": "reconcile_failed"})
+            if self.resolution is None and not self.source.remote:
+                self.resolution = Resolution({}, [], False, [])  # no git here: the working tree runs, as drafts
             return self.resolution
         if fetch_error:
             log.warning("cannot reach %s (%s); serving the refs last fetched", self.source.url, fetch_error,
