@@ -389,7 +389,9 @@ class _Driver:
                     result = await kind.execute(ctx)
                 if isinstance(result, Park):
                     return await self.park(step, kind, ctx, result)
-                return self.succeed(step, result)
+                # the last step's end is written together with the run's end (one fsync for both)
+                last = kind.instant and step.index == len(self.flow.steps) - 1
+                return self.succeed(step, result, flush=not last)
             except StepFailed as exc:
                 error, retryable, outputs = exc.message, exc.retryable, exc.outputs
             except ExpressionError as exc:
@@ -465,10 +467,11 @@ class _Driver:
         receipt = kind.settle(ctx) if hasattr(kind, "settle") else None
         if receipt is None:
             return None
-        self.conclude(step, receipt)
+        # the answer is already durable (inbox, or a recorded decision): its events ride the next write
+        self.conclude(step, receipt, flush=False)
         return StepStatus(receipt.outcome)
 
-    def conclude(self, step: Step, receipt: Receipt) -> None:
+    def conclude(self, step: Step, receipt: Receipt, *, flush: bool = True) -> None:
         """Record what a receipt says in one batch: one write, one fsync."""
         if receipt.event:
             event = dict(receipt.event)
@@ -476,7 +479,8 @@ class _Driver:
         if receipt.outcome:
             self.record("step_finished", step=step.id, status=receipt.outcome, flush=False, error=None,
                         outputs=self.compact(step, self.engine.masker.mask(receipt.outputs)))
-        self.flush()
+        if flush:
+            self.flush()
 
     def deliver(self, step_id: str, message: dict[str, Any]) -> Receipt:
         try:
@@ -494,10 +498,10 @@ class _Driver:
             self.conclude(step, receipt)
         return receipt
 
-    def succeed(self, step: Step, result: Done) -> StepStatus:
+    def succeed(self, step: Step, result: Done, *, flush: bool = True) -> StepStatus:
         self.flush_output()
         outputs = self.compact(step, self.engine.masker.mask(result.outputs))
-        self.record("step_finished", step=step.id, status=StepStatus.SUCCEEDED.value, outputs=outputs)
+        self.record("step_finished", step=step.id, status=StepStatus.SUCCEEDED.value, outputs=outputs, flush=flush)
         return StepStatus.SUCCEEDED
 
     def fail(self, step: Step, error: str, *, status: StepStatus = StepStatus.FAILED,
