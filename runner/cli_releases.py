@@ -112,10 +112,10 @@ def release(flow, version, ref, message, rollback, data, repo, config, as_json) 
     cfg = env.config() if env.config_path else None
     with FlowRepo(env.repo) as git_repo:
         full, commit = git_repo.resolve(ref)
-        files = git_repo.flow_files(commit)
-        if flow not in files:
+        source = git_repo.flow_file(commit, flow)
+        if source is None:
             raise NotFound(f"flows/{flow}.yaml does not exist at {full} ({commit[:12]})")
-        report = check_bytes(files[flow], f"flows/{flow}.yaml@{full}", expect_name=flow, config=cfg)
+        report = check_bytes(source, f"flows/{flow}.yaml@{full}", expect_name=flow, config=cfg)
         if not report.ok:
             raise FlowInvalid(f"flows/{flow}.yaml at {full} is invalid; nothing was tagged\n"
                               + "\n".join(str(p) for p in report.errors), report.errors)
@@ -199,11 +199,10 @@ def diff(flow, ref, data, repo, config, as_json) -> None:
     env = Env(data, repo, config)
     live = _resolver(env).resolve().flows.get(flow)
     with FlowRepo(env.repo) as git_repo:
-        old = git_repo.read(live.release.commit, f"flows/{flow}.yaml") if live and live.release else b""
+        old = (git_repo.flow_file(live.release.commit, flow) or b"") if live and live.release else b""
         if ref:
             full, commit = git_repo.resolve(ref)
-            files = git_repo.flow_files(commit)
-            new = files.get(flow, b"")
+            new = git_repo.flow_file(commit, flow) or b""
         else:
             path = env.flows_dir / f"{flow}.yaml"
             full, commit = "working tree", None

@@ -160,7 +160,7 @@ def _live_map(resolution: Resolution) -> dict[str, str | None]:
 def _read_at(repo_path: Path, ref: str, name: str) -> Source:
     with FlowRepo(repo_path) as repo:
         full, commit = repo.resolve(ref)
-        files = repo.flow_files(commit)
-        if name not in files:
+        data = repo.flow_file(commit, name)
+        if data is None:
             raise NotFound(f"flows/{name}.yaml does not exist at {full} ({commit[:12]})")
-        return Source(files[name], f"flows/{name}.yaml@{full}", full, commit)
+        return Source(data, f"flows/{name}.yaml@{full}", full, commit)

@@ -199,13 +199,8 @@ class Resolver:
         if release.flow is None:
             files = repo.flow_files(release.commit)
         else:  # one flow: read just its file
-            files = {}
-            for suffix in (".yaml", ".yml"):
-                try:
-                    files = {release.flow: repo.read(release.commit, f"flows/{release.flow}{suffix}")}
-                    break
-                except NotFound:
-                    continue
+            data = repo.flow_file(release.commit, release.flow)
+            files = {release.flow: data} if data is not None else {}
         errors = []
         if release.flow is not None and not files:
             errors.append({"file": f"flows/{release.flow}.yaml", "message": "the flow does not exist at this tag"})

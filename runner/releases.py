@@ -120,42 +120,45 @@ class FlowRepo:
             raise NotFound(f"{path} does not exist at {commit[:12]}") from None
         return blob.data_stream.read()
 
-    def flow_files(self, commit: str) -> dict[str, bytes]:
-        """flows/*.yaml|yml at a commit, by flow name (the file stem)."""
+    def _flow_entries(self, commit: str) -> dict[str, git.Blob]:
+        """flows/*.yaml|yml at a commit by flow name (the file stem): one tree listing, no file read."""
         try:
             tree = self.repo.commit(commit).tree / FLOWS_DIR
         except KeyError:
             return {}
-        files = {}
-        for blob in tree.blobs:
-            stem, suffix = PurePosixPath(blob.name).stem, PurePosixPath(blob.name).suffix
-            if suffix in (".yaml", ".yml"):
-                files[stem] = blob.data_stream.read()
-        return files
+        return {PurePosixPath(b.name).stem: b for b in tree.blobs if b.name.endswith((".yaml", ".yml"))}
+
+    def flow_files(self, commit: str) -> dict[str, bytes]:
+        """Every flow's bytes at a commit, by flow name."""
+        return {name: blob.data_stream.read() for name, blob in self._flow_entries(commit).items()}
 
     def flow_names(self, commit: str) -> set[str]:
-        """Names of the flows at a commit, from the tree alone (no file is read)."""
-        try:
-            tree = self.repo.commit(commit).tree / FLOWS_DIR
-        except KeyError:
-            return set()
-        return {PurePosixPath(b.name).stem for b in tree.blobs if b.name.endswith((".yaml", ".yml"))}
+        return set(self._flow_entries(commit))
 
     def flow_blobs(self, commit: str) -> dict[str, str]:
-        """Flow name -> blob id at a commit (one tree listing): equal ids mean equal content."""
-        try:
-            tree = self.repo.commit(commit).tree / FLOWS_DIR
-        except KeyError:
-            return {}
-        return {PurePosixPath(b.name).stem: b.hexsha for b in tree.blobs if b.name.endswith((".yaml", ".yml"))}
+        """Flow name -> blob id at a commit: equal ids mean equal content."""
+        return {name: blob.hexsha for name, blob in self._flow_entries(commit).items()}
 
-    def flow_blob_id(self, commit: str, name: str) -> str | None:
+    def flow_paths(self, commit: str) -> list[str]:
+        return sorted(blob.path for blob in self._flow_entries(commit).values())
+
+    def _flow_blob(self, commit: str, name: str) -> git.Blob | None:
+        """One flow's blob, looked up directly (no listing of the folder)."""
         for suffix in (".yaml", ".yml"):
             try:
-                return (self.repo.commit(commit).tree / f"{FLOWS_DIR}/{name}{suffix}").hexsha
+                return self.repo.commit(commit).tree / f"{FLOWS_DIR}/{name}{suffix}"
             except KeyError:
                 continue
         return None
+
+    def flow_blob_id(self, commit: str, name: str) -> str | None:
+        blob = self._flow_blob(commit, name)
+        return blob.hexsha if blob is not None else None
+
+    def flow_file(self, commit: str, name: str) -> bytes | None:
+        """One flow's bytes at a commit, or None if it is not there."""
+        blob = self._flow_blob(commit, name)
+        return blob.data_stream.read() if blob is not None else None
 
     # ---- writing tags -------------------------------------------------------------
 
@@ -221,9 +224,4 @@ def at_ref(repo: Path, ref: str, relative: str) -> Source:
 def flow_paths_at(repo: Path, ref: str) -> list[str]:
     """Paths of flows/*.yaml|yml as committed at `ref`."""
     with FlowRepo(repo) as flow_repo:
-        _, commit = flow_repo.resolve(ref)
-        try:
-            tree = flow_repo.repo.commit(commit).tree / FLOWS_DIR
-        except KeyError:
-            return []
-        return sorted(blob.path for blob in tree.blobs if blob.name.endswith((".yaml", ".yml")))
+        return flow_repo.flow_paths(flow_repo.resolve(ref)[1])
