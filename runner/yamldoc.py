@@ -178,7 +178,7 @@ def parse_bytes(data: bytes, label: str, *, limit: int | None = MAX_FILE_BYTES) 
 
 
 class _Builder:
-    """Node graph -> plain data, recording positions; refuses duplicate keys and alias bombs."""
+    """Node graph -> plain data, recording positions; refuses duplicate keys and recursive aliases."""
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -186,7 +186,6 @@ class _Builder:
         self.keys: dict[tuple, tuple[int, int]] = {}
         self.built: dict[int, Any] = {}
         self.building: set[int] = set()
-        self.aliases = 0
 
     def _at(self, node: yaml.Node) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
@@ -196,12 +195,7 @@ class _Builder:
             raise _refuse(self.label, "too-deep", "YAML nesting is too deep", "flatten the document",
                           *self._at(node))
         self.values.setdefault(path, self._at(node))
-        if id(node) in self.built or id(node) in self.building:
-            self.aliases += 1  # a node reached twice is an alias
-            if self.aliases > MAX_ALIASES:
-                raise _refuse(self.label, "too-many-aliases",
-                              f"more than {MAX_ALIASES} YAML aliases (*name); refusing a possible alias bomb",
-                              "write the values out, or use fewer anchors", *self._at(node))
+        if id(node) in self.built or id(node) in self.building:  # an alias (counted by _count_aliases)
             if id(node) in self.building:
                 raise _refuse(self.label, "recursive-alias", "an alias refers to a node that contains it",
                               "YAML documents here cannot be recursive", *self._at(node))
