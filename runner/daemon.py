@@ -456,7 +456,8 @@ class Daemon:
         kind = event["type"]
         if kind == "run_finished" and event["status"] != "succeeded":
             self._spawn(self._stop_detached(dict(run), None))  # a run that ended badly leaves no worker behind
-        elif kind == "step_finished" and event["status"] == "timed_out" and self._kind_of(run, event["step"]) == "callback":
+        elif (kind == "step_finished" and event["status"] == "timed_out"
+              and self._step_spec(run["id"], event["step"])["kind"] == "callback"):
             self._spawn(self._stop_detached(dict(run), event["step"]))
         if kind == "run_finished":
             self.metrics.runs_finished.labels(flow=run["flow"], status=event["status"]).inc()
@@ -468,9 +469,6 @@ class Daemon:
                 self._spawn(self._announce_timeout(dict(run), event))
         elif kind == "step_waiting":
             self._spawn(self._announce_wait(dict(run), event))
-
-    def _kind_of(self, run: dict, step_id: str) -> str:
-        return self.engine.flow_of(run["id"]).step(step_id).kind
 
     async def _stop_detached(self, run: dict, callback: str | None) -> None:
         """Kill the remote workers a cancelled run (or a callback that timed out) leaves behind."""

@@ -25,7 +25,7 @@ from runner.daemon import Daemon
 from runner.errors import (Conflict, Forbidden, Invalid, NotFound, SignoffError, TooLarge, Unauthorized,
                            UsageError)
 from runner.flowfile import FlowInvalid
-from runner.steps.callback import MAX_DEPTH, _depth
+from runner.steps.callback import MAX_DEPTH, json_depth
 
 log = logging.getLogger(__name__)
 BODY_LIMIT = 1024 * 1024
@@ -59,7 +59,7 @@ async def read_json(request: Request, limit: int = BODY_LIMIT) -> dict[str, Any]
         data = json.loads(body)
     except (ValueError, RecursionError):
         raise Invalid("the request body is not valid JSON") from None
-    if _depth(data) > MAX_DEPTH:
+    if json_depth(data) > MAX_DEPTH:
         raise Invalid(f"the request body is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(data, dict):
         raise Invalid("the request body must be a JSON object")

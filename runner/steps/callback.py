@@ -23,13 +23,13 @@ MAX_DEPTH = 64
 INLINE_LIMIT = 64 * 1024
 
 
-def _depth(value: Any, level: int = 0) -> int:
+def json_depth(value: Any, level: int = 0) -> int:
     if level > MAX_DEPTH:
         return level
     if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+        return max((json_depth(v, level + 1) for v in value.values()), default=level + 1)
     if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
+        return max((json_depth(v, level + 1) for v in value), default=level + 1)
     return level
 
 
@@ -39,7 +39,7 @@ def parse_payload(body: bytes, schema: dict | None) -> Any:
         payload = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise Invalid("the callback body is not valid JSON", [str(exc)[:200]]) from None
-    if _depth(payload) > MAX_DEPTH:
+    if json_depth(payload) > MAX_DEPTH:
         raise Invalid(f"the callback body is nested deeper than {MAX_DEPTH} levels")
     if schema:
         try:
