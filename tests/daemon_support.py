@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import httpx
+from support import pid_alive, wait_until  # noqa: F401  (re-exported for the daemon tests)
 from yamlcompat import YAML
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -72,35 +73,6 @@ def clean_environ() -> dict[str, str]:
     """os.environ without anything that would point signoff or git elsewhere."""
     return {k: v for k, v in os.environ.items()
             if not k.startswith("SIGNOFF_") and k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
-               message: str | Callable[[], str] = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {text}")
-        time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def git(repo: Path, *args: str) -> str:

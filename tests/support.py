@@ -61,26 +61,30 @@ class FakeClock(Clock):
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
-               what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+               what: str = "condition", *, message: str | Callable[[], str] | None = None) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds.
+
+    `message` (text, or a function that describes the state at the time) overrides `what`.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            text = message() if callable(message) else (message or what)
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {text}")
         time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # a zombie still answers kill(0); treat it as gone once it has exited
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
