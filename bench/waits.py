@@ -283,28 +283,89 @@ def callback_url(daemon: DaemonProcess, token: str) -> str:
     return f"{daemon.public_url}/callbacks/{token}"
 
 
-async def post_all(daemon: DaemonProcess, runs: list[dict], concurrency: int, timeout: float) -> dict:
-    """POST every run's callback from `concurrency` connections; per request: status, latency, receive time."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"content-type": "application/json"}
+class RawConnection:
+    """A minimal HTTP/1.1 keep-alive client connection: the load client must cost far less than the daemon.
+
+    httpx spends about a millisecond of CPU per request; on a 2-core machine that is a core taken
+    from the daemon under test. This writes the request bytes itself and reads the status line,
+    the headers and a Content-Length body.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+                          f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def post_all(daemon: DaemonProcess, runs: list[dict], concurrency: int, timeout: float,
+                   client_kind: str = "raw") -> dict:
+    """POST every run's callback from `concurrency` connections; per request: status, latency, receive time.
+
+    A request whose connection drops is sent again on a new connection (a callback is replay-safe:
+    the same body again answers 200 and changes nothing); such retries are counted.
+    """
+    host, port = daemon.public_url.split("//", 1)[1].split(":")
     results: dict[str, tuple[int, float, float]] = {}
+    retries = 0
     todo = iter(runs)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+        async def send_httpx(path: str, body: bytes) -> int:
+            response = await client.post(daemon.public_url + path, content=body,
+                                         headers={"content-type": "application/json"})
+            return response.status_code
+
         async def worker() -> None:
-            for run in todo:  # one shared iterator: each run is taken by exactly one worker
-                body = json.dumps({"n": run["n"]}).encode()
-                sent = time.perf_counter()
-                response = await client.post(callback_url(daemon, run["token"]), content=body, headers=headers)
-                received = time.perf_counter()
-                results[run["id"]] = (response.status_code, (received - sent) * 1000, time.time())
+            nonlocal retries
+            connection = RawConnection(host, int(port))
+            send = connection.post if client_kind == "raw" else send_httpx
+            try:
+                for run in todo:  # one shared iterator: each run is taken by exactly one worker
+                    body = json.dumps({"n": run["n"]}).encode()
+                    path = f"/callbacks/{run['token']}"
+                    sent = time.perf_counter()
+                    for attempt in range(3):
+                        try:
+                            code = await send(path, body)
+                            break
+                        except (OSError, asyncio.IncompleteReadError, httpx.TransportError):
+                            retries += 1
+                            connection.close()
+                            if attempt == 2:
+                                raise
+                    received = time.perf_counter()
+                    results[run["id"]] = (code, (received - sent) * 1000, time.time())
+            finally:
+                connection.close()
 
         cpu_before, own_before = cpu_seconds(daemon.pid), time.process_time()
         start = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout)
         wall = time.perf_counter() - start
         daemon_cpu, own_cpu = cpu_seconds(daemon.pid) - cpu_before, time.process_time() - own_before
-    return {"results": results, "wall": wall, "daemon_cpu": daemon_cpu, "client_cpu": own_cpu}
+    return {"results": results, "wall": wall, "daemon_cpu": daemon_cpu, "client_cpu": own_cpu, "retries": retries}
 
 
 def list_all(client: httpx.Client, flow: str, budget: Budget, status: str | None = None) -> list[dict]:
@@ -542,6 +603,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                        help="the load client for target 3: a minimal HTTP/1.1 client (default) or httpx")
     parser.add_argument("--create", choices=("auto", "api", "direct"), default="auto")
     parser.add_argument("--workers", type=int, default=2, help="processes for --create direct")
     parser.add_argument("--deadline", type=float, default=240.0, help="seconds the whole bench may take at most")
@@ -657,7 +720,7 @@ def run_bench(daemon: DaemonProcess, args: argparse.Namespace, budget: Budget, f
     if profiled:
         os.kill(daemon.pid, signal.SIGUSR1)
         time.sleep(0.2)
-    bulk = asyncio.run(post_all(daemon, runs, args.concurrency, budget.left(180)))
+    bulk = asyncio.run(post_all(daemon, runs, args.concurrency, budget.left(180), args.client))
     if profiled:
         os.kill(daemon.pid, signal.SIGUSR2)
         show_profile(args.profile_daemon, bulk["wall"] + 0.2, len(runs), budget)
@@ -665,9 +728,11 @@ def run_bench(daemon: DaemonProcess, args: argparse.Namespace, budget: Budget, f
     codes: dict[int, int] = {}
     for code, _, _ in results.values():
         codes[code] = codes.get(code, 0) + 1
-    acks = [ms for code, ms, _ in results.values() if code == 202]
-    durable = codes.get(202, 0) / bulk["wall"]
-    figures.update({"callback_codes": codes, "callbacks_wall_s": round(bulk["wall"], 3),
+    # a 200 is the replay of a callback whose 202 was lost with its connection (counted in retries)
+    acks = [ms for code, ms, _ in results.values() if code in (200, 202)]
+    durable = len(acks) / bulk["wall"]
+    figures.update({"callback_codes": codes, "client": args.client, "client_retries": bulk["retries"],
+                    "callbacks_wall_s": round(bulk["wall"], 3),
                     "durable_callbacks_per_s": round(durable, 1),
                     "ack_p50_ms": round(percentile(acks, 50), 2), "ack_p90_ms": round(percentile(acks, 90), 2),
                     "ack_p99_ms": round(percentile(acks, 99), 2), "ack_max_ms": round(max(acks), 2) if acks else None,
@@ -728,7 +793,8 @@ def run_bench(daemon: DaemonProcess, args: argparse.Namespace, budget: Budget, f
           f"run {resumable:.2f} s; SIGTERM -> 202 {restart_total:.2f} s")
     print(f"callbacks: {len(results):,} posted, {codes} in {bulk['wall']:.2f} s = {durable:.0f} durable/s; "
           f"ack p50 {figures['ack_p50_ms']:.1f} ms, p90 {figures['ack_p90_ms']:.1f} ms, "
-          f"p99 {figures['ack_p99_ms']:.1f} ms, max {figures['ack_max_ms']:.1f} ms; daemon CPU "
+          f"p99 {figures['ack_p99_ms']:.1f} ms, max {figures['ack_max_ms']:.1f} ms; {args.client} client, "
+          f"{bulk['retries']} retries; daemon CPU "
           f"{figures['daemon_cpu_share']:.0%} of a core, client CPU {figures['client_cpu_share']:.0%}")
     print(f"runs: all settled {drained:.1f} s after the last 202 ({figures['end_to_end_runs_per_s']:.0f} runs/s "
           f"end to end); statuses {statuses}; payload mismatches in a sample of {len(sample)}: {len(wrong)}")
@@ -749,7 +815,8 @@ def run_bench(daemon: DaemonProcess, args: argparse.Namespace, budget: Budget, f
          f"{durable:.0f}/s", profiled),
         (f"ack p99 < {TARGET_ACK_P99_MS:.0f} ms", figures["ack_p99_ms"] < TARGET_ACK_P99_MS,
          f"{figures['ack_p99_ms']:.1f} ms", profiled),
-        ("every run succeeds", succeeded and codes.get(202, 0) == len(runs) and not wrong,
+        ("every run succeeds", succeeded and len(acks) == len(runs) and codes.get(200, 0) <= bulk["retries"]
+         and not wrong,
          f"{statuses}", False),
         (f"callback -> next step p50 < {TARGET_NEXT_STEP_P50_MS:.0f} ms", figures["next_step_p50_ms"] < TARGET_NEXT_STEP_P50_MS,
          f"{figures['next_step_p50_ms']:.2f} ms", False),

@@ -27,9 +27,10 @@ from typing import Any
 from runner.auth import User, Users
 from runner.config import Config
 from runner.engine import SHUTDOWN, Engine
-from runner.errors import Conflict, Forbidden, Invalid, NotFound
+from runner.errors import Conflict, Forbidden, Invalid, NotFound, StoreError
 from runner.flowfile import check_file, expand_paths
 from runner.gitops import GitOps
+from runner.inbox import INLINE_LIMIT, Inbox, entry_for
 from runner.inputs import resolve_inputs
 from runner.live import Resolution
 from runner.metrics import Metrics
@@ -62,6 +63,7 @@ class Daemon:
         self._deliveries: deque[str] = deque(maxlen=10_000)
         self._stopped: set[tuple[str, str]] = set()  # detached workers already killed (run, step)
         self._targets: dict[str, tuple[str, str, dict]] = {}  # callback token -> (run, step, spec)
+        self.inbox = store.inbox = Inbox(store.data_dir / "inbox.jsonl", fsync=store.fsync)
         self.engine = Engine(store, work_dir=work_dir, config=config, clock=self.clock, masker=config.masker,
                              users=users, public_url=self.public_url, listener=self._on_event,
                              accepts_messages=True)
@@ -84,6 +86,7 @@ class Daemon:
         for kind in STEP_KINDS:  # import now, not on the loop in the middle of a run
             load_kind(kind)
         await self.gitops.reconcile("start")
+        kept = self.inbox.load(self._still_expected)
         self._monitor = self._supervised(self._timer_loop(), "timers")
         self._watcher = self._supervised(self.gitops.watch(), "ref-watcher")
         resumed = parked = 0
@@ -93,7 +96,16 @@ class Daemon:
             else:
                 self.schedule(run["id"])
                 resumed += 1
-        log.info("daemon started; %d runs resumed, %d waiting", resumed, parked, extra={"event": "daemon_started"})
+        log.info("daemon started; %d runs resumed, %d waiting, %d callbacks accepted and not yet recorded", resumed,
+                 parked, kept, extra={"event": "daemon_started"})
+
+    def _still_expected(self, run_id: str, step_id: str) -> bool:
+        """Whether an accepted callback is still to be recorded by its run (inbox entries at start-up)."""
+        try:
+            run = self.store.read_run(run_id)
+        except (NotFound, StoreError):
+            return False
+        return not is_terminal(run["status"]) and step_id not in (run.get("callbacks_received") or {})
 
     def _parked_quietly(self, run: dict[str, Any]) -> bool:
         """A waiting run whose deadline is ahead and whose answer has not come needs only its timer."""
@@ -127,6 +139,7 @@ class Daemon:
             task.cancel()
         if "runner.steps.ssh" in sys.modules:
             sys.modules["runner.steps.ssh"].close_connections()
+        self.inbox.close()
 
     def _supervised(self, coroutine, name: str) -> asyncio.Task:
         """A named side task; if it dies, the daemon says which and stops cleanly (runs stay resumable)."""
@@ -270,32 +283,35 @@ class Daemon:
         return found
 
     async def callback(self, token: str, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Accept a callback into the run's inbox (fsynced), then let the run consume it.
+        """Accept a callback into the inbox (fsynced), then let the run consume it.
 
         202 when accepted now, 200 for the identical body again (nothing changes), 409 for a
         different body or a step that no longer waits, 422 for a payload the schema refuses.
-        The run's writer is not needed, so a run busy with an earlier step answers at once;
-        the file writes run off the event loop.
+        The run's writer is not needed, so a run busy with an earlier step answers at once.
         """
         run_id, step_id, spec = self.callback_target(token)
-        digest = hashlib.sha256(body).hexdigest()
-        existing = self.store.read_callback(run_id, step_id)
-        if existing is None:
+        existing = self.inbox.get(run_id, step_id)
+        if existing is None and not self.inbox.busy(run_id, step_id):
             run = self.store.read_run(run_id)
             existing = (run.get("callbacks_received") or {}).get(step_id)
+            if existing is None:
+                if is_terminal(run["status"]):
+                    raise Conflict(f"run {run_id} already ended {run['status']}")
+                status = run["steps"][step_id]["status"]
+                if status not in ("pending", "waiting"):
+                    raise Conflict(f"step '{step_id}' is {status}; it no longer takes a callback")
+                parse_payload(body, spec.get("schema"))
         if existing is None:
-            if is_terminal(run["status"]):
-                raise Conflict(f"run {run_id} already ended {run['status']}")
-            status = run["steps"][step_id]["status"]
-            if status not in ("pending", "waiting"):
-                raise Conflict(f"step '{step_id}' is {status}; it no longer takes a callback")
-            parse_payload(body, spec.get("schema"))
-            accepted, existing = await asyncio.to_thread(self.store.accept_callback, run_id, step_id, body,
-                                                         at=rfc3339(self.clock.now()))
+            at = rfc3339(self.clock.now())
+            if len(body) > INLINE_LIMIT:
+                entry = await asyncio.to_thread(entry_for, self.store, run_id, step_id, body, at=at)
+            else:
+                entry = entry_for(self.store, run_id, step_id, body, at=at)
+            accepted, existing = await self.inbox.accept(run_id, step_id, entry)
             if accepted:
                 self.schedule(run_id)
                 return 202, self._answer(run_id, step_id, existing, replay=False)
-        if existing["sha256"] == digest:
+        if existing["sha256"] == hashlib.sha256(body).hexdigest():
             return 200, self._answer(run_id, step_id, existing, replay=True)
         raise Conflict(f"step '{step_id}' already accepted a different callback", hint="a callback is accepted once")
 
@@ -459,7 +475,11 @@ class Daemon:
         elif (kind == "step_finished" and event["status"] == "timed_out"
               and self._step_spec(run["id"], event["step"])["kind"] == "callback"):
             self._spawn(self._stop_detached(dict(run), event["step"]))
+        if kind == "callback_received":
+            self.inbox.consumed(run["id"], event["step"])
         if kind == "run_finished":
+            for step_id in run.get("callbacks") or {}:
+                self.inbox.consumed(run["id"], step_id)  # answers that came too late are not kept
             self.metrics.runs_finished.labels(flow=run["flow"], status=event["status"]).inc()
             if self.engine.flow_of(run["id"]).concurrency:
                 asyncio.get_running_loop().call_soon(self._start_queued, run["flow"])

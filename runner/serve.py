@@ -54,6 +54,12 @@ def build(env: Any, *, host: str | None = None, port: int | None = None) -> tupl
 def serve(env: Any, *, host: str | None = None, port: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon, app, host, port = build(env, host=host, port=port)
+    with daemon.store.daemon_lock():
+        _announce(daemon, host, port)
+        uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=10)
+
+
+def _announce(daemon: Daemon, host: str, port: int) -> None:
     local = [u for u in daemon.users.by_hash.values() if u.name == LOCAL_USER]
     print(f"signoff daemon on http://{host}:{port}  (public URL {daemon.public_url})", file=sys.stderr)
     print(f"  flows:  {daemon.gitops.source.url or daemon.repo / 'flows'}", file=sys.stderr)
@@ -63,4 +69,3 @@ def serve(env: Any, *, host: str | None = None, port: int | None = None) -> None
               file=sys.stderr)
     print(f"  try:    signoff run hello   |   signoff pending   |   curl {daemon.public_url}/api/v1/health",
           file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=10)

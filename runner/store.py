@@ -21,16 +21,15 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from runner import record
-from runner.errors import IntegrityError, NotFound, RunLocked, StoreError
+from runner.errors import IntegrityError, NotFound, RunLocked, SignoffError, StoreError
 
 GENESIS = "0" * 64
 RUN_ID = re.compile(r"^[0-9]{8}t[0-9]{6}z-[0-9a-f]{8}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RES_PREFIX = "res://"
-INLINE_CALLBACK = 64 * 1024  # callback bodies up to this size live in the inbox entry itself
 
 
 def _dumps(data: Any) -> str:
@@ -123,19 +122,22 @@ class Verification:
         return {"run": self.run_id, "ok": self.ok, "events": self.events, "problems": self.problems}
 
 
-class RunLock:
-    def __init__(self, path: Path) -> None:
+class FileLock:
+    """An exclusive fcntl lock on a file, never waited for: `busy` is raised when another process has it."""
+
+    def __init__(self, path: Path, busy: Callable[[], SignoffError]) -> None:
         self.path = path
+        self.busy = busy
         self._fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> "FileLock":
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
-            raise RunLocked(f"run {self.path.parent.name} is being advanced by another process",
-                            hint="wait for it, or stop the daemon that owns it") from None
+            self._fd = None
+            raise self.busy() from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -151,6 +153,7 @@ class Store:
         self.runs_dir = self.data_dir / "runs"
         self.resources_dir = self.data_dir / "resources"
         self.fsync = fsync
+        self.inbox: Any = None  # a daemon attaches its runner.inbox.Inbox
 
     # ---- runs -------------------------------------------------------------
 
@@ -193,8 +196,17 @@ class Store:
         except FileNotFoundError:
             return 0
 
-    def lock(self, run_id: str) -> RunLock:
-        return RunLock(self.run_dir(run_id) / "lock")
+    def lock(self, run_id: str) -> FileLock:
+        """The run's writer lock (DESIGN section 9: one writer per run)."""
+        return FileLock(self.run_dir(run_id) / "lock", lambda: RunLocked(
+            f"run {run_id} is being advanced by another process", hint="wait for it, or stop the daemon that owns it"))
+
+    def daemon_lock(self) -> FileLock:
+        """Held by the daemon serving this data dir: a second one would interleave the callback inbox."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.data_dir / "daemon.lock", lambda: StoreError(
+            f"another signoff daemon is already serving the data dir {self.data_dir}",
+            hint="stop it first, or give this daemon its own data dir (--data)"))
 
     def flow_source(self, run_id: str) -> str:
         return (self.run_dir(run_id) / "flow.yaml").read_text()
@@ -327,48 +339,11 @@ class Store:
             return None
         return entry["run"], entry["step"]
 
-    # ---- callback inbox: accepted first, consumed by the run's writer later -----------
-
-    def accept_callback(self, run_id: str, step_id: str, body: bytes, *, at: str) -> tuple[bool, dict[str, Any]]:
-        """Durably accept a callback body for a step, first one wins.
-
-        Returns (True, entry) when this call accepted it, or (False, the entry already
-        there). Needs no run lock, so a callback is acknowledged even while the run is
-        busy with an earlier step; the run's writer consumes it when it gets there.
-        """
-        digest = hashlib.sha256(body).hexdigest()
-        inbox = self.run_dir(run_id) / "inbox"
-        inbox.mkdir(exist_ok=True)
-        target = inbox / f"{step_id}.json"
-        if target.exists():
-            return False, json.loads(target.read_text())
-        entry: dict[str, Any] = {"sha256": digest, "at": at, "bytes": len(body)}
-        if len(body) <= INLINE_CALLBACK:
-            entry["body"] = body.decode("utf-8", "replace")  # small: one file, one fsync
-        else:
-            entry["resource"] = self.put_resource(body, media_type="application/json", name=f"{step_id}.payload",
-                                                  run_id=run_id, step=step_id, created_at=at)
-        tmp = inbox / f".{step_id}.{secrets.token_hex(8)}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(_dumps(entry).encode())
-            handle.flush()
-            if self.fsync:
-                os.fsync(handle.fileno())
-        try:
-            os.link(tmp, target)  # atomic and exclusive: of two racing callbacks exactly one lands
-        except FileExistsError:
-            return False, json.loads(target.read_text())
-        finally:
-            os.unlink(tmp)
-        if self.fsync:
-            fsync_dir(inbox)
-        return True, entry
+    # ---- callbacks accepted but not yet recorded by their run (the daemon's inbox) -------
 
     def read_callback(self, run_id: str, step_id: str) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.run_dir(run_id) / "inbox" / f"{step_id}.json").read_text())
-        except FileNotFoundError:
-            return None
+        """The accepted callback waiting for this step, if a daemon's inbox is attached and holds one."""
+        return self.inbox.get(run_id, step_id) if self.inbox is not None else None
 
     # ---- resources ----------------------------------------------------------
 

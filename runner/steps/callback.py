@@ -2,7 +2,7 @@
 
 The URL (and its 256-bit token) exists from the run's start, so it can be
 handed to a worker before the run gets here. The daemon checks a payload
-(`parse_payload`) and accepts it into the run's inbox (the store); the step
+(`parse_payload`) and accepts it into its inbox (`runner.inbox`); the step
 consumes it when it waits, whether it arrived early or on time.
 """
 
@@ -20,7 +20,6 @@ from runner.steps import Expired, Park, Receipt, StepContext
 from runner.timeutil import parse_duration, rfc3339
 
 MAX_DEPTH = 64
-INLINE_LIMIT = 64 * 1024
 
 
 def json_depth(value: Any, level: int = 0) -> int:
@@ -73,13 +72,7 @@ class CallbackKind:
             return Receipt(outcome="succeeded", outputs={"payload": recorded["payload"], "received_at": recorded["at"]})
         if entry is None:
             return None
-        if "body" in entry:
-            payload: Any = json.loads(entry["body"])
-        elif entry["bytes"] <= INLINE_LIMIT:
-            with open(ctx.store.resource_path(entry["resource"]), "rb") as handle:
-                payload = json.loads(handle.read())
-        else:
-            payload = entry["resource"]
+        payload: Any = json.loads(entry["body"]) if "body" in entry else entry["resource"]  # large: res://
         started = ctx.run["steps"][ctx.step.id].get("started_at") or ""
         event = {"type": "callback_received", "payload": payload, "sha256": entry["sha256"],
                  "bytes": entry["bytes"], "accepted_at": entry["at"], "early": entry["at"] < started}

@@ -1,0 +1,185 @@
+"""The daemon's callback inbox: durable before the 202, consumed by the run later.
+
+One append-only journal per daemon (`<data>/inbox.jsonl`). Callbacks that arrive
+together are written and fsynced together (group commit): a burst costs one
+fsync per batch, not a new file and two fsyncs per callback. The first body
+accepted for a (run, step) wins; a second request for the same step waits for
+the first one's commit and is then answered with it, so nobody is told "already
+accepted" about something that is not on disk yet.
+
+An entry stays in memory until its run records it (`callback_received`) or
+ends; the journal is rewritten without such entries when the daemon starts,
+when it stops, and when they make up most of the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from runner.errors import StoreError
+from runner.store import Store, fsync_dir
+
+Key = tuple[str, str]  # (run id, step id)
+INLINE_LIMIT = 64 * 1024  # bodies up to this size live in the journal; larger ones become res:// resources
+COMPACT_AFTER = 20_000  # consumed entries in the journal before it is rewritten
+
+
+class Inbox:
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._entries: dict[Key, dict[str, Any]] = {}  # durable, not yet consumed
+        self._inflight: dict[Key, tuple[dict[str, Any], asyncio.Future]] = {}
+        self._batch: list[Key] = []
+        self._committer: asyncio.Task | None = None
+        self._consumed = 0  # journal lines whose entries are no longer needed
+        self._handle: BinaryIO | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # ---- start and stop ---------------------------------------------------------
+
+    def load(self, wanted: Callable[[str, str], bool]) -> int:
+        """Read the journal, keep the entries `wanted(run, step)` still needs, rewrite it with only those.
+
+        A torn last line (a crash in the middle of a write) was never acknowledged and is dropped.
+        """
+        entries: dict[Key, dict[str, Any]] = {}
+        if self.path.exists():
+            with open(self.path, "rb") as handle:
+                for line in handle:
+                    if not line.endswith(b"\n"):
+                        break
+                    entry = json.loads(line)
+                    entries.setdefault((entry.pop("run"), entry.pop("step")), entry)  # the first one won
+        self._entries = {key: entry for key, entry in entries.items() if wanted(*key)}
+        self._rewrite(self._entries)
+        return len(self._entries)
+
+    def close(self) -> None:
+        """Rewrite the journal without consumed entries (so the next start reads little) and close it."""
+        if self._handle is not None and not self._inflight:
+            self._rewrite(self._entries)
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    # ---- accepting and consuming -------------------------------------------------
+
+    def get(self, run_id: str, step_id: str) -> dict[str, Any] | None:
+        """The durable entry for a step, if one was accepted and the run has not recorded it yet."""
+        return self._entries.get((run_id, step_id))
+
+    def busy(self, run_id: str, step_id: str) -> bool:
+        """Whether a callback for the step is being committed right now."""
+        return (run_id, step_id) in self._inflight
+
+    async def accept(self, run_id: str, step_id: str, entry: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """(True, entry) once this entry is on disk; (False, the first entry) if another one won.
+
+        The commit goes on even if the caller is cancelled (a client that hangs up), so what
+        was written is always either acknowledged or replayable.
+        """
+        key = (run_id, step_id)
+        if key in self._entries:
+            return False, self._entries[key]
+        if key in self._inflight:
+            first, committed = self._inflight[key]
+            await asyncio.shield(committed)
+            return False, first
+        committed = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (entry, committed)
+        self._batch.append(key)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit(), name="inbox-commit")
+        await asyncio.shield(committed)
+        return True, entry
+
+    def consumed(self, run_id: str, step_id: str) -> None:
+        """The run recorded this callback (or ended): the entry is no longer needed."""
+        if self._entries.pop((run_id, step_id), None) is not None:
+            self._consumed += 1
+            if self._consumed >= COMPACT_AFTER and self._committer is None:
+                self._committer = asyncio.create_task(self._commit(), name="inbox-commit")
+
+    # ---- the journal ---------------------------------------------------------------
+
+    async def _commit(self) -> None:
+        """Write and fsync everything waiting, one batch at a time; compact between batches when due."""
+        try:
+            while self._batch or self._consumed >= COMPACT_AFTER:
+                if not self._batch:
+                    await asyncio.to_thread(self._rewrite, dict(self._entries))
+                    continue
+                keys, self._batch = self._batch, []
+                lines = b"".join(_line(key, self._inflight[key][0]) for key in keys)
+                try:
+                    await asyncio.to_thread(self._append, lines)
+                except OSError as exc:
+                    failure = StoreError(f"could not record the callback in {self.path}: {exc}")
+                    for key in keys:
+                        _, committed = self._inflight.pop(key)
+                        committed.set_exception(failure)
+                        committed.exception()  # a caller that hung up never reads it
+                    continue
+                for key in keys:
+                    entry, committed = self._inflight.pop(key)
+                    self._entries[key] = entry
+                    committed.set_result(None)
+        finally:
+            self._committer = None
+
+    def _append(self, lines: bytes) -> None:
+        handle = self._open()
+        offset = handle.tell()
+        try:
+            handle.write(lines)
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+        except OSError:
+            handle.truncate(offset)  # no torn line in front of the next batch
+            raise
+
+    def _rewrite(self, entries: dict[Key, dict[str, Any]]) -> None:
+        """Replace the journal with `entries`, a copy taken on the loop (tmp + fsync + rename)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(b"".join(_line(key, entry) for key, entry in entries.items()))
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        if self.fsync:
+            fsync_dir(self.path.parent)
+        self._consumed = 0
+
+    def _open(self) -> BinaryIO:
+        if self._handle is None:
+            self._handle = open(self.path, "ab")
+        return self._handle
+
+
+def entry_for(store: Store, run_id: str, step_id: str, body: bytes, *, at: str) -> dict[str, Any]:
+    """The journal entry of a callback body; a large body is stored as a resource first (file I/O)."""
+    entry: dict[str, Any] = {"sha256": hashlib.sha256(body).hexdigest(), "at": at, "bytes": len(body)}
+    if len(body) <= INLINE_LIMIT:
+        entry["body"] = body.decode("utf-8", "replace")
+    else:
+        entry["resource"] = store.put_resource(body, media_type="application/json", name=f"{step_id}.payload",
+                                               run_id=run_id, step=step_id, created_at=at)
+    return entry
+
+
+def _line(key: Key, entry: dict[str, Any]) -> bytes:
+    return json.dumps({"run": key[0], "step": key[1], **entry}, separators=(",", ":"),
+                      ensure_ascii=False).encode() + b"\n"
