@@ -210,16 +210,49 @@ class _Driver:
     def flush(self, *, force: bool = False) -> None:
         """Append pending events (one write, one fsync); snapshot if forced or due."""
         batch, self.pending = self.pending, []
+        snapshot = self._snapshot_due(batch, force)
+        self._write(batch, snapshot)
+        self._written(batch, snapshot)
+
+    async def flush_off_loop(self) -> None:
+        """flush(force=True), with the file work in a worker thread so the event loop serves others meanwhile.
+
+        Only as drive() returns: nothing else touches this run until then (its locks are held).
+        A cancellation waits for the thread, so the log is never closed under a write.
+        """
+        batch, self.pending = self.pending, []
+        snapshot = self._snapshot_due(batch, True)
+        if not batch and not snapshot:
+            return
+        writing = asyncio.get_running_loop().run_in_executor(None, self._write, batch, snapshot)
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            while not writing.done():
+                try:
+                    await asyncio.wait([writing])
+                except asyncio.CancelledError:
+                    continue
+            raise
+        self._written(batch, snapshot)
+
+    def _snapshot_due(self, batch: list[dict], force: bool) -> bool:
+        if batch:
+            self.behind = True
+        return self.behind and (force or self.engine.clock.monotonic() - self.last_snapshot >= self.snapshot_interval)
+
+    def _write(self, batch: list[dict], snapshot: bool) -> None:
         if batch:
             self.log.append(batch)
-            self.behind = True
-        now = self.engine.clock.monotonic()
-        if self.behind and (force or now - self.last_snapshot >= self.snapshot_interval):
+        if snapshot:
             started = time.perf_counter()
             self.engine.store.write_snapshot(self.run, self.log)
             # a big snapshot is rewritten less often, so it never costs more than ~5% of the loop
             self.snapshot_interval = max(SNAPSHOT_INTERVAL, 20 * (time.perf_counter() - started))
-            self.last_snapshot, self.behind = now, False
+
+    def _written(self, batch: list[dict], snapshot: bool) -> None:
+        if snapshot:
+            self.last_snapshot, self.behind = self.engine.clock.monotonic(), False
         if self.engine.listener:
             for event in batch:
                 self.engine.listener(self.run, event)
@@ -256,26 +289,33 @@ class _Driver:
             return
         self.hold = hold
         try:
-            if self.run["status"] == RunStatus.QUEUED.value:
-                self.record("run_started", force=True)
-            index = await self.recover()
-            while index is not None and index != PARKED:
-                if index >= len(self.flow.steps):
-                    self.finish(RunStatus.SUCCEEDED)
-                    return
-                step = self.flow.steps[index]
-                if self.run["steps_executed"] >= self.flow.max_steps:
-                    self.finish(RunStatus.FAILED, f"the run executed {self.run['steps_executed']} steps, the "
-                                f"limit (max_steps: {self.flow.max_steps}); is a jump looping?")
-                    return
-                index = self.after(step, await self.run_step(step, attempt=1))
+            await self.run_steps()
         except asyncio.CancelledError as exc:
             reason = str(exc.args[0]) if exc.args and exc.args[0] else "cancelled"
             if reason != SHUTDOWN:
                 self.cancel(reason)
-            raise
-        finally:
             self.flush(force=True)
+            raise
+        except BaseException:
+            self.flush(force=True)
+            raise
+        # the end or the park of the run (events, snapshot) is written here, off the event loop
+        await self.flush_off_loop()
+
+    async def run_steps(self) -> None:
+        if self.run["status"] == RunStatus.QUEUED.value:
+            self.record("run_started", force=True)
+        index = await self.recover()
+        while index is not None and index != PARKED:
+            if index >= len(self.flow.steps):
+                self.finish(RunStatus.SUCCEEDED)
+                return
+            step = self.flow.steps[index]
+            if self.run["steps_executed"] >= self.flow.max_steps:
+                self.finish(RunStatus.FAILED, f"the run executed {self.run['steps_executed']} steps, the "
+                            f"limit (max_steps: {self.flow.max_steps}); is a jump looping?")
+                return
+            index = self.after(step, await self.run_step(step, attempt=1))
 
     async def recover(self) -> int | str | None:
         """Where to go on from: the start, a step interrupted by a crash, or a wait in progress."""
@@ -345,7 +385,8 @@ class _Driver:
         return target
 
     def finish(self, status: RunStatus, error: str | None = None) -> None:
-        self.record("run_finished", status=status.value, error=self.engine.masker.mask(error), force=True)
+        # nothing runs after this: drive() writes it as it returns
+        self.record("run_finished", status=status.value, error=self.engine.masker.mask(error), flush=False)
 
     def cancel(self, reason: str) -> None:
         self.pending.clear()  # a half-built batch was never acknowledged
@@ -440,7 +481,7 @@ class _Driver:
         if settled is not None:
             return settled
         self.record("step_waiting", step=step.id, wake_at=rfc3339(parked.wake_at), reason=parked.reason,
-                    state=self.engine.masker.mask(parked.state), force=True)
+                    state=self.engine.masker.mask(parked.state), flush=False)
         return await self.finish_wait(step, parked.wake_at, kind, ctx)
 
     async def finish_wait(self, step: Step, wake_at, kind: Any = None,
@@ -452,7 +493,8 @@ class _Driver:
             return settled
         remaining = (wake_at - self.engine.clock.now()).total_seconds()
         if remaining > 0 and not self.hold:
-            return PARKED
+            return PARKED  # drive() writes the park as it returns
+        self.flush(force=True)
         await self.engine.clock.sleep(remaining)
         try:
             result = await kind.wake(ctx)
