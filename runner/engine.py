@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner import record
-from runner.errors import Conflict, ExpressionError, FlowInvalid, NotFound, StepFailed
+from runner.errors import Conflict, ExpressionError, FlowInvalid, IntegrityError, NotFound, StepFailed
 from runner.expressions import Evaluator
 from runner.flowfile import load_flow_bytes
 from runner.model import Flow, Step
@@ -132,17 +132,26 @@ class Engine:
                 driver.record(kind, **self.masker.mask(fields))
 
     def _driver(self, run_id: str) -> "_Driver":
-        run = self.store.read_run(run_id)
+        try:
+            run = self.store.read_snapshot(run_id)
+        except (NotFound, IntegrityError):
+            run = self.store.read_run(run_id)  # rebuilt from the whole log
         log_file = self.store.open_log(run_id, start=run.get("events"))
         try:
-            return _Driver(self, run_id, run, self.flow_of(run_id), log_file)
+            if run.get("events"):
+                for event in log_file.tail:  # written after the snapshot
+                    record.apply(run, event)
+            return _Driver(self, run_id, run, self.flow_of(run_id, run.get("flow_sha256")), log_file)
         except BaseException:
             log_file.close()
             raise
 
-    def flow_of(self, run_id: str) -> Flow:
-        """The run's own flow copy, validated (once per content) and cached."""
-        known = self._run_flows.get(run_id)
+    def flow_of(self, run_id: str, sha256: str | None = None) -> Flow:
+        """The run's own flow copy, validated (once per content) and cached.
+
+        With the `flow_sha256` its record keeps, a copy already validated is found without a read.
+        """
+        known = self._run_flows.get(run_id) or (self._flows.get(sha256) if sha256 else None)
         if known is not None:
             return known
         flow = self._load_flow_copy(run_id)

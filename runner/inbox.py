@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 from runner.errors import StoreError
 from runner.store import Store, fsync_dir
 
+log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (run id, step id)
 INLINE_LIMIT = 64 * 1024  # bodies up to this size live in the journal; larger ones become res:// resources
 COMPACT_AFTER = 20_000  # consumed entries in the journal before it is rewritten
@@ -38,7 +40,8 @@ class Inbox:
         self._batch: list[Key] = []
         self._committer: asyncio.Task | None = None
         self._consumed = 0  # journal lines whose entries are no longer needed
-        self._handle: BinaryIO | None = None
+        self._fd: int | None = None
+        self._loaded = False
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -60,15 +63,17 @@ class Inbox:
                     entries.setdefault((entry.pop("run"), entry.pop("step")), entry)  # the first one won
         self._entries = {key: entry for key, entry in entries.items() if wanted(*key)}
         self._rewrite(self._entries)
+        self._loaded = True
         return len(self._entries)
 
     def close(self) -> None:
-        """Rewrite the journal without consumed entries (so the next start reads little) and close it."""
-        if self._handle is not None and not self._inflight:
+        """Rewrite the journal without consumed entries (so the next start reads little) and close it.
+
+        Only once loaded: before that, the entries in memory are not all there is.
+        """
+        if self._loaded and not self._inflight and self._committer is None:
             self._rewrite(self._entries)
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        self._close_file()
 
     # ---- accepting and consuming -------------------------------------------------
 
@@ -115,18 +120,20 @@ class Inbox:
         try:
             while self._batch or self._consumed >= COMPACT_AFTER:
                 if not self._batch:
-                    await asyncio.to_thread(self._rewrite, dict(self._entries))
+                    await self._compact()
                     continue
                 keys, self._batch = self._batch, []
                 lines = b"".join(_line(key, self._inflight[key][0]) for key in keys)
                 try:
                     await asyncio.to_thread(self._append, lines)
-                except OSError as exc:
+                except BaseException as exc:
                     failure = StoreError(f"could not record the callback in {self.path}: {exc}")
                     for key in keys:
                         _, committed = self._inflight.pop(key)
                         committed.set_exception(failure)
                         committed.exception()  # a caller that hung up never reads it
+                    if not isinstance(exc, OSError):
+                        raise
                     continue
                 for key in keys:
                     entry, committed = self._inflight.pop(key)
@@ -134,24 +141,35 @@ class Inbox:
                     committed.set_result(None)
         finally:
             self._committer = None
+            if self._batch:  # left by an unexpected error: a new committer answers them
+                self._committer = asyncio.create_task(self._commit(), name="inbox-commit")
+
+    async def _compact(self) -> None:
+        consumed = self._consumed
+        try:
+            await asyncio.to_thread(self._rewrite, dict(self._entries))
+        except OSError as exc:
+            log.warning("could not compact %s: %s; trying again later", self.path, exc,
+                        extra={"event": "inbox_compaction_failed"})
+        self._consumed -= consumed  # those consumed meanwhile count towards the next compaction
 
     def _append(self, lines: bytes) -> None:
-        handle = self._open()
-        offset = handle.tell()
+        """Append with plain writes, so a failed batch leaves nothing buffered to reach the file later."""
+        fd = self._open()
+        offset = os.fstat(fd).st_size
         try:
-            handle.write(lines)
-            handle.flush()
+            view = memoryview(lines)
+            while view:
+                view = view[os.write(fd, view):]
             if self.fsync:
-                os.fsync(handle.fileno())
+                os.fsync(fd)
         except OSError:
-            handle.truncate(offset)  # no torn line in front of the next batch
+            os.ftruncate(fd, offset)  # no torn line in front of the next batch
             raise
 
     def _rewrite(self, entries: dict[Key, dict[str, Any]]) -> None:
         """Replace the journal with `entries`, a copy taken on the loop (tmp + fsync + rename)."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        self._close_file()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "wb") as handle:
             handle.write(b"".join(_line(key, entry) for key, entry in entries.items()))
@@ -161,12 +179,16 @@ class Inbox:
         os.replace(tmp, self.path)
         if self.fsync:
             fsync_dir(self.path.parent)
-        self._consumed = 0
 
-    def _open(self) -> BinaryIO:
-        if self._handle is None:
-            self._handle = open(self.path, "ab")
-        return self._handle
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return self._fd
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def entry_for(store: Store, run_id: str, step_id: str, body: bytes, *, at: str) -> dict[str, Any]:

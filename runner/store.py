@@ -62,32 +62,30 @@ class EventLog:
         self.fsync = fsync
         self.count = 0
         self.last_sha256 = GENESIS
+        self.tail: list[dict[str, Any]] = []  # the events after `start` (the snapshot's position)
+        self._handle: BinaryIO = open(path, "a+b")  # appends go to the end; the tail is read from `start`
+        self.size = size = os.fstat(self._handle.fileno()).st_size
         offset = 0
-        if start and path.exists() and path.stat().st_size >= start.get("bytes", 0):
+        if start and size >= start.get("bytes", 0):
             # resume from where the snapshot says the log was: only the tail is read
             self.count, self.last_sha256, offset = start["count"], start["last_sha256"], start["bytes"]
-        self._recover_tail(offset)
-        self._handle: BinaryIO = open(path, "ab")
+        if size > offset:
+            self._recover_tail(offset, size)
 
-    def _recover_tail(self, offset: int) -> None:
-        """Count lines and drop a torn last line left by a crash mid-write (it was never acknowledged)."""
-        if not self.path.exists():
-            return
+    def _recover_tail(self, offset: int, size: int) -> None:
+        """Read the events after `offset`; drop a torn last line left by a crash mid-write (never acknowledged)."""
         good = offset
-        with open(self.path, "rb") as handle:
-            handle.seek(offset)
-            for line in handle:
-                if not line.endswith(b"\n"):
-                    break
-                good += len(line)
-                self.count += 1
-                self.last_sha256 = hashlib.sha256(line[:-1]).hexdigest()
-        if good != self.path.stat().st_size:
-            os.truncate(self.path, good)
-
-    @property
-    def size(self) -> int:
-        return self._handle.tell()
+        self._handle.seek(offset)
+        for line in self._handle:
+            if not line.endswith(b"\n"):
+                break
+            good += len(line)
+            self.count += 1
+            self.last_sha256 = hashlib.sha256(line[:-1]).hexdigest()
+            self.tail.append(json.loads(line))
+        if good != size:
+            self._handle.truncate(good)
+        self.size = good
 
     def append(self, events: list[dict[str, Any]]) -> None:
         """Chain, write and (by default) fsync a batch of events in one write."""
@@ -99,8 +97,10 @@ class EventLog:
             self.last_sha256 = hashlib.sha256(line).hexdigest()
             self.count += 1
             lines.append(line + b"\n")
-        self._handle.write(b"".join(lines))
+        data = b"".join(lines)
+        self._handle.write(data)
         self._handle.flush()
+        self.size += len(data)
         if self.fsync:
             os.fsync(self._handle.fileno())
 
@@ -218,7 +218,8 @@ class Store:
     def read_snapshot(self, run_id: str) -> dict[str, Any]:
         path = self.run_dir(run_id) / "run.json"
         try:
-            return json.loads(path.read_text())
+            with open(path, "rb") as handle:
+                return json.loads(handle.read())
         except FileNotFoundError:
             raise NotFound(f"run {run_id} has no run.json yet") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -242,9 +243,13 @@ class Store:
 
     def _events_from(self, run_id: str, offset: int) -> Iterator[dict[str, Any]]:
         path = self.run_dir(run_id) / "events.jsonl"
-        if not path.exists():
+        try:
+            if os.stat(path).st_size <= offset:
+                return  # the snapshot is current (the common case): no need to open the log
+            handle = open(path, "rb")
+        except FileNotFoundError:
             return
-        with open(path, "rb") as handle:
+        with handle:
             handle.seek(offset)
             for line in handle:
                 if line.endswith(b"\n"):
