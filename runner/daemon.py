@@ -63,6 +63,7 @@ class Daemon:
         self._deliveries: deque[str] = deque(maxlen=10_000)
         self._stopped: set[tuple[str, str]] = set()  # detached workers already killed (run, step)
         self._targets: dict[str, tuple[str, str, dict]] = {}  # callback token -> (run, step, spec)
+        self._open_steps: set[tuple[str, str]] = set()  # (run, callback step) known to take a callback now
         self.inbox = store.inbox = Inbox(store.data_dir / "inbox.jsonl", fsync=store.fsync)
         self.engine = Engine(store, work_dir=work_dir, config=config, clock=self.clock, masker=config.masker,
                              users=users, public_url=self.public_url, listener=self._on_event,
@@ -91,6 +92,7 @@ class Daemon:
         self._watcher = self._supervised(self.gitops.watch(), "ref-watcher")
         resumed = parked = 0
         for run in self.store.list_runs(limit=10_000_000, active_only=True):
+            self._expect_callbacks(run)
             if run["status"] == "waiting" and self._parked_quietly(run):
                 parked += 1  # nothing to do until its timer fires or an answer comes
             else:
@@ -170,8 +172,10 @@ class Daemon:
         run_id = self.engine.create_run(origin.flow, values, started_by=user.name, draft=origin.draft,
                                         ref=origin.ref, version=origin.version, commit=origin.commit)
         self.metrics.runs_started.labels(flow=origin.flow.name, trigger=trigger).inc()
+        run = self.store.read_run(run_id)
+        self._expect_callbacks(run)
         self.schedule(run_id)
-        return self.store.read_run(run_id)
+        return run
 
     def _may_start(self, run_id: str) -> bool:
         """A queued run starts only while its flow has fewer active runs than its `concurrency`."""
@@ -276,11 +280,29 @@ class Daemon:
             if not located:
                 raise NotFound("no such callback")
             run_id, step_id = located
-            found = (run_id, step_id, self.engine.flow_of(run_id).step(step_id).spec)
-            if len(self._targets) >= 50_000:
-                self._targets.pop(next(iter(self._targets)))
-            self._targets[token] = found
+            found = self._remember_target(token, run_id, step_id, self.engine.flow_of(run_id))
         return found
+
+    def _remember_target(self, token: str, run_id: str, step_id: str, flow: Any) -> tuple[str, str, dict]:
+        if len(self._targets) >= 50_000:
+            self._targets.pop(next(iter(self._targets)))
+        found = self._targets[token] = (run_id, step_id, flow.step(step_id).spec)
+        return found
+
+    def _expect_callbacks(self, run: dict[str, Any]) -> None:
+        """Note the callback steps of an active run that still take one, so their callbacks need no file read.
+
+        The daemon sees every event of its runs, and `_on_event` forgets a step when it ends.
+        """
+        tokens = run.get("callbacks") or {}
+        if not tokens:
+            return
+        flow = self.engine.flow_of(run["id"], run.get("flow_sha256"))
+        received = run.get("callbacks_received") or {}
+        for step_id, token in tokens.items():
+            if run["steps"][step_id]["status"] in ("pending", "waiting") and step_id not in received:
+                self._remember_target(token, run["id"], step_id, flow)
+                self._open_steps.add((run["id"], step_id))
 
     async def callback(self, token: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """Accept a callback into the inbox (fsynced), then let the run consume it.
@@ -291,7 +313,7 @@ class Daemon:
         """
         run_id, step_id, spec = self.callback_target(token)
         existing = self.inbox.get(run_id, step_id)
-        if existing is None and not self.inbox.busy(run_id, step_id):
+        if existing is None and not self.inbox.busy(run_id, step_id) and (run_id, step_id) not in self._open_steps:
             run = self.store.read_run(run_id)
             existing = (run.get("callbacks_received") or {}).get(step_id)
             if existing is None:
@@ -300,8 +322,8 @@ class Daemon:
                 status = run["steps"][step_id]["status"]
                 if status not in ("pending", "waiting"):
                     raise Conflict(f"step '{step_id}' is {status}; it no longer takes a callback")
-                parse_payload(body, spec.get("schema"))
         if existing is None:
+            parse_payload(body, spec.get("schema"))
             at = rfc3339(self.clock.now())
             if len(body) > INLINE_LIMIT:
                 entry = await asyncio.to_thread(entry_for, self.store, run_id, step_id, body, at=at)
@@ -475,10 +497,13 @@ class Daemon:
         elif (kind == "step_finished" and event["status"] == "timed_out"
               and self._step_spec(run["id"], event["step"])["kind"] == "callback"):
             self._spawn(self._stop_detached(dict(run), event["step"]))
+        if kind in ("step_finished", "step_skipped"):
+            self._open_steps.discard((run["id"], event["step"]))
         if kind == "callback_received":
             self.inbox.consumed(run["id"], event["step"])
         if kind == "run_finished":
             for step_id in run.get("callbacks") or {}:
+                self._open_steps.discard((run["id"], step_id))
                 self.inbox.consumed(run["id"], step_id)  # answers that came too late are not kept
             self.metrics.runs_finished.labels(flow=run["flow"], status=event["status"]).inc()
             if self.engine.flow_of(run["id"]).concurrency:
