@@ -151,10 +151,10 @@ class Engine:
 
         With the `flow_sha256` its record keeps, a copy already validated is found without a read.
         """
-        known = self._run_flows.get(run_id) or (self._flows.get(sha256) if sha256 else None)
-        if known is not None:
-            return known
-        flow = self._load_flow_copy(run_id)
+        flow = self._run_flows.get(run_id)
+        if flow is not None:
+            return flow
+        flow = (self._flows.get(sha256) if sha256 else None) or self._load_flow_copy(run_id)
         if len(self._run_flows) >= 20_000:
             self._run_flows.pop(next(iter(self._run_flows)))
         self._run_flows[run_id] = flow
