@@ -83,15 +83,14 @@ class Engine:
         tokens = {s.id: random_tokens.token_urlsafe(32) for s in flow.steps if s.kind == "callback"}
         for step_id, token in tokens.items():
             self.store.index_callback(token, run_id, step_id)
-        with self.store.lock(run_id):
-            driver = _Driver(self, run_id, {}, flow, self.store.open_log(run_id))
-            try:
-                driver.record("run_created", run={
-                    "id": run_id, "flow": flow.name, "draft": draft, "ref": ref, "version": version,
-                    "commit": commit, "inputs": inputs, "started_by": started_by, "flow_sha256": flow.sha256,
-                    "step_ids": [s.id for s in flow.steps], "callbacks": tokens}, force=True)
-            finally:
-                driver.log.close()
+        driver = _Driver(self, run_id, {}, flow, self.store.open_log(run_id))
+        try:
+            driver.record("run_created", run={
+                "id": run_id, "flow": flow.name, "draft": draft, "ref": ref, "version": version,
+                "commit": commit, "inputs": inputs, "started_by": started_by, "flow_sha256": flow.sha256,
+                "step_ids": [s.id for s in flow.steps], "callbacks": tokens}, force=True)
+        finally:
+            driver.log.close()
         return run_id
 
     async def advance(self, run_id: str, *, hold: bool = True) -> dict[str, Any]:
@@ -100,10 +99,9 @@ class Engine:
         Cancelling the calling task cancels the run: the running step's process is
         killed and the run is recorded `cancelled` before the cancellation propagates.
         """
-        with self.store.lock(run_id):
-            with self._driver(run_id) as driver:
-                await driver.drive(hold=hold)
-                return driver.run
+        with self._driver(run_id) as driver:
+            await driver.drive(hold=hold)
+            return driver.run
 
     def deliver(self, run_id: str, step_id: str, message: dict[str, Any]) -> tuple[Receipt, dict[str, Any]]:
         """Hand a decision to a waiting step's kind.
@@ -111,36 +109,41 @@ class Engine:
         The kind checks it (raising Forbidden, Conflict, Invalid...); what it accepts is
         recorded and fsynced before this returns, so the caller may acknowledge it.
         """
-        with self.store.lock(run_id):
-            with self._driver(run_id) as driver:
-                receipt = driver.deliver(step_id, message)
-                return receipt, driver.run
+        with self._driver(run_id) as driver:
+            receipt = driver.deliver(step_id, message)
+            return receipt, driver.run
 
     def cancel(self, run_id: str, reason: str) -> dict[str, Any]:
         """Cancel a run nobody is advancing (queued or waiting)."""
-        with self.store.lock(run_id):
-            with self._driver(run_id) as driver:
-                if is_terminal(driver.run["status"]):
-                    raise Conflict(f"run {run_id} already ended {driver.run['status']}")
-                driver.cancel(reason)
-                return driver.run
+        with self._driver(run_id) as driver:
+            if is_terminal(driver.run["status"]):
+                raise Conflict(f"run {run_id} already ended {driver.run['status']}")
+            driver.cancel(reason)
+            return driver.run
 
     def note(self, run_id: str, kind: str, **fields: Any) -> None:
         """Append a history-only event (a notification's delivery, say)."""
-        with self.store.lock(run_id):
-            with self._driver(run_id) as driver:
-                driver.record(kind, **self.masker.mask(fields))
+        with self._driver(run_id) as driver:
+            driver.record(kind, **self.masker.mask(fields))
 
     def _driver(self, run_id: str) -> "_Driver":
+        """The run's writer (its log open, so its lock held) with the record as of the last event."""
+        log_file = self.store.open_log(run_id)
         try:
-            run = self.store.read_snapshot(run_id)
-        except (NotFound, IntegrityError):
-            run = self.store.read_run(run_id)  # rebuilt from the whole log
-        log_file = self.store.open_log(run_id, start=run.get("events"))
-        try:
-            if run.get("events"):
+            try:
+                snapshot: dict[str, Any] | None = self.store.read_snapshot(run_id)
+            except (NotFound, IntegrityError):
+                snapshot = None
+            if snapshot is not None and log_file.resume(snapshot.get("events")):
+                run = snapshot
                 for event in log_file.tail:  # written after the snapshot
                     record.apply(run, event)
+            else:  # no usable snapshot: resume() read the whole log, and the record is its fold
+                if snapshot is None:
+                    log_file.resume()
+                run = record.fold(log_file.tail)
+                if not run:
+                    raise NotFound(f"run {run_id} has no events")
             return _Driver(self, run_id, run, self.flow_of(run_id, run.get("flow_sha256")), log_file)
         except BaseException:
             log_file.close()

@@ -55,25 +55,40 @@ def fsync_dir(path: Path) -> None:
 
 
 class EventLog:
-    """The append-only, hash-chained history of one run. One writer at a time."""
+    """The append-only, hash-chained history of one run. Opening it takes the run's writer lock.
 
-    def __init__(self, path: Path, *, fsync: bool = True, start: dict[str, Any] | None = None) -> None:
+    DESIGN section 9: one writer per run, an fcntl lock on a file in the run directory;
+    the log itself is that file, so taking the lock costs no extra open. Readers never lock.
+    """
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = path
         self.fsync = fsync
         self.count = 0
         self.last_sha256 = GENESIS
-        self.tail: list[dict[str, Any]] = []  # the events after `start` (the snapshot's position)
-        self._handle: BinaryIO = open(path, "a+b")  # appends go to the end; the tail is read from `start`
-        self.size = size = os.fstat(self._handle.fileno()).st_size
-        offset = 0
-        if start and size >= start.get("bytes", 0):
-            # resume from where the snapshot says the log was: only the tail is read
+        self.tail: list[dict[str, Any]] = []  # the events read by resume()
+        self._handle: BinaryIO = open(path, "a+b")  # appends go to the end; resume() reads from a position
+        try:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise RunLocked(f"run {path.parent.name} is being advanced by another process",
+                            hint="wait for it, or stop the daemon that owns it") from None
+        self.size = os.fstat(self._handle.fileno()).st_size
+
+    def resume(self, start: dict[str, Any] | None = None) -> bool:
+        """Read the events after `start` (a snapshot's `events`), or all of them; True if `start` was used.
+
+        A torn last line left by a crash mid-write was never acknowledged: it is cut off.
+        """
+        offset, resumed = 0, bool(start) and self.size >= start.get("bytes", 0)
+        if resumed:
             self.count, self.last_sha256, offset = start["count"], start["last_sha256"], start["bytes"]
-        if size > offset:
-            self._recover_tail(offset, size)
+        if self.size > offset:
+            self._recover_tail(offset, self.size)
+        return resumed
 
     def _recover_tail(self, offset: int, size: int) -> None:
-        """Read the events after `offset`; drop a torn last line left by a crash mid-write (never acknowledged)."""
         good = offset
         self._handle.seek(offset)
         for line in self._handle:
@@ -186,20 +201,15 @@ class Store:
             raise NotFound(f"no run {run_id} in {self.data_dir}", hint="list runs with `signoff runs list`")
         return path
 
-    def open_log(self, run_id: str, start: dict[str, Any] | None = None) -> EventLog:
-        """The run's log for appending; `start` (a snapshot's `events`) spares reading what it covers."""
-        return EventLog(self.run_dir(run_id) / "events.jsonl", fsync=self.fsync, start=start)
+    def open_log(self, run_id: str) -> EventLog:
+        """The run's log, to append to: holding it open is holding the run's writer lock."""
+        return EventLog(self.run_dir(run_id) / "events.jsonl", fsync=self.fsync)
 
     def log_size(self, run_id: str) -> int:
         try:
             return (self.run_dir(run_id) / "events.jsonl").stat().st_size
         except FileNotFoundError:
             return 0
-
-    def lock(self, run_id: str) -> FileLock:
-        """The run's writer lock (DESIGN section 9: one writer per run)."""
-        return FileLock(self.run_dir(run_id) / "lock", lambda: RunLocked(
-            f"run {run_id} is being advanced by another process", hint="wait for it, or stop the daemon that owns it"))
 
     def daemon_lock(self) -> FileLock:
         """Held by the daemon serving this data dir: a second one would interleave the callback inbox."""

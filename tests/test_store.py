@@ -174,6 +174,7 @@ def test_a_torn_last_line_is_dropped_when_the_log_is_reopened(finished):
     assert list(harness.store.read_events(run_id)) == [json.loads(line) for line in lines]
 
     log = harness.store.open_log(run_id)
+    log.resume()
     try:
         assert path.read_bytes() == good
         assert log.count == len(lines)
