@@ -6,12 +6,14 @@ import asyncio
 import hashlib
 import json
 import random
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from runner.errors import NotFound
+from runner.errors import NotFound, RunLocked
 from runner.store import GENESIS, RUN_ID, Store
 
 from support import PROJECT, Harness, run_schema_errors
@@ -363,3 +365,25 @@ def test_run_json_of_a_real_run_validates_against_the_run_schema(finished, tmp_p
         assert key in records[0]
     for state in records[0]["steps"].values():
         assert {"status", "attempts", "started_at", "finished_at", "outputs", "error"} <= set(state)
+
+
+def test_a_run_held_by_another_process_is_refused_with_a_message_and_left_intact(tmp_path: Path) -> None:
+    """One writer per run: whoever has the run's log open holds its lock (DESIGN section 9)."""
+    harness = Harness(tmp_path)
+    run_id = harness.start(harness.flow("name: held\nsteps:\n  - {id: a, kind: set, values: {n: 1}}\n"))
+    before = (harness.store.run_dir(run_id) / "events.jsonl").read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from runner.store import Store; "
+         "log = Store(sys.argv[1]).open_log(sys.argv[2]); print('held', flush=True); time.sleep(30)",
+         str(harness.store.data_dir), run_id], stdout=subprocess.PIPE, text=True, cwd=PROJECT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked) as refused:
+            asyncio.run(harness.engine.advance(run_id))
+        assert f"run {run_id} is being advanced by another process" in refused.value.message
+        assert (harness.store.run_dir(run_id) / "events.jsonl").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert asyncio.run(harness.engine.advance(run_id))["status"] == "succeeded"  # free again once it is gone
