@@ -245,6 +245,8 @@ class _Driver:
                     await asyncio.wait([writing])
                 except asyncio.CancelledError:
                     continue
+            if writing.exception() is None:
+                self._written(batch, snapshot)  # written: the listener hears of it all the same
             raise
         self._written(batch, snapshot)
 

@@ -5,7 +5,7 @@
     <data>/runs/<run-id>/flow.yaml     the exact flow source the run executes
     <data>/resources/<sha256>          content-addressed blobs, with <sha256>.json metadata
 
-Readers never lock; the one writer of a run holds `runs/<id>/lock` (fcntl).
+Readers never lock; the one writer of a run holds an fcntl lock on its `events.jsonl`.
 """
 
 from __future__ import annotations
