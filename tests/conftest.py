@@ -133,3 +133,15 @@ def cli(tmp_path: Path, signoff_data: Path) -> Callable[..., CliResult]:
         return CliResult(done.returncode, done.stdout, done.stderr, document)
 
     return run
+
+
+@pytest.fixture
+def running(daemon):
+    """The module's `daemon` fixture, started again if a test that failed half-way through a restart left it down.
+
+    Daemon test modules define `daemon` (one per module) and use this with
+    `pytestmark = pytest.mark.usefixtures("running")` or by name.
+    """
+    if daemon.process is None:
+        daemon.start()
+    return daemon

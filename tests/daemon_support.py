@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import httpx
-from support import pid_alive, wait_until  # noqa: F401  (re-exported for the daemon tests)
+from support import pid_alive, run_schema_errors, wait_until  # noqa: F401  (re-exported for the daemon tests)
 from yamlcompat import YAML
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -301,10 +301,21 @@ class DaemonProcess:
     def callback_url(self, run: dict, step: str) -> str:
         return f"{self.url}/callbacks/{run['callbacks'][step]}"
 
+    def post_callback(self, url_or_token: str, body: bytes | dict, **kwargs: Any) -> httpx.Response:
+        """POST a callback (no token needed: the URL is the credential) to a full URL or a bare token."""
+        url = url_or_token if "://" in url_or_token else f"{self.url}/callbacks/{url_or_token}"
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.api(None).post(url, content=content, headers={"Content-Type": "application/json"}, **kwargs)
+
     # ---- files and the CLI --------------------------------------------------------
 
     def run_json(self, run_id: str) -> dict:
         return json.loads((self.data / "runs" / run_id / "run.json").read_text())
+
+    def assert_record_valid(self, run_id: str) -> None:
+        """The run's run.json matches schema/run.schema.json (DESIGN section 4)."""
+        problems = run_schema_errors(self.run_json(run_id))
+        assert not problems, "run.json does not match schema/run.schema.json:\n" + "\n".join(problems)
 
     def cli(self, *args: str, user: str | None = "alice", timeout: float = 60) -> subprocess.CompletedProcess:
         """The real `signoff` CLI against this daemon (SIGNOFF_SERVER / SIGNOFF_TOKEN)."""

@@ -9,6 +9,7 @@ the injectable clock the engine is designed to take.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -192,13 +193,18 @@ def harness_with_config(tmp_path: Path, data: dict, **kwargs: Any) -> Harness:
     return Harness(tmp_path, config=load_config(write_config(tmp_path, data)), **kwargs)
 
 
-def run_schema_errors(record: dict) -> list[str]:
-    """Where `record` breaks schema/run.schema.json (DESIGN §4: tests validate real records against it)."""
+@functools.cache
+def _run_validator() -> Any:
     from jsonschema import Draft202012Validator
 
     schema = json.loads((PROJECT / "schema" / "run.schema.json").read_text())
     Draft202012Validator.check_schema(schema)
-    return [f"{list(e.absolute_path)}: {e.message}" for e in Draft202012Validator(schema).iter_errors(record)]
+    return Draft202012Validator(schema)
+
+
+def run_schema_errors(record: dict) -> list[str]:
+    """Where `record` breaks schema/run.schema.json (DESIGN §4: tests validate real records against it)."""
+    return [f"{list(e.absolute_path)}: {e.message}" for e in _run_validator().iter_errors(record)]
 
 
 def all_file_bytes(root: Path) -> dict[Path, bytes]:

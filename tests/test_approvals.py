@@ -14,11 +14,11 @@ import json
 
 import httpx
 import pytest
-from jsonschema import Draft202012Validator
 
-from daemon_support import PROJECT_ROOT, DaemonProcess, event_types
+from daemon_support import DaemonProcess, event_types
 
-RUN_SCHEMA = json.loads((PROJECT_ROOT / "schema" / "run.schema.json").read_text())
+pytestmark = pytest.mark.usefixtures("running")  # a daemon left down by a failed test is started again
+
 
 FLOWS_HERE = {
     "by-user": """
@@ -197,14 +197,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
         yield process
 
 
-@pytest.fixture(autouse=True)
-def running(daemon: DaemonProcess) -> DaemonProcess:
-    """A test that failed half-way through a restart must not take the others down with it."""
-    if daemon.process is None:
-        daemon.start()
-    return daemon
-
-
 def waiting(daemon: DaemonProcess, flow: str, inputs: dict | None = None, user: str = "alice",
             step: str = "review") -> dict:
     run = daemon.start_run(flow, inputs, user=user)
@@ -216,13 +208,6 @@ def error_of(response: httpx.Response, status: int) -> dict:
     error = response.json()["error"]
     assert error["code"] and error["message"]
     return error
-
-
-def assert_record_valid(daemon: DaemonProcess, run_id: str) -> None:
-    record = daemon.run_json(run_id)
-    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-                for e in Draft202012Validator(RUN_SCHEMA).iter_errors(record)]
-    assert not problems, "run.json does not match schema/run.schema.json:\n" + "\n".join(problems)
 
 
 # ---- who may decide ----------------------------------------------------------------
@@ -261,7 +246,7 @@ def test_approver_by_group(daemon: DaemonProcess) -> None:
     final = daemon.wait_end(run_id)
     assert final["status"] == "succeeded"
     assert final["steps"]["after"]["outputs"] == {"by": "carol"}
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 def test_a_user_without_the_approve_role_is_refused_even_in_the_group(daemon: DaemonProcess) -> None:
@@ -345,7 +330,7 @@ def test_min_approvals_needs_two_distinct_people(daemon: DaemonProcess) -> None:
     assert [a["by"] for a in review["approvals"]] == ["bob", "carol"]
     assert review["outputs"]["approved_by"] == ["bob", "carol"]
     assert [e["by"] for e in daemon.events(run_id) if e["type"] == "decision"] == ["bob", "carol"]
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 def test_an_acknowledged_approval_survives_kill_9(daemon: DaemonProcess) -> None:
@@ -360,7 +345,7 @@ def test_an_acknowledged_approval_survives_kill_9(daemon: DaemonProcess) -> None
     final = daemon.wait_end(run_id)
     assert final["status"] == "succeeded"
     assert final["steps"]["review"]["outputs"]["approved_by"] == ["bob", "carol"]
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 def test_one_reject_ends_a_quorum_wait(daemon: DaemonProcess) -> None:
@@ -375,7 +360,7 @@ def test_one_reject_ends_a_quorum_wait(daemon: DaemonProcess) -> None:
     assert final["steps"]["review"]["decided_by"] == "carol"
     assert final["steps"]["after"]["status"] == "pending"
     assert "carol" in final["error"] and "not like this" in final["error"]
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 def test_reject_goes_to_on_reject(daemon: DaemonProcess) -> None:
@@ -401,7 +386,7 @@ def test_approve_skips_the_on_reject_step_of_review_before_action(daemon: Daemon
     assert final["status"] == "succeeded"
     assert "approved by bob" in final["steps"]["apply"]["outputs"]["stdout"]
     assert final["steps"]["note-rejection"]["status"] == "skipped"
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 # ---- comments and reviewer inputs --------------------------------------------------------
@@ -421,7 +406,7 @@ def test_require_comment_on_reject(daemon: DaemonProcess) -> None:
     assert final["steps"]["apply"]["status"] == "skipped"
     assert final["steps"]["note-rejection"]["status"] == "succeeded"
     assert final["steps"]["review"]["comment"] == "wrong file"
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 def test_require_comment_always_applies_to_approve_too(daemon: DaemonProcess) -> None:
@@ -449,7 +434,7 @@ def test_reviewer_inputs_are_validated_and_reach_later_steps(daemon: DaemonProce
     assert final["steps"]["use"]["outputs"] == {"ticket": 4711, "level": "low"}
     decision = next(e for e in daemon.events(run_id) if e["type"] == "decision")
     assert decision["inputs"] == {"ticket": 4711, "level": "low"}
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 # ---- what the reviewer saw ------------------------------------------------------------------
@@ -521,7 +506,7 @@ def test_request_changes_reruns_the_draft_with_the_comment(daemon: DaemonProcess
                                                                 "draft with feedback: add-a-date"]
     assert [e["decision"] for e in events if e["type"] == "decision"] == ["request_changes", "approve"]
     assert final["steps_executed"] == 5
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 def test_content_draft_to_publish_end_to_end_with_push_back(daemon: DaemonProcess) -> None:
@@ -556,7 +541,7 @@ def test_timeout_with_on_timeout_reject(daemon: DaemonProcess) -> None:
     assert review["status"] == "timed_out"
     assert review.get("decision") is None and not review.get("approvals")
     assert final["steps"]["apply"]["status"] == "pending"
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 def test_timeout_with_on_timeout_fail(daemon: DaemonProcess) -> None:
@@ -568,7 +553,7 @@ def test_timeout_with_on_timeout_fail(daemon: DaemonProcess) -> None:
     assert "review" in final["error"]
     error_of(daemon.decide(run_id, "review", "bob"), 409)  # too late: a timeout never approves
     assert daemon.run(run_id)["status"] == "timed_out"
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 def test_timeout_escalates_to_another_step(daemon: DaemonProcess) -> None:
@@ -583,7 +568,7 @@ def test_timeout_escalates_to_another_step(daemon: DaemonProcess) -> None:
     final = daemon.wait_end(run_id)
     assert final["status"] == "succeeded"
     assert final["steps"]["apply"]["outputs"] == {"by": "carol"}
-    assert_record_valid(daemon, run_id)
+    daemon.assert_record_valid(run_id)
 
 
 # ---- the CLI ---------------------------------------------------------------------------------

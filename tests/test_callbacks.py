@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
-from jsonschema import Draft202012Validator
 
-from daemon_support import PROJECT_ROOT, DaemonProcess, event_types, wait_until
+from daemon_support import DaemonProcess, event_types, wait_until
 
-RUN_SCHEMA = json.loads((PROJECT_ROOT / "schema" / "run.schema.json").read_text())
+pytestmark = pytest.mark.usefixtures("running")  # a daemon left down by a failed test is started again
+
 NOT_FOUND = {"error": {"code": "not_found", "message": "no such callback"}}
 
 FLOWS_HERE = {
@@ -118,30 +118,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
         yield process
 
 
-@pytest.fixture(autouse=True)
-def running(daemon: DaemonProcess) -> DaemonProcess:
-    """A test that failed half-way through a restart must not take the others down with it."""
-    if daemon.process is None:
-        daemon.start()
-    return daemon
-
-
 def waiting_run(daemon: DaemonProcess, flow: str, inputs: dict | None = None) -> dict:
     run = daemon.start_run(flow, inputs)
     return daemon.wait_step(run["id"], "done", "waiting")
-
-
-def post(daemon: DaemonProcess, url_or_token: str, body: bytes | dict, **kwargs) -> httpx.Response:
-    url = url_or_token if "://" in url_or_token else f"{daemon.url}/callbacks/{url_or_token}"
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return daemon.api(None).post(url, content=content, headers={"Content-Type": "application/json"}, **kwargs)
-
-
-def assert_record_valid(daemon: DaemonProcess, run_id: str) -> None:
-    record = daemon.run_json(run_id)
-    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-                for e in Draft202012Validator(RUN_SCHEMA).iter_errors(record)]
-    assert not problems, "run.json does not match schema/run.schema.json:\n" + "\n".join(problems)
 
 
 # ---- the URL and the happy path ---------------------------------------------------------
@@ -155,7 +134,7 @@ def test_the_url_exists_from_run_start_and_a_worker_completes_the_run(daemon: Da
     assert url == f"http://localhost:{daemon.port}/callbacks/{token}", "built from public_url"
 
     body = json.dumps({"ok": True, "n": 3}).encode()
-    response = post(daemon, url, body)  # through localhost, as the worker would
+    response = daemon.post_callback(url, body)  # through localhost, as the worker would
     assert response.status_code == 202, response.text
     answer = response.json()
     assert answer["accepted"] is True and answer["replay"] is False
@@ -169,7 +148,7 @@ def test_the_url_exists_from_run_start_and_a_worker_completes_the_run(daemon: Da
     assert final["steps"]["report"]["outputs"] == {"ok": True}
     received = [e for e in daemon.events(run["id"]) if e["type"] == "callback_received"]
     assert len(received) == 1 and received[0]["early"] is False
-    assert_record_valid(daemon, run["id"])
+    daemon.assert_record_valid(run["id"])
 
 
 def test_the_shipped_wait_for_worker_flow_end_to_end(daemon: DaemonProcess) -> None:
@@ -193,7 +172,7 @@ def test_the_cli_posts_a_callback(daemon: DaemonProcess) -> None:
 
 def test_an_early_callback_is_stored_and_consumed_when_the_run_gets_there(daemon: DaemonProcess) -> None:
     run = daemon.start_run("early")
-    response = post(daemon, run["callbacks"]["done"], {"value": "before its time"})
+    response = daemon.post_callback(run["callbacks"]["done"], {"value": "before its time"})
     assert response.status_code == 202, response.text
     assert daemon.run(run["id"])["steps"]["done"]["status"] == "pending"
 
@@ -206,7 +185,7 @@ def test_an_early_callback_is_stored_and_consumed_when_the_run_gets_there(daemon
     assert final["steps"]["done"]["outputs"]["payload"] == {"value": "before its time"}
     assert final["steps"]["report"]["outputs"] == {"got": "before its time"}
     assert "step_waiting" not in event_types(daemon.events(run["id"]), "done"), "nothing left to wait for"
-    assert_record_valid(daemon, run["id"])
+    daemon.assert_record_valid(run["id"])
 
 
 # ---- replays, conflicts, unknown tokens ---------------------------------------------------
@@ -215,20 +194,20 @@ def test_an_early_callback_is_stored_and_consumed_when_the_run_gets_there(daemon
 def test_the_identical_callback_again_is_200_and_changes_nothing(daemon: DaemonProcess) -> None:
     run = waiting_run(daemon, "worker")
     body = json.dumps({"ok": True, "n": 1}).encode()
-    first = post(daemon, run["callbacks"]["done"], body)
+    first = daemon.post_callback(run["callbacks"]["done"], body)
     assert first.status_code == 202
     daemon.wait_end(run["id"])
     count = len(daemon.events(run["id"]))
     snapshot = daemon.run(run["id"])
 
-    again = post(daemon, run["callbacks"]["done"], body)
+    again = daemon.post_callback(run["callbacks"]["done"], body)
     assert again.status_code == 200, again.text
     assert again.json()["replay"] is True
     assert again.json()["sha256"] == first.json()["sha256"]
     assert again.json()["at"] == snapshot["callbacks_received"]["done"]["at"], "the first acceptance"
     assert len(daemon.events(run["id"])) == count
 
-    different = post(daemon, run["callbacks"]["done"], {"ok": False, "n": 2})
+    different = daemon.post_callback(run["callbacks"]["done"], {"ok": False, "n": 2})
     assert different.status_code == 409, different.text
     assert different.json()["error"]["code"] == "conflict"
     assert len(daemon.events(run["id"])) == count
@@ -239,7 +218,7 @@ def test_the_identical_callback_again_is_200_and_changes_nothing(daemon: DaemonP
 
 def test_the_202_answer_says_when_the_callback_was_accepted(daemon: DaemonProcess) -> None:
     run = waiting_run(daemon, "worker")
-    first = post(daemon, run["callbacks"]["done"], {"ok": True})
+    first = daemon.post_callback(run["callbacks"]["done"], {"ok": True})
     assert first.status_code == 202
     recorded = daemon.wait_end(run["id"])["callbacks_received"]["done"]["at"]
     assert first.json()["at"] == recorded
@@ -281,12 +260,12 @@ def test_an_unknown_token_is_404_and_reveals_nothing(daemon: DaemonProcess) -> N
     run = waiting_run(daemon, "worker")
     token = run["callbacks"]["done"]
     for probe in (secrets.token_urlsafe(32), token[:-1], token[:20], token + "x", token.upper()):
-        response = post(daemon, probe, {"ok": True})
+        response = daemon.post_callback(probe, {"ok": True})
         assert response.status_code == 404, probe
         assert response.json() == NOT_FOUND
         assert run["id"] not in response.text and "done" not in response.text
     assert daemon.run(run["id"])["steps"]["done"]["status"] == "waiting"
-    assert post(daemon, token, {"ok": True}).status_code == 202
+    assert daemon.post_callback(token, {"ok": True}).status_code == 202
 
 
 def test_a_callback_after_the_timeout_is_409(daemon: DaemonProcess) -> None:
@@ -294,7 +273,7 @@ def test_a_callback_after_the_timeout_is_409(daemon: DaemonProcess) -> None:
     final = daemon.wait_end(run["id"])
     assert final["status"] == "timed_out"
     assert final["steps"]["done"]["status"] == "timed_out"
-    response = post(daemon, run["callbacks"]["done"], {"too": "late"})
+    response = daemon.post_callback(run["callbacks"]["done"], {"too": "late"})
     assert response.status_code == 409, response.text
     assert "callback_received" not in event_types(daemon.events(run["id"]))
 
@@ -304,7 +283,7 @@ def test_a_callback_after_the_timeout_is_409(daemon: DaemonProcess) -> None:
 
 def test_a_body_over_max_bytes_is_413_and_the_step_keeps_waiting(daemon: DaemonProcess) -> None:
     run = waiting_run(daemon, "small")
-    response = post(daemon, run["callbacks"]["done"], {"text": "x" * 200})
+    response = daemon.post_callback(run["callbacks"]["done"], {"text": "x" * 200})
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "too_large"
 
@@ -316,33 +295,33 @@ def test_a_body_over_max_bytes_is_413_and_the_step_keeps_waiting(daemon: DaemonP
     streamed = daemon.api(None).post(f"/callbacks/{run['callbacks']['done']}", content=chunks())
     assert streamed.status_code == 413
     assert daemon.run(run["id"])["steps"]["done"]["status"] == "waiting"
-    assert post(daemon, run["callbacks"]["done"], {"text": "short"}).status_code == 202
+    assert daemon.post_callback(run["callbacks"]["done"], {"text": "short"}).status_code == 202
     assert daemon.wait_end(run["id"])["steps"]["done"]["payload"] == {"text": "short"}
 
 
 def test_a_payload_against_the_schema_is_422_with_reasons_and_the_step_keeps_waiting(daemon: DaemonProcess) -> None:
     run = waiting_run(daemon, "worker")
     token = run["callbacks"]["done"]
-    wrong_type = post(daemon, token, {"ok": "yes", "n": 1.5})
+    wrong_type = daemon.post_callback(token, {"ok": "yes", "n": 1.5})
     assert wrong_type.status_code == 422, wrong_type.text
     error = wrong_type.json()["error"]
     assert error["code"] == "invalid"
     assert any("ok" in reason for reason in error["reasons"]), error
     assert any("n" in reason for reason in error["reasons"]), error
 
-    missing = post(daemon, token, {"n": 1})
+    missing = daemon.post_callback(token, {"n": 1})
     assert missing.status_code == 422
     assert any("ok" in reason for reason in missing.json()["error"]["reasons"])
 
-    assert post(daemon, token, b"this is not json").status_code == 422
-    assert post(daemon, token, b"[" * 10_000 + b"]" * 10_000).status_code == 422
-    assert post(daemon, token, b'{"a":' * 10_000 + b"1" + b"}" * 10_000).status_code == 422
+    assert daemon.post_callback(token, b"this is not json").status_code == 422
+    assert daemon.post_callback(token, b"[" * 10_000 + b"]" * 10_000).status_code == 422
+    assert daemon.post_callback(token, b'{"a":' * 10_000 + b"1" + b"}" * 10_000).status_code == 422
 
     run_now = daemon.run(run["id"])
     assert run_now["steps"]["done"]["status"] == "waiting"
     assert "callback_received" not in event_types(daemon.events(run["id"]))
 
-    assert post(daemon, token, {"ok": True}).status_code == 202
+    assert daemon.post_callback(token, {"ok": True}).status_code == 202
     assert daemon.wait_end(run["id"])["status"] == "succeeded"
 
 
@@ -351,7 +330,7 @@ def test_a_large_payload_becomes_a_resource(daemon: DaemonProcess) -> None:
     payload = {"rows": [f"row {i:06d} " + "z" * 90 for i in range(1000)]}
     body = json.dumps(payload).encode()
     assert 64 * 1024 < len(body) < 1_000_000
-    response = post(daemon, run["callbacks"]["done"], body)
+    response = daemon.post_callback(run["callbacks"]["done"], body)
     assert response.status_code == 202, response.text
     final = daemon.wait_end(run["id"])
     assert final["status"] == "succeeded"
@@ -368,7 +347,7 @@ def test_an_early_callback_during_a_long_shell_step_is_acknowledged_at_once(daem
     daemon.wait_step(run["id"], "work", "running")
     try:
         # the deadline (6 s) is far below the shell step's 30 s: only a callback that does not wait for it passes
-        response = post(daemon, run["callbacks"]["done"], {"early": True}, timeout=httpx.Timeout(6.0))
+        response = daemon.post_callback(run["callbacks"]["done"], {"early": True}, timeout=httpx.Timeout(6.0))
         assert response.status_code == 202
     finally:
         daemon.api("alice").post(f"/api/v1/runs/{run['id']}/cancel")
@@ -383,12 +362,12 @@ def test_the_same_url_works_after_a_graceful_restart(daemon: DaemonProcess) -> N
     url = run["steps"]["hand"]["outputs"]["url"]
     daemon.restart()
     assert daemon.run(run["id"])["status"] == "waiting"
-    response = post(daemon, url, {"ok": True, "n": 7})
+    response = daemon.post_callback(url, {"ok": True, "n": 7})
     assert response.status_code == 202, response.text
     final = daemon.wait_end(run["id"])
     assert final["status"] == "succeeded"
     assert final["steps"]["report"]["outputs"] == {"ok": True}
-    assert_record_valid(daemon, run["id"])
+    daemon.assert_record_valid(run["id"])
 
 
 def test_kill_9_while_waiting_then_restart_still_completes(daemon: DaemonProcess) -> None:
@@ -396,7 +375,7 @@ def test_kill_9_while_waiting_then_restart_still_completes(daemon: DaemonProcess
     daemon.restart(hard=True)
     for run in runs:
         assert daemon.run(run["id"])["status"] == "waiting"
-        assert post(daemon, run["callbacks"]["done"], {"ok": True}).status_code == 202
+        assert daemon.post_callback(run["callbacks"]["done"], {"ok": True}).status_code == 202
     for run in runs:
         final = daemon.wait_end(run["id"])
         assert final["status"] == "succeeded"
@@ -433,7 +412,7 @@ def test_kill_9_while_callbacks_are_posted_loses_no_acknowledged_callback(daemon
     for run in runs:
         if run["id"] in acknowledged:
             continue
-        retry = post(daemon, run["callbacks"]["done"], {"ok": True, "n": -1})
+        retry = daemon.post_callback(run["callbacks"]["done"], {"ok": True, "n": -1})
         # not acknowledged: either never recorded (202 now) or recorded just before the kill (then a
         # different body is a conflict, and the first one stands)
         assert retry.status_code in (202, 409), retry.text
@@ -449,7 +428,7 @@ def test_a_crash_between_recording_a_callback_and_finishing_the_step_is_recovere
     # the exact event the daemon writes first, taken from a run it completed itself
     model = waiting_run(daemon, "worker")
     body = json.dumps({"ok": True, "n": 5}).encode()
-    assert post(daemon, model["callbacks"]["done"], body).status_code == 202
+    assert daemon.post_callback(model["callbacks"]["done"], body).status_code == 202
     daemon.wait_end(model["id"])
     template = next(e for e in daemon.events(model["id"]) if e["type"] == "callback_received")
 
@@ -464,7 +443,7 @@ def test_a_crash_between_recording_a_callback_and_finishing_the_step_is_recovere
         handle.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
     daemon.start()
 
-    replay = post(daemon, run["callbacks"]["done"], body)
+    replay = daemon.post_callback(run["callbacks"]["done"], body)
     assert replay.status_code == 200 and replay.json()["replay"] is True
     final = daemon.wait_end(run["id"], timeout=5)
     assert final["status"] == "succeeded"

@@ -14,6 +14,8 @@ import pytest
 
 from daemon_support import DaemonProcess, event_types, git, pid_alive, wait_until
 
+pytestmark = pytest.mark.usefixtures("running")  # a daemon left down by a failed test is started again
+
 GATE = """
 name: gate
 description: one approval, then a set step
@@ -116,14 +118,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
              "napper": NAPPER, "resumable": RESUMABLE}
     with DaemonProcess(root, flows=flows, copy=["hello"]) as process:
         yield process
-
-
-@pytest.fixture(autouse=True)
-def running(daemon: DaemonProcess) -> DaemonProcess:
-    """A test that failed half-way through a restart must not take the others down with it."""
-    if daemon.process is None:
-        daemon.start()
-    return daemon
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:

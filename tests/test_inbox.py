@@ -375,101 +375,88 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
         yield process
 
 
-@pytest.fixture
-def up(daemon: DaemonProcess) -> DaemonProcess:
-    """The module's daemon, running (a test that failed half-way through a restart leaves it down)."""
-    if daemon.process is None:
-        daemon.start()
-    return daemon
-
-
-def post(daemon: DaemonProcess, token: str, body: dict, **kwargs) -> httpx.Response:
-    return daemon.api(None).post(f"/callbacks/{token}", content=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, **kwargs)
-
-
 def inbox_lines(daemon: DaemonProcess) -> list[dict]:
     path = daemon.data / "inbox.jsonl"
     return journal(path) if path.exists() else []
 
 
-def test_a_second_daemon_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(up: DaemonProcess) -> None:
+def test_a_second_daemon_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(running: DaemonProcess) -> None:
     second_port = free_port()
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "runner", "serve", "--config", str(up.config_path),
+    done = subprocess.run([sys.executable, "-m", "runner", "serve", "--config", str(running.config_path),
                            "--port", str(second_port)],
-                          cwd=up.root, env=up.env(), capture_output=True, text=True, timeout=30, check=False)
+                          cwd=running.root, env=running.env(), capture_output=True, text=True, timeout=30, check=False)
     took = time.monotonic() - started
     assert done.returncode != 0, f"the second daemon ran:\n{done.stderr}"
     assert took < 10, f"refusing took {took:.1f}s"
     assert "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr
-    assert "another signoff daemon" in errors[0] and str(up.data) in errors[0]
+    assert "another signoff daemon" in errors[0] and str(running.data) in errors[0]
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{second_port}/api/v1/health", timeout=1.0)
 
-    assert up.process.poll() is None, "the first daemon is still running"
-    assert up.api().get("/api/v1/health").status_code == 200
-    run = up.start_run("worker")
-    up.wait_step(run["id"], "done", "waiting")
-    assert post(up, run["callbacks"]["done"], {"still": "serving"}).status_code == 202
-    assert up.wait_end(run["id"])["steps"]["done"]["payload"] == {"still": "serving"}
+    assert running.process.poll() is None, "the first daemon is still running"
+    assert running.api().get("/api/v1/health").status_code == 200
+    run = running.start_run("worker")
+    running.wait_step(run["id"], "done", "waiting")
+    assert running.post_callback(run["callbacks"]["done"], {"still": "serving"}).status_code == 202
+    assert running.wait_end(run["id"])["steps"]["done"]["payload"] == {"still": "serving"}
 
 
 def test_a_callback_accepted_during_a_long_shell_step_survives_kill_9_and_completes_the_run(
-        up: DaemonProcess) -> None:
-    run = up.start_run("slow")
-    up.wait_step(run["id"], "work", "running")
-    response = post(up, run["callbacks"]["done"], {"value": "sent before the crash"}, timeout=httpx.Timeout(4.0))
+        running: DaemonProcess) -> None:
+    run = running.start_run("slow")
+    running.wait_step(run["id"], "work", "running")
+    response = running.post_callback(run["callbacks"]["done"], {"value": "sent before the crash"}, timeout=httpx.Timeout(4.0))
     assert response.status_code == 202, response.text
-    assert up.run(run["id"])["steps"]["work"]["status"] == "running", "accepted while the shell step still ran"
-    on_disk = [line for line in inbox_lines(up) if line["run"] == run["id"]]
+    assert running.run(run["id"])["steps"]["work"]["status"] == "running", "accepted while the shell step still ran"
+    on_disk = [line for line in inbox_lines(running) if line["run"] == run["id"]]
     assert [(line["step"], line["sha256"]) for line in on_disk] == [("done", response.json()["sha256"])]
 
-    up.kill()
-    assert up.run_json(run["id"])["status"] == "running", "nothing recorded the callback before the kill"
-    up.start()
+    running.kill()
+    assert running.run_json(run["id"])["status"] == "running", "nothing recorded the callback before the kill"
+    running.start()
 
-    final = up.wait_end(run["id"], timeout=20)
+    final = running.wait_end(run["id"], timeout=20)
     assert final["status"] == "succeeded", final.get("error")
     assert final["steps"]["done"]["payload"] == {"value": "sent before the crash"}
     assert final["steps"]["report"]["outputs"] == {"got": "sent before the crash"}
-    events = up.events(run["id"])
+    events = running.events(run["id"])
     assert "step_interrupted" in event_types(events, "work"), "the shell step was cut short by the kill"
     received = [e for e in events if e["type"] == "callback_received"]
     assert len(received) == 1
     assert received[0]["accepted_at"] == response.json()["at"] and received[0]["early"] is True
-    again = post(up, run["callbacks"]["done"], {"value": "sent before the crash"})
+    again = running.post_callback(run["callbacks"]["done"], {"value": "sent before the crash"})
     assert again.status_code == 200 and again.json()["replay"] is True
 
 
-def test_a_graceful_stop_leaves_no_consumed_callback_in_the_journal(up: DaemonProcess) -> None:
-    runs = [up.start_run("worker") for _ in range(6)]
+def test_a_graceful_stop_leaves_no_consumed_callback_in_the_journal(running: DaemonProcess) -> None:
+    runs = [running.start_run("worker") for _ in range(6)]
     for run in runs:
-        up.wait_step(run["id"], "done", "waiting")
-        assert post(up, run["callbacks"]["done"], {"n": run["id"]}).status_code == 202
+        running.wait_step(run["id"], "done", "waiting")
+        assert running.post_callback(run["callbacks"]["done"], {"n": run["id"]}).status_code == 202
     for run in runs:
-        assert up.wait_end(run["id"])["status"] == "succeeded"
+        assert running.wait_end(run["id"])["status"] == "succeeded"
     ids = {run["id"] for run in runs}
-    assert ids <= {line["run"] for line in inbox_lines(up)}, "consumed lines stay until the journal is rewritten"
+    assert ids <= {line["run"] for line in inbox_lines(running)}, "consumed lines stay until the journal is rewritten"
 
-    assert up.stop() != -signal.SIGKILL, "a graceful stop, not the SIGKILL after the stop deadline"
-    assert not ids & {line["run"] for line in inbox_lines(up)}, "the stop rewrote the journal without them"
-    assert inbox_lines(up) == [], "nothing else was waiting to be recorded"
-    up.start()
-    assert inbox_lines(up) == []
+    assert running.stop() != -signal.SIGKILL, "a graceful stop, not the SIGKILL after the stop deadline"
+    assert not ids & {line["run"] for line in inbox_lines(running)}, "the stop rewrote the journal without them"
+    assert inbox_lines(running) == [], "nothing else was waiting to be recorded"
+    running.start()
+    assert inbox_lines(running) == []
 
 
-def test_a_callback_replayed_after_kill_9_and_consumed_is_gone_after_a_graceful_stop(up: DaemonProcess) -> None:
-    run = up.start_run("early")
-    response = post(up, run["callbacks"]["done"], {"replayed": True})
+def test_a_callback_replayed_after_kill_9_and_consumed_is_gone_after_a_graceful_stop(running: DaemonProcess) -> None:
+    run = running.start_run("early")
+    response = running.post_callback(run["callbacks"]["done"], {"replayed": True})
     assert response.status_code == 202, response.text
-    up.kill()
-    assert "done" not in (up.run_json(run["id"]).get("callbacks_received") or {}), "replayed, not yet recorded"
-    up.start()
-    final = up.wait_end(run["id"])
+    running.kill()
+    assert "done" not in (running.run_json(run["id"]).get("callbacks_received") or {}), "replayed, not yet recorded"
+    running.start()
+    final = running.wait_end(run["id"])
     assert final["status"] == "succeeded" and final["steps"]["done"]["payload"] == {"replayed": True}
 
-    assert up.stop() != -signal.SIGKILL, "a graceful stop, not the SIGKILL after the stop deadline"
-    assert [line["run"] for line in inbox_lines(up)] == [], "the consumed entry is still in the journal"
+    assert running.stop() != -signal.SIGKILL, "a graceful stop, not the SIGKILL after the stop deadline"
+    assert [line["run"] for line in inbox_lines(running)] == [], "the consumed entry is still in the journal"
