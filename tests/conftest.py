@@ -22,16 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import pytest
+from daemon_support import git as run_git
+from support import clean_environ
 from yamlcompat import YAML
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT = 120  # a safety net against a hung child, not a performance check
-
-
-def _clean_environ() -> dict[str, str]:
-    """os.environ without anything that would point signoff or git elsewhere."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("SIGNOFF_") and k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
 
 
 def write_flow(root: Path, name: str, content: dict | str | bytes, *, suffix: str = ".yaml") -> Path:
@@ -64,14 +60,6 @@ def make_flow(tmp_path: Path) -> Callable[..., Path]:
         return write_flow(root or tmp_path, name, content, suffix=suffix)
 
     return make
-
-
-def run_git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, env=_clean_environ(), capture_output=True, text=True,
-                          timeout=CLI_TIMEOUT)
-    if done.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-    return done.stdout.strip()
 
 
 @pytest.fixture
@@ -117,7 +105,7 @@ def cli(tmp_path: Path, signoff_data: Path) -> Callable[..., CliResult]:
     """
 
     def run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
-        environ = _clean_environ()
+        environ = clean_environ()
         environ["SIGNOFF_DATA"] = str(signoff_data)
         environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
         environ.update(env or {})

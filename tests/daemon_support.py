@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import httpx
-from support import pid_alive, run_schema_errors, wait_until  # noqa: F401  (re-exported for the daemon tests)
+from support import clean_environ, pid_alive, run_schema_errors, wait_until  # noqa: F401  (re-exported for the daemon tests)
 from yamlcompat import YAML
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -69,15 +69,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def clean_environ() -> dict[str, str]:
-    """os.environ without anything that would point signoff or git elsewhere."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("SIGNOFF_") and k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
-
-
 def git(repo: Path, *args: str) -> str:
+    """git in `repo` with a clean environment (the repo's own config gives the identity); stdout, stripped."""
     done = subprocess.run(["git", *args], cwd=repo, env=clean_environ(), capture_output=True, text=True,
-                          timeout=60)
+                          timeout=120)
     if done.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
     return done.stdout.strip()

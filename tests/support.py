@@ -61,6 +61,12 @@ class FakeClock(Clock):
         await asyncio.sleep(0)
 
 
+def clean_environ() -> dict[str, str]:
+    """os.environ without anything that would point signoff or git elsewhere."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("SIGNOFF_") and k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
                what: str = "condition", *, message: str | Callable[[], str] | None = None) -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds.
