@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from runner import record
 from runner.errors import IntegrityError, NotFound, RunLocked, SignoffError, StoreError
@@ -140,7 +140,7 @@ class Verification:
 class FileLock:
     """An exclusive fcntl lock on a file, never waited for: `busy` is raised when another process has it."""
 
-    def __init__(self, path: Path, busy: Callable[[], SignoffError]) -> None:
+    def __init__(self, path: Path, busy: SignoffError) -> None:
         self.path = path
         self.busy = busy
         self._fd: int | None = None
@@ -152,7 +152,7 @@ class FileLock:
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
-            raise self.busy() from None
+            raise self.busy from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -214,7 +214,7 @@ class Store:
     def daemon_lock(self) -> FileLock:
         """Held by the daemon serving this data dir: a second one would interleave the callback inbox."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.data_dir / "daemon.lock", lambda: StoreError(
+        return FileLock(self.data_dir / "daemon.lock", StoreError(
             f"another signoff daemon is already serving the data dir {self.data_dir}",
             hint="stop it first, or give this daemon its own data dir (--data)"))
 
