@@ -67,7 +67,6 @@ import json
 import os
 import pstats
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -169,36 +168,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def launch(daemon: DaemonProcess, budget: Budget, profile: Path | None = None) -> tuple[float, float]:
-    """Start the daemon subprocess (like DaemonProcess.start, polling every 5 ms).
+    """Start the daemon subprocess (DaemonProcess.start, polling health every 5 ms).
 
     Returns (perf_counter at Popen, seconds from there until GET /api/v1/health answered 200).
     """
-    assert daemon.process is None, "the daemon is already running"
-    daemon._log = open(daemon.log_path, "ab")  # noqa: SIM115 - DaemonProcess closes it (as in its own start)
-    daemon._log.write(f"\n===== start {daemon.starts + 1} (bench/waits.py) =====\n".encode())
-    daemon._log.flush()
-    command = [sys.executable] + (["-c", PROFILE_WRAPPER, str(profile)] if profile else ["-m", "runner"])
-    command += ["serve", "--config", str(daemon.config_path)]
-    started = time.perf_counter()
-    daemon.process = subprocess.Popen(command, cwd=daemon.root, env=daemon.env(), stdout=daemon._log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    daemon.starts += 1
-    deadline = time.monotonic() + min(READY_DEADLINE, budget.left())
-    with httpx.Client(timeout=2.0) as probe:
-        while True:
-            if daemon.process.poll() is not None:
-                code = daemon.process.returncode
-                daemon._reap()
-                raise SystemExit(f"the daemon exited with {code} before it was ready:\n{daemon.log_tail()}")
-            try:
-                if probe.get(f"{daemon.url}/api/v1/health").status_code == 200:
-                    return started, time.perf_counter() - started
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                daemon.kill()
-                raise SystemExit(f"the daemon was not ready within {READY_DEADLINE:.0f}s:\n{daemon.log_tail()}")
-            time.sleep(HEALTH_POLL)
+    program = [sys.executable, "-c", PROFILE_WRAPPER, str(profile)] if profile else None
+    try:
+        daemon.start(program=program, poll=HEALTH_POLL, deadline=min(READY_DEADLINE, budget.left()))
+    except AssertionError as exc:
+        raise SystemExit(str(exc)) from None
+    return daemon.started_at, daemon.ready_after
 
 
 def health(daemon: DaemonProcess) -> dict:

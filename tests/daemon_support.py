@@ -143,6 +143,7 @@ class DaemonProcess:
         self._log = None
         self._clients: dict[str, httpx.Client] = {}
         self.starts = 0
+        self.started_at = self.ready_after = 0.0  # of the latest start: perf_counter at Popen, seconds to health
 
     # ---- lifecycle ------------------------------------------------------------
 
@@ -153,17 +154,23 @@ class DaemonProcess:
         environ.update(self.extra_env)
         return environ
 
-    def start(self) -> "DaemonProcess":
+    def start(self, *, program: list[str] | None = None, poll: float = 0.05,
+              deadline: float = START_DEADLINE) -> "DaemonProcess":
+        """Start `signoff serve` (or `program` + the serve arguments) and wait until health answers 200.
+
+        Sets `started_at` (perf_counter at Popen) and `ready_after` (seconds until that 200).
+        """
         assert self.process is None, "the daemon is already running"
         self._log = open(self.log_path, "ab")
         self._log.write(f"\n===== start {self.starts + 1} =====\n".encode())
         self._log.flush()
+        self.started_at = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner", "serve", "--config", str(self.config_path)],
+            [*(program or [sys.executable, "-m", "runner"]), "serve", "--config", str(self.config_path)],
             cwd=self.root, env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
         self.starts += 1
-        deadline = time.monotonic() + START_DEADLINE
+        give_up = time.monotonic() + deadline
         with httpx.Client(timeout=2.0) as probe:
             while True:
                 if self.process.poll() is not None:
@@ -172,13 +179,14 @@ class DaemonProcess:
                     raise AssertionError(f"the daemon exited with {code} before it was ready:\n{self.log_tail()}")
                 try:
                     if probe.get(f"{self.url}/api/v1/health").status_code == 200:
+                        self.ready_after = time.perf_counter() - self.started_at
                         return self
                 except httpx.TransportError:
                     pass
-                if time.monotonic() > deadline:
+                if time.monotonic() > give_up:
                     self.kill()
-                    raise AssertionError(f"the daemon was not ready within {START_DEADLINE:.0f}s:\n{self.log_tail()}")
-                time.sleep(0.05)
+                    raise AssertionError(f"the daemon was not ready within {deadline:.0f}s:\n{self.log_tail()}")
+                time.sleep(poll)
 
     def stop(self) -> int | None:
         """SIGTERM, wait for a graceful exit (SIGKILL after 10 s); the exit code."""
