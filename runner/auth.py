@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import secrets
+from runner.datadir import make_dir
 from runner.errors import ConfigError
 
 ROLES = frozenset({"run", "approve", "admin"})
@@ -80,7 +81,7 @@ def local_token(data_dir: Path) -> str:
     path = data_dir / TOKEN_FILE
     if path.exists():
         return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(data_dir)
     token = random_tokens.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,10 +26,10 @@ from typing import Any, Iterator
 
 import semver
 
+from runner.datadir import FILE_MODE, make_dir, open_append, write_atomic
 from runner.errors import NotFound, UsageError
 from runner.flowfile import check_bytes
 from runner.releases import FlowRepo, Refs
-from runner.store import atomic_write
 from runner.timeutil import Clock, rfc3339
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ class State:
 
     @contextmanager
     def locked(self) -> Iterator["State"]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "lock", "a+") as handle:
+        make_dir(self.dir)
+        with open(os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE), "r+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield self
@@ -87,13 +88,15 @@ class State:
             return default
 
     def save(self, name: str, value: Any) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.dir / f"{name}.json", (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+        make_dir(self.dir)
+        write_atomic(self.dir / f"{name}.json", (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
 
     def append_history(self, entry: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "history.jsonl", "a") as handle:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        make_dir(self.dir)
+        with open_append(self.dir / "history.jsonl") as handle:
+            handle.write((json.dumps(entry, sort_keys=True) + "\n").encode())
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def history_by_flow(self) -> dict[str | None, list[dict[str, Any]]]:
         grouped: dict[str | None, list[dict[str, Any]]] = {}

@@ -14,7 +14,7 @@ from croniter import croniter
 
 from runner.errors import Unauthorized
 from runner.model import Flow
-from runner.store import atomic_write
+from runner.datadir import make_dir, write_atomic
 from runner.timeutil import parse_duration
 
 
@@ -72,8 +72,8 @@ class ScheduleState:
         if last is not None and last >= slot:
             return False
         self.fired[self.key(flow, index)] = slot.isoformat()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, json.dumps(self.fired, indent=1, sort_keys=True).encode())
+        make_dir(self.path.parent)
+        write_atomic(self.path, json.dumps(self.fired, indent=1, sort_keys=True).encode())
         return True
 
     def first_due(self, flow: str, index: int, schedule: dict[str, Any], now: datetime) -> datetime:
