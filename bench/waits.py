@@ -431,7 +431,7 @@ BREAKDOWN = [  # (label, file suffix or "~" for builtins, function name)
     ("      Store.write_snapshot", "runner/store.py", "write_snapshot"),
     ("    _Driver.step_context", "runner/engine.py", "step_context"),
     ("Store.read_run (all callers)", "runner/store.py", "read_run"),
-    ("atomic_write (all callers)", "runner/store.py", "atomic_write"),
+    ("write_atomic (all callers)", "runner/datadir.py", "write_atomic"),
     ("fsync_dir", "runner/store.py", "fsync_dir"),
     ("os.fsync (all callers)", "~", "<built-in method posix.fsync>"),
     ("open() (all callers)", "~", "<built-in method io.open>"),

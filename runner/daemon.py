@@ -28,7 +28,7 @@ from typing import Any
 from runner.auth import User, Users
 from runner.config import Config
 from runner.engine import SHUTDOWN, Engine
-from runner.errors import Conflict, Forbidden, Invalid, NotFound, StoreError
+from runner.errors import Conflict, FlowInvalid, Forbidden, IntegrityError, Invalid, NotFound, RunLocked, StoreError
 from runner.flowfile import check_file, expand_paths
 from runner.gitops import GitOps
 from runner.inbox import INLINE_LIMIT, Inbox, entry_for
@@ -45,6 +45,7 @@ from runner.triggers import ScheduleState, next_slot, schedules, verify_signatur
 
 log = logging.getLogger(__name__)
 STEP_KINDS = ("shell", "ssh", "http", "set", "wait", "approval", "callback", "notify")
+LOCKED_RETRY_SECONDS = 0.5
 
 
 class Daemon:
@@ -65,10 +66,10 @@ class Daemon:
         self._stopped: set[tuple[str, str]] = set()  # detached workers already killed (run, step)
         self._targets: dict[str, tuple[str, str, dict]] = {}  # callback token -> (run, step, spec)
         self._open_steps: set[tuple[str, str]] = set()  # (run, callback step) known to take a callback now
-        self.inbox = store.inbox = Inbox(store.data_dir / "inbox.jsonl", fsync=store.fsync)
+        self.inbox = Inbox(store.data_dir / "inbox.jsonl", fsync=store.fsync)
         self.engine = Engine(store, work_dir=work_dir, config=config, clock=self.clock, masker=config.masker,
                              users=users, public_url=self.public_url, listener=self._on_event,
-                             accepts_messages=True)
+                             accepts_messages=True, mailbox=self.inbox)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()  # gone when unused
         self._tasks: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()
@@ -89,10 +90,11 @@ class Daemon:
             load_kind(kind)
         await self.gitops.reconcile("start")
         kept = self.inbox.load(self._still_expected)
+        self.store.sweep_shared()
         self._monitor = self._supervised(self._timer_loop(), "timers")
         self._watcher = self._supervised(self.gitops.watch(), "ref-watcher")
         resumed = parked = 0
-        for run in self.store.list_runs(limit=10_000_000, active_only=True):
+        for run in self._runs_at_start():
             self._expect_callbacks(run)
             if run["status"] == "waiting" and self._parked_quietly(run):
                 parked += 1  # nothing to do until its timer fires or an answer comes
@@ -105,6 +107,26 @@ class Daemon:
         gc.freeze()
         log.info("daemon started; %d runs resumed, %d waiting, %d callbacks accepted and not yet recorded", resumed,
                  parked, kept, extra={"event": "daemon_started"})
+
+    def _runs_at_start(self) -> list[dict[str, Any]]:
+        """The active runs, each as its log says: a snapshot a crash left behind its log is rewritten
+        first (a run that ended after it was parked must not look parked), and what a dead writer
+        left in a run folder (temp files, attempts' work folders) is removed."""
+        active = []
+        for found in self.store.scan():
+            run = found.snapshot
+            if found.lags or found.leftovers:
+                try:
+                    run = self.engine.repair(found.run_id)
+                except RunLocked:  # a `run --local` process is advancing it: its record as it stands
+                    run = self.store.read_run(found.run_id)
+                except (NotFound, IntegrityError, FlowInvalid) as exc:
+                    log.warning("run %s cannot be resumed: %s", found.run_id, getattr(exc, "message", exc),
+                                extra={"event": "run_unreadable", "run_id": found.run_id})
+                    continue
+            if run is not None and not is_terminal(run["status"]):
+                active.append(run)
+        return active
 
     def _still_expected(self, run_id: str, step_id: str) -> bool:
         """Whether an accepted callback is still to be recorded by its run (inbox entries at start-up)."""
@@ -122,9 +144,7 @@ class Daemon:
             return False
         if step in (run.get("callbacks_received") or {}):
             return False  # answered before a crash cut the step short: settle it now
-        if self.store.log_size(run["id"]) != (run.get("events") or {}).get("bytes"):
-            return False  # events the snapshot does not show yet: let the engine read them
-        if parse_rfc3339(state["wake_at"]) <= self.clock.now() or self.store.read_callback(run["id"], step):
+        if parse_rfc3339(state["wake_at"]) <= self.clock.now() or self.inbox.get(run["id"], step):
             return False
         self._watch(run)
         return True
@@ -207,6 +227,12 @@ class Daemon:
             return
         task = asyncio.create_task(self._advance(run_id), name=f"run:{run_id}")
         self._tasks[run_id] = task
+        # a task cancelled before it started never runs its body (nor its `finally`): forget it when done too
+        task.add_done_callback(lambda done: self._forget_task(run_id, done))
+
+    def _forget_task(self, run_id: str, task: asyncio.Task | None) -> None:
+        if task is not None and self._tasks.get(run_id) is task:
+            del self._tasks[run_id]
 
     async def _advance(self, run_id: str) -> None:
         try:
@@ -220,11 +246,16 @@ class Daemon:
                 if run_id not in self._again or is_terminal(run["status"]):
                     return
         except asyncio.CancelledError:
-            pass
+            pass  # a cancel (the engine recorded it) or the daemon stopping (the run stays resumable)
+        except RunLocked:
+            # another process (a `run --local`, a CLI repair) has the run's log: try again shortly
+            log.info("run %s is held by another process; retrying", run_id,
+                     extra={"event": "advance_deferred", "run_id": run_id})
+            asyncio.get_running_loop().call_later(LOCKED_RETRY_SECONDS, self.schedule, run_id)
         except Exception:
             log.exception("advancing run %s failed", run_id, extra={"event": "advance_failed", "run_id": run_id})
         finally:
-            self._tasks.pop(run_id, None)
+            self._forget_task(run_id, asyncio.current_task())  # at once: a schedule() right after starts anew
 
     def _lock(self, run_id: str) -> asyncio.Lock:
         lock = self._locks.get(run_id)
@@ -271,6 +302,9 @@ class Daemon:
             raise Forbidden(f"{user.name} may not decide approvals (needs the approve role)")
         message = {"type": "decision", "user": user, **{k: body.get(k) for k in
                                                          ("decision", "comment", "inputs", "context_sha256")}}
+        # refused at once, whatever the run is doing: never queued behind an earlier step to land on
+        # a later wait (the engine checks again under the run's lock)
+        self.engine.check_waiting(self.store.read_run(run_id), step_id)
         async with self._lock(run_id):
             receipt, run = self.engine.deliver(run_id, step_id, message)
         if receipt.outcome:
@@ -318,7 +352,8 @@ class Daemon:
         """
         run_id, step_id, spec = self.callback_target(token)
         existing = self.inbox.get(run_id, step_id)
-        if existing is None and not self.inbox.busy(run_id, step_id) and (run_id, step_id) not in self._open_steps:
+        known_open = (run_id, step_id) in self._open_steps
+        if existing is None and not self.inbox.busy(run_id, step_id) and not known_open:
             run = self.store.read_run(run_id)
             existing = (run.get("callbacks_received") or {}).get(step_id)
             if existing is None:
@@ -334,6 +369,9 @@ class Daemon:
                 entry = await asyncio.to_thread(entry_for, self.store, run_id, step_id, body, at=at)
             else:
                 entry = entry_for(self.store, run_id, step_id, body, at=at)
+            if known_open and (run_id, step_id) not in self._open_steps and not self.inbox.get(run_id, step_id):
+                # the step ended while the body was checked: decided here, with no await before the accept
+                raise Conflict(f"step '{step_id}' is no longer waiting for a callback")
             accepted, existing = await self.inbox.accept(run_id, step_id, entry)
             if accepted:
                 self.schedule(run_id)
@@ -351,16 +389,23 @@ class Daemon:
         run = self.store.read_run(run_id)
         if not (user.can("admin") or (user.can("run") and run.get("started_by") == user.name)):
             raise Forbidden(f"{user.name} may cancel only runs they started (admins: any)")
+        if is_terminal(run["status"]):
+            raise Conflict(f"run {run_id} already ended {run['status']}")
         reason = f"cancelled by {user.name}"
+        for step_id in run.get("callbacks") or {}:  # a callback being committed now is recorded, not dropped
+            await self.inbox.close_step(run_id, step_id)
         task = self._tasks.get(run_id)
         if task is not None:
             self._again.discard(run_id)
             task.cancel(reason)
             await asyncio.wait([task], timeout=10)
-            return self.store.read_run(run_id)
+            if not task.done():
+                return self.store.read_run(run_id)  # its step is still being stopped; the cancel is under way
         async with self._lock(run_id):
-            run = self.engine.cancel(run_id, reason)
-        return run
+            run = self.store.read_run(run_id)
+            if is_terminal(run["status"]):
+                return run  # the advance recorded the cancel (or ended first)
+            return self.engine.cancel(run_id, reason)
 
     def pending_for(self, user: User) -> list[dict[str, Any]]:
         """Approvals waiting that `user` may decide."""

@@ -31,7 +31,8 @@ from runner.flowfile import load_flow_bytes
 from runner.model import Flow, Step
 from runner.secrets import Masker
 from runner.status import RunStatus, StepStatus, TERMINAL_STEP, is_terminal
-from runner.steps import Done, Expired, Park, Receipt, StepContext, load_kind
+from runner.steps import Done, Expired, Mailbox, Park, Receipt, StepContext, load_kind
+from runner.steps.callback import received_event
 from runner.store import EventLog, Store
 from runner.timeutil import Clock, format_duration, parse_rfc3339, rfc3339
 
@@ -56,7 +57,7 @@ class Engine:
                  masker: Masker | None = None, output_threshold: int = OUTPUT_THRESHOLD,
                  listener: Listener | None = None,
                  rng: random.Random | None = None, users: Any = None, public_url: str | None = None,
-                 accepts_messages: bool = False) -> None:
+                 accepts_messages: bool = False, mailbox: Mailbox | None = None) -> None:
         self.store = store
         self.work_dir = Path(work_dir)
         self.config = config
@@ -68,6 +69,7 @@ class Engine:
         self.users = users
         self.public_url = public_url.rstrip("/") if public_url else None
         self.accepts_messages = accepts_messages  # a daemon is there to take decisions and callbacks
+        self.mailbox = mailbox  # callbacks accepted for runs but not yet recorded by them (the daemon's inbox)
         self.evaluator = Evaluator()
         self._flows: dict[str, Flow] = {}  # validated flow copies by sha256: each is checked once
         self._run_flows: dict[str, Flow] = {}  # run id -> its flow (a run never changes flow)
@@ -81,8 +83,7 @@ class Engine:
         run_id = self.store.create_run_dir(self.clock.now(), flow.source)
         self._remember(flow)
         tokens = {s.id: random_tokens.token_urlsafe(32) for s in flow.steps if s.kind == "callback"}
-        for step_id, token in tokens.items():
-            self.store.index_callback(token, run_id, step_id)
+        self.store.index_callbacks(run_id, tokens)
         driver = _Driver(self, run_id, {}, flow, self.store.open_log(run_id))
         try:
             driver.record("run_created", run={
@@ -121,6 +122,36 @@ class Engine:
             driver.cancel(reason)
             return driver.run
 
+    def check_waiting(self, run: dict[str, Any], step_id: str) -> None:
+        """Conflict unless the step waits for an answer right now, before its deadline.
+
+        Checked before a decision waits for the run's lock and again under it: a decision is
+        for the wait it was made on, and a timeout never loses to a late answer.
+        """
+        if is_terminal(run["status"]):
+            raise Conflict(f"run {run['id']} already ended {run['status']}")
+        state = run["steps"].get(step_id)
+        if state is None:
+            raise NotFound(f"run {run['id']} has no step '{step_id}'")
+        if state["status"] != StepStatus.WAITING.value:
+            raise Conflict(f"step '{step_id}' is not waiting for a decision (it is {state['status']})")
+        if state.get("wake_at") and self.clock.now() >= parse_rfc3339(state["wake_at"]):
+            raise Conflict(f"step '{step_id}' passed its deadline ({state['wake_at']}); a timeout never loses "
+                           "to a late answer")
+
+    def repair(self, run_id: str) -> dict[str, Any]:
+        """The run as its log says, with run.json rewritten if it lagged and a dead writer's leftovers removed.
+
+        For start-up: a run nobody is advancing. Raises RunLocked if another process holds it.
+        """
+        with self._driver(run_id) as driver:
+            removed = self.store.sweep(run_id)
+            if removed or driver.behind:
+                log.info("run %s repaired: %s", run_id, ", ".join(
+                    (["run.json rewritten from its log"] if driver.behind else []) + [f"removed {r}" for r in removed]),
+                    extra={"event": "run_repaired", "run_id": run_id})
+            return driver.run
+
     def note(self, run_id: str, kind: str, **fields: Any) -> None:
         """Append a history-only event (a notification's delivery, say)."""
         with self._driver(run_id) as driver:
@@ -144,7 +175,11 @@ class Engine:
                 run = record.fold(log_file.tail)
                 if not run:
                     raise NotFound(f"run {run_id} has no events")
-            return _Driver(self, run_id, run, self.flow_of(run_id, run.get("flow_sha256")), log_file)
+            driver = _Driver(self, run_id, run, self.flow_of(run_id, run.get("flow_sha256")), log_file)
+            # events the snapshot does not show (a crash came between them): whoever opens the run
+            # next rewrites run.json as it closes it, whether or not it writes an event itself
+            driver.behind = bool(log_file.tail)
+            return driver
         except BaseException:
             log_file.close()
             raise
@@ -304,17 +339,36 @@ class _Driver:
         self.hold = hold
         try:
             await self.run_steps()
+            if is_terminal(self.run["status"]):
+                await self.close_mailbox()
+            # the end or the park of the run (events, snapshot) is written here, off the event loop
+            await self.flush_off_loop()
         except asyncio.CancelledError as exc:
+            # also while the park is being written: the park is on disk by then, and the cancel follows it
             reason = str(exc.args[0]) if exc.args and exc.args[0] else "cancelled"
-            if reason != SHUTDOWN:
+            if reason != SHUTDOWN and not is_terminal(self.run["status"]):
                 self.cancel(reason)
             self.flush(force=True)
             raise
         except BaseException:
             self.flush(force=True)
             raise
-        # the end or the park of the run (events, snapshot) is written here, off the event loop
-        await self.flush_off_loop()
+
+    async def close_mailbox(self) -> None:
+        """As the run ends: callbacks accepted for steps it never reached are recorded, not dropped."""
+        mailbox = self.engine.mailbox
+        if mailbox is None:
+            return
+        for step_id in self.run.get("callbacks") or {}:
+            if step_id in (self.run.get("callbacks_received") or {}):
+                continue
+            entry = await mailbox.close_step(self.run_id, step_id)
+            self.record_unused(step_id, entry)
+
+    def record_unused(self, step_id: str, entry: dict[str, Any] | None) -> None:
+        if entry is not None and step_id not in (self.run.get("callbacks_received") or {}):
+            event = received_event(entry, started=self.run["steps"][step_id].get("started_at"), unused=True)
+            self.record(event.pop("type"), step=step_id, flush=False, **self.engine.masker.mask(event))
 
     async def run_steps(self) -> None:
         if self.run["status"] == RunStatus.QUEUED.value:
@@ -404,6 +458,9 @@ class _Driver:
 
     def cancel(self, reason: str) -> None:
         self.pending.clear()  # a half-built batch was never acknowledged
+        if self.engine.mailbox is not None:
+            for step_id in self.run.get("callbacks") or {}:
+                self.record_unused(step_id, self.engine.mailbox.get(self.run_id, step_id))
         current = self.run.get("current_step")
         if current and self.run["steps"][current]["status"] not in {s.value for s in TERMINAL_STEP}:
             self.record("step_finished", step=current, status=StepStatus.CANCELLED.value, error=reason, flush=False)
@@ -483,7 +540,7 @@ class _Driver:
         return StepContext(
             run=self.run, step=step, spec=spec, attempt=attempt, run_dir=self.engine.store.run_dir(self.run_id),
             work_dir=self.engine.work_dir, env=env, clock=self.engine.clock, store=self.engine.store,
-            config=self.engine.config, users=self.engine.users,
+            config=self.engine.config, users=self.engine.users, mailbox=self.engine.mailbox,
             callback_url=lambda step_id: self.engine.callback_url(tokens[step_id]) if step_id in tokens else None,
             evaluate=lambda value, field: evaluator.render(value, context, step=step.id, field=field),
             public_url=self.engine.public_url,
@@ -510,6 +567,11 @@ class _Driver:
             return PARKED  # drive() writes the park as it returns
         self.flush(force=True)
         await self.engine.clock.sleep(remaining)
+        if self.engine.mailbox is not None:  # no callback may be accepted once the wait is over
+            await self.engine.mailbox.close_step(self.run_id, step.id)
+            settled = self.settle(step, kind, ctx)
+            if settled is not None:
+                return settled
         try:
             result = await kind.wake(ctx)
         except StepFailed as exc:
@@ -546,8 +608,7 @@ class _Driver:
         kind = load_kind(step.kind)
         if not hasattr(kind, "receive"):
             raise Conflict(f"step '{step_id}' is a {step.kind} step; it takes no decisions")
-        if is_terminal(self.run["status"]):
-            raise Conflict(f"run {self.run_id} already ended {self.run['status']}")
+        self.engine.check_waiting(self.run, step_id)
         ctx = self.step_context(step, kind, self.run["steps"][step_id]["attempts"], render=False)
         receipt = kind.receive(ctx, message)
         if not receipt.duplicate:

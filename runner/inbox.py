@@ -22,8 +22,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.errors import StoreError
-from runner.store import Store, fsync_dir
+from runner.datadir import FILE_MODE, write_atomic
+from runner.errors import Conflict, StoreError
+from runner.store import Store
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (run id, step id)
@@ -37,6 +38,7 @@ class Inbox:
         self.fsync = fsync
         self._entries: dict[Key, dict[str, Any]] = {}  # durable, not yet consumed
         self._inflight: dict[Key, tuple[dict[str, Any], asyncio.Future]] = {}
+        self._closed: set[Key] = set()  # steps that take no callback any more (timed out, run ended)
         self._batch: list[Key] = []
         self._committer: asyncio.Task | None = None
         self._consumed = 0  # journal lines whose entries are no longer needed
@@ -98,6 +100,9 @@ class Inbox:
             first, committed = self._inflight[key]
             await asyncio.shield(committed)
             return False, first
+        if key in self._closed:
+            raise Conflict(f"step '{step_id}' of run {run_id} is no longer waiting for a callback",
+                           hint="its deadline passed or its run ended before the callback came")
         committed = asyncio.get_running_loop().create_future()
         self._inflight[key] = (entry, committed)
         self._batch.append(key)
@@ -106,8 +111,24 @@ class Inbox:
         await asyncio.shield(committed)
         return True, entry
 
+    async def close_step(self, run_id: str, step_id: str) -> dict[str, Any] | None:
+        """Take no new callback for the step; wait for one being committed. The entry, if one won.
+
+        Called by the run's writer before it ends a wait without an answer, so a callback is
+        either in the run's record or refused (409), never acknowledged and then dropped.
+        """
+        key = (run_id, step_id)
+        self._closed.add(key)
+        if key in self._inflight:
+            try:
+                await asyncio.shield(self._inflight[key][1])
+            except StoreError:
+                pass  # it was not written, and its sender was told so
+        return self._entries.get(key)
+
     def consumed(self, run_id: str, step_id: str) -> None:
         """The run recorded this callback (or ended): the entry is no longer needed."""
+        self._closed.discard((run_id, step_id))
         if self._entries.pop((run_id, step_id), None) is not None:
             self._consumed += 1
             if self._consumed >= COMPACT_AFTER and self._committer is None:
@@ -170,19 +191,11 @@ class Inbox:
     def _rewrite(self, entries: dict[Key, dict[str, Any]]) -> None:
         """Replace the journal with `entries`, a copy taken on the loop (tmp + fsync + rename)."""
         self._close_file()
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(b"".join(_line(key, entry) for key, entry in entries.items()))
-            handle.flush()
-            if self.fsync:
-                os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        if self.fsync:
-            fsync_dir(self.path.parent)
+        write_atomic(self.path, b"".join(_line(key, entry) for key, entry in entries.items()), fsync=self.fsync)
 
     def _open(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         return self._fd
 
     def _close_file(self) -> None:

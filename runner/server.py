@@ -22,20 +22,23 @@ from starlette.routing import Route
 from runner import __version__
 from runner.auth import User
 from runner.daemon import Daemon
-from runner.errors import (Conflict, Forbidden, Invalid, NotFound, SignoffError, TooLarge, Unauthorized,
-                           UsageError)
+from runner.errors import (Conflict, Forbidden, Invalid, NotFound, RunLocked, SignoffError, TooLarge,
+                           Unauthorized, UsageError)
 from runner.flowfile import FlowInvalid
 from runner.steps.callback import MAX_DEPTH, json_depth
 
 log = logging.getLogger(__name__)
 BODY_LIMIT = 1024 * 1024
 STATUS = {Unauthorized: 401, Forbidden: 403, NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422,
-          UsageError: 422, FlowInvalid: 422}
+          UsageError: 422, FlowInvalid: 422, RunLocked: 503}
+RETRY_AFTER = {RunLocked: "1"}  # the run is busy for a moment (another process has its log): ask again
 
 
 def error_response(exc: SignoffError) -> JSONResponse:
     status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
-    return JSONResponse({"error": exc.to_dict()}, status_code=status)
+    retry = next((after for kind, after in RETRY_AFTER.items() if isinstance(exc, kind)), None)
+    return JSONResponse({"error": exc.to_dict()}, status_code=status,
+                        headers={"Retry-After": retry} if retry else None)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from runner import record
-from runner.errors import IntegrityError, NotFound, RunLocked, SignoffError, StoreError
+from runner.datadir import (FileLock, fsync_dir, is_leftover, make_dir, make_private, open_append, publish,
+                            write_atomic)
+from runner.errors import IntegrityError, NotFound, RunLocked, StoreError
 
 GENESIS = "0" * 64
 RUN_ID = re.compile(r"^[0-9]{8}t[0-9]{6}z-[0-9a-f]{8}$")
@@ -34,24 +36,6 @@ RES_PREFIX = "res://"
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        if fsync:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class EventLog:
@@ -67,7 +51,8 @@ class EventLog:
         self.count = 0
         self.last_sha256 = GENESIS
         self.tail: list[dict[str, Any]] = []  # the events read by resume()
-        self._handle: BinaryIO = open(path, "a+b")  # appends go to the end; resume() reads from a position
+        # appends go to the end; resume() reads from a position. A new log's name is fsynced in its directory.
+        self._handle: BinaryIO = open_append(path, fsync=fsync)
         try:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -137,29 +122,19 @@ class Verification:
         return {"run": self.run_id, "ok": self.ok, "events": self.events, "problems": self.problems}
 
 
-class FileLock:
-    """An exclusive fcntl lock on a file, never waited for: `busy` is raised when another process has it."""
+@dataclass
+class RunFiles:
+    """One run folder as `Store.scan` found it."""
 
-    def __init__(self, path: Path, busy: SignoffError) -> None:
-        self.path = path
-        self.busy = busy
-        self._fd: int | None = None
+    run_id: str
+    snapshot: dict[str, Any] | None
+    log_size: int
+    lags: bool          # no snapshot, or events after it: the record is the fold, not run.json
+    leftovers: bool     # temp files or work folders of a writer that died
 
-    def __enter__(self) -> "FileLock":
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise self.busy from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    @property
+    def status(self) -> str | None:
+        return self.snapshot.get("status") if self.snapshot else None
 
 
 class Store:
@@ -168,7 +143,6 @@ class Store:
         self.runs_dir = self.data_dir / "runs"
         self.resources_dir = self.data_dir / "resources"
         self.fsync = fsync
-        self.inbox: Any = None  # a daemon attaches its runner.inbox.Inbox
 
     # ---- runs -------------------------------------------------------------
 
@@ -179,17 +153,20 @@ class Store:
 
     def create_run_dir(self, now: datetime, flow_source: str) -> str:
         try:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.runs_dir, fsync=self.fsync)
         except OSError as exc:
             raise StoreError(f"cannot create {self.runs_dir}: {exc.strerror}",
                              hint="check the data directory (--data / SIGNOFF_DATA) is writable") from None
         for _ in range(100):
             run_id = self.new_run_id(now)
             try:
-                (self.runs_dir / run_id).mkdir()
+                os.mkdir(self.runs_dir / run_id, 0o700)
             except FileExistsError:
                 continue
-            atomic_write(self.runs_dir / run_id / "flow.yaml", flow_source.encode(), fsync=self.fsync)
+            # flow.yaml's rename fsyncs the run directory; that fsync of runs/ makes the directory itself durable
+            write_atomic(self.runs_dir / run_id / "flow.yaml", flow_source.encode(), fsync=self.fsync)
+            if self.fsync:
+                fsync_dir(self.runs_dir)
             return run_id
         raise StoreError("could not allocate a run id")
 
@@ -213,7 +190,8 @@ class Store:
 
     def daemon_lock(self) -> FileLock:
         """Held by the daemon serving this data dir: a second one would interleave the callback inbox."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.data_dir, fsync=self.fsync)
+        make_private(self.data_dir)
         return FileLock(self.data_dir / "daemon.lock", StoreError(
             f"another signoff daemon is already serving the data dir {self.data_dir}",
             hint="stop it first, or give this daemon its own data dir (--data)"))
@@ -222,8 +200,11 @@ class Store:
         return (self.run_dir(run_id) / "flow.yaml").read_text()
 
     def write_snapshot(self, run: dict[str, Any], log: EventLog) -> None:
+        """Replace run.json. Its directory is not fsynced: the log is the truth, and a rename lost to a
+        power loss leaves an older snapshot (or none), which every writer and start-up repair from the log."""
         run["events"] = {"count": log.count, "last_sha256": log.last_sha256, "bytes": log.size}
-        atomic_write(self.run_dir(run["id"]) / "run.json", (_dumps(run) + "\n").encode(), fsync=self.fsync)
+        write_atomic(self.run_dir(run["id"]) / "run.json", (_dumps(run) + "\n").encode(), fsync=self.fsync,
+                     durable_name=False)
 
     def read_snapshot(self, run_id: str) -> dict[str, Any]:
         path = self.run_dir(run_id) / "run.json"
@@ -250,6 +231,12 @@ class Store:
         for event in tail:
             record.apply(run, event)
         return run
+
+    def _fold_log(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return record.fold(list(self.read_events(run_id))) or None
+        except (OSError, ValueError, KeyError):
+            return None
 
     def _events_from(self, run_id: str, offset: int) -> Iterator[dict[str, Any]]:
         path = self.run_dir(run_id) / "events.jsonl"
@@ -282,7 +269,10 @@ class Store:
             try:
                 run = self.read_snapshot(name)
             except (NotFound, IntegrityError):
-                continue
+                # a run whose log exists is a run, even if a crash came before its first snapshot
+                run = self._fold_log(name)
+                if run is None:
+                    continue
             if flow and run.get("flow") != flow or status and run.get("status") != status:
                 continue
             if active_only and run.get("status") not in ("queued", "running", "waiting"):
@@ -328,8 +318,11 @@ class Store:
             result.problems.append(f"run.json records {count} events ending in {claimed.get('last_sha256', '')[:12]}, "
                                    f"but events.jsonl has {len(hashes)} valid ones (truncated or altered)")
             return result
-        if snapshot.get("finished_at") and count != len(events):
-            result.problems.append(f"the run finished after {count} events but events.jsonl has {len(events)}")
+        if count < len(events) and record.fold(events).get("finished_at"):
+            # a run that has ended is advanced by nobody, so its snapshot must be current: a lag is a
+            # crash between the last event and the snapshot that start-up did not repair (yet)
+            result.problems.append(f"run.json lags its log: it reflects {count} of {len(events)} events "
+                                   f"(the daemon rewrites it from the log at start-up)")
         rebuilt = record.fold(events[:count])
         rebuilt["events"] = claimed
         if json.loads(_dumps(rebuilt)) != snapshot:
@@ -337,14 +330,73 @@ class Store:
             result.problems.append(f"run.json does not match its events (differs in: {', '.join(differing)})")
         return result
 
+    def scan(self) -> Iterator["RunFiles"]:
+        """Every run folder as it is on disk, for start-up: the snapshot, whether the log has events it
+        does not reflect, and whether a dead writer left something behind. One pass, no log read."""
+        if not self.runs_dir.is_dir():
+            return
+        for name in sorted(os.listdir(self.runs_dir)):
+            if not RUN_ID.match(name):
+                continue
+            try:
+                snapshot: dict[str, Any] | None = self.read_snapshot(name)
+            except (NotFound, IntegrityError):
+                snapshot = None
+            log_size, leftovers = 0, False
+            with os.scandir(self.runs_dir / name) as entries:
+                for entry in entries:
+                    if entry.name == "events.jsonl":
+                        log_size = entry.stat().st_size
+                    elif entry.name == "work" or is_leftover(entry.name):
+                        leftovers = True
+            lags = snapshot is None or (snapshot.get("events") or {}).get("bytes", 0) != log_size
+            yield RunFiles(name, snapshot, log_size, lags, leftovers)
+
+    def sweep(self, run_id: str) -> list[str]:
+        """Remove what a dead writer of this run left: temp files, and cut-short attempts' work folders.
+
+        Only for a run whose writer lock the caller holds. The work folders hold an attempt's
+        raw, unmasked output, so they must not outlive the attempt.
+        """
+        folder = self.run_dir(run_id)
+        removed = []
+        for entry in os.scandir(folder):
+            if entry.is_file() and is_leftover(entry.name):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        if (folder / "work").is_dir():
+            shutil.rmtree(folder / "work", ignore_errors=True)
+            removed.append("work/")
+        return removed
+
+    def sweep_shared(self) -> list[str]:
+        """Temp files of dead writers outside the run folders (resources, callback index, release state)."""
+        removed = []
+        for folder in (self.resources_dir, self.data_dir / "callbacks", self.data_dir / "releases", self.data_dir):
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if entry.is_file() and is_leftover(entry.name):
+                    os.unlink(entry.path)
+                    removed.append(f"{folder.name}/{entry.name}")
+        return removed
+
     # ---- callback tokens ------------------------------------------------------
 
-    def index_callback(self, token: str, run_id: str, step_id: str) -> None:
-        """token sha256 -> (run, step), so a callback finds its run in O(1). The token itself is not stored here."""
+    def index_callbacks(self, run_id: str, tokens: dict[str, str]) -> None:
+        """token sha256 -> (run, step) for each step's token, so a callback finds its run in O(1).
+
+        The tokens themselves are not stored here. Each entry is durable before the run that hands
+        its URL out is created.
+        """
         folder = self.data_dir / "callbacks"
-        folder.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        atomic_write(folder / f"{digest}.json", _dumps({"run": run_id, "step": step_id}).encode(), fsync=self.fsync)
+        make_dir(folder, fsync=self.fsync)
+        for step_id, token in tokens.items():
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            write_atomic(folder / f"{digest}.json", _dumps({"run": run_id, "step": step_id}).encode(),
+                         fsync=self.fsync, durable_name=False)
+        if tokens and self.fsync:
+            fsync_dir(folder)  # one directory fsync for all of a run's entries
 
     def find_callback(self, token: str) -> tuple[str, str] | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
@@ -354,21 +406,16 @@ class Store:
             return None
         return entry["run"], entry["step"]
 
-    # ---- callbacks accepted but not yet recorded by their run (the daemon's inbox) -------
-
-    def read_callback(self, run_id: str, step_id: str) -> dict[str, Any] | None:
-        """The accepted callback waiting for this step, if a daemon's inbox is attached and holds one."""
-        return self.inbox.get(run_id, step_id) if self.inbox is not None else None
-
     # ---- resources ----------------------------------------------------------
 
     def put_resource(self, data: bytes | Path, *, media_type: str = "application/octet-stream",
                      name: str | None = None, run_id: str | None = None, step: str | None = None,
                      created_at: str | None = None) -> str:
         """Store bytes (or a file's bytes, streamed) by content; return `res://<sha256>`."""
-        self.resources_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.resources_dir, fsync=self.fsync)
         digest = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=self.resources_dir, prefix=".incoming-")
+        # named like every temp file (.<name>.<pid>.tmp), so start-up knows a dead writer's
+        fd, tmp_name = tempfile.mkstemp(dir=self.resources_dir, prefix=".incoming-", suffix=f".{os.getpid()}.tmp")
         size = 0
         with os.fdopen(fd, "wb") as out:
             if isinstance(data, Path):
@@ -386,15 +433,12 @@ class Store:
                 os.fsync(out.fileno())
         sha = digest.hexdigest()
         target = self.resources_dir / sha
-        if target.exists():
-            os.unlink(tmp_name)
-        else:
-            os.replace(tmp_name, target)
         meta_path = self.resources_dir / f"{sha}.json"
         if not meta_path.exists():
             meta = {"sha256": sha, "size": size, "media_type": media_type, "name": name, "run": run_id,
                     "step": step, "created_at": created_at}
-            atomic_write(meta_path, (_dumps(meta) + "\n").encode(), fsync=self.fsync)
+            write_atomic(meta_path, (_dumps(meta) + "\n").encode(), fsync=self.fsync, durable_name=False)
+        publish(Path(tmp_name), target, fsync=self.fsync)  # its directory fsync covers the metadata too
         return RES_PREFIX + sha
 
     def resource_path(self, ref: str) -> Path:

@@ -70,6 +70,14 @@ class Receipt:
     previous: dict[str, Any] | None = None
 
 
+class Mailbox(Protocol):
+    """Callbacks accepted for a run (durable) but not yet recorded by it: the daemon's inbox."""
+
+    def get(self, run_id: str, step_id: str) -> dict[str, Any] | None: ...
+
+    async def close_step(self, run_id: str, step_id: str) -> dict[str, Any] | None: ...
+
+
 @dataclass
 class StepContext:
     run: dict[str, Any]
@@ -90,6 +98,7 @@ class StepContext:
     mask: Callable[[Any], Any] = lambda value: value
     masking: bool = False  # whether there are secret values to mask at all
     masker: Any = None
+    mailbox: Mailbox | None = None  # None outside the daemon: nothing can arrive
 
     @property
     def draft(self) -> bool:

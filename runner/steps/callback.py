@@ -65,18 +65,26 @@ class CallbackKind:
 
     def settle(self, ctx: StepContext) -> Receipt | None:
         """A callback accepted into the run's inbox (early or while waiting) ends the wait."""
-        entry = ctx.store.read_callback(ctx.run["id"], ctx.step.id)
+        entry = ctx.mailbox.get(ctx.run["id"], ctx.step.id) if ctx.mailbox is not None else None
         recorded = (ctx.run.get("callbacks_received") or {}).get(ctx.step.id)
         if recorded is not None and ctx.run["steps"][ctx.step.id]["status"] == "waiting":
             # accepted and recorded, but the step was cut short before it finished
             return Receipt(outcome="succeeded", outputs={"payload": recorded["payload"], "received_at": recorded["at"]})
         if entry is None:
             return None
-        payload: Any = json.loads(entry["body"]) if "body" in entry else entry["resource"]  # large: res://
-        started = ctx.run["steps"][ctx.step.id].get("started_at") or ""
-        event = {"type": "callback_received", "payload": payload, "sha256": entry["sha256"],
-                 "bytes": entry["bytes"], "accepted_at": entry["at"], "early": entry["at"] < started}
-        return Receipt(event=event, outcome="succeeded", outputs={"payload": payload, "received_at": entry["at"]})
+        event = received_event(entry, started=ctx.run["steps"][ctx.step.id].get("started_at"))
+        return Receipt(event=event, outcome="succeeded",
+                       outputs={"payload": event["payload"], "received_at": entry["at"]})
+
+
+def received_event(entry: dict[str, Any], *, started: str | None, unused: bool = False) -> dict[str, Any]:
+    """The `callback_received` event of an inbox entry; `unused` when its run ended before the step."""
+    payload: Any = json.loads(entry["body"]) if "body" in entry else entry["resource"]  # large: res://
+    event = {"type": "callback_received", "payload": payload, "sha256": entry["sha256"], "bytes": entry["bytes"],
+             "accepted_at": entry["at"], "early": entry["at"] < (started or "")}
+    if unused:
+        event["unused"] = True
+    return event
 
 
 KIND = CallbackKind()
