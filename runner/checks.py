@@ -1,9 +1,13 @@
-"""The meaning of a flow, checked after its schema: what the schema cannot say.
+"""The meaning of a flow, checked beside its schema: what the schema cannot say.
 
 Each check yields located Problems with a rule name and a fix hint: step ids
-and jumps, expressions (syntax, unknown names, steps not yet run), deadlines,
-approver quorums, cron and time zones, and (given a config) connections,
-channels and secrets.
+and jumps, expressions (syntax, unknown names, filters and tests, steps not yet
+run), deadlines, approver quorums, steps an `end` makes unreachable, cron and
+time zones, and (given a config) connections, channels and secrets.
+
+The checks also run on a document the schema refused, so that one pass reports
+both: they read only what is still readable (a step needs a string `id` and
+`kind`; a field of the wrong type is skipped, the schema already names it).
 """
 
 from __future__ import annotations
@@ -15,24 +19,36 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from runner.errors import ExpressionError
-from runner.expressions import FUNCTIONS, ROOT_NAMES, iter_expressions, make_environment, references
+from runner.expressions import FUNCTIONS, ROOT_NAMES, has_expression, iter_expressions, make_environment, references
 from runner.timeutil import parse_duration, parse_rfc3339
 from runner.yamldoc import Document, Problem
 
 JUMP_FIELDS = {"on_error": ("fail", "continue"), "on_timeout": ("reject", "fail"), "on_reject": (),
                "rewind_to": (), "callback": ()}
 WAITING_KINDS = ("approval", "callback")
+DURATION_FIELDS = ("timeout", "remind_before", "duration")
+Steps = list[tuple[int, dict]]  # (position in the file, step) for every readable step
+
+
+def _readable_steps(data: dict) -> Steps:
+    steps = data.get("steps")
+    if not isinstance(steps, list):
+        return []
+    return [(i, step) for i, step in enumerate(steps)
+            if isinstance(step, dict) and isinstance(step.get("id"), str) and isinstance(step.get("kind"), str)]
 
 
 def semantic_problems(doc: Document, *, expect_name: str | None, config: Any = None) -> Iterator[Problem]:
     data = doc.plain
-    steps: list[dict] = data["steps"]
-    if expect_name is not None and data["name"] != expect_name:
+    if not isinstance(data, dict):
+        return
+    steps = _readable_steps(data)
+    if expect_name is not None and isinstance(data.get("name"), str) and data["name"] != expect_name:
         yield doc.problem(("name",), "name-mismatch",
                           f"flow name '{data['name']}' does not match its file name '{expect_name}'",
                           f"rename the flow to `name: {expect_name}` or the file to {data['name']}.yaml")
     index: dict[str, int] = {}
-    for i, step in enumerate(steps):
+    for i, step in steps:
         if step["id"] in index:
             yield doc.problem(("steps", i, "id"), "duplicate-step-id",
                               f"step id '{step['id']}' is already used by steps[{index[step['id']]}]",
@@ -42,6 +58,7 @@ def semantic_problems(doc: Document, *, expect_name: str | None, config: Any = N
     yield from _jumps(doc, steps, index)
     yield from _expressions(doc, data, steps, index)
     yield from _deadlines(doc, steps)
+    yield from _unreachable(doc, steps)
     if config is not None and not getattr(config, "declared", True):
         config = None  # no config file: names of connections and channels cannot be checked
     yield from _triggers(doc, data, config)
@@ -55,8 +72,8 @@ def _unknown_step(doc: Document, path: tuple, target: str, index: dict[str, int]
     return doc.problem(path, "unknown-step", f"'{target}' is not a step id of this flow", hint)
 
 
-def _jumps(doc: Document, steps: list[dict], index: dict[str, int]) -> Iterator[Problem]:
-    for i, step in enumerate(steps):
+def _jumps(doc: Document, steps: Steps, index: dict[str, int]) -> Iterator[Problem]:
+    for i, step in steps:
         for field, keywords in JUMP_FIELDS.items():
             target = step.get(field)
             if not isinstance(target, str) or target in keywords:
@@ -73,10 +90,10 @@ def _jumps(doc: Document, steps: list[dict], index: dict[str, int]) -> Iterator[
                                   "use `retry:` to try a step again")
 
 
-def _rewind_reach(steps: list[dict], index: dict[str, int]) -> dict[int, int]:
+def _rewind_reach(steps: Steps, index: dict[str, int]) -> dict[int, int]:
     """For each step i, the latest step that can rewind to i or before (push-back loops)."""
     reach: dict[int, int] = {}
-    for j, step in enumerate(steps):
+    for j, step in steps:
         target = step.get("rewind_to")
         if isinstance(target, str) and target in index:
             for i in range(index[target], j + 1):
@@ -84,15 +101,16 @@ def _rewind_reach(steps: list[dict], index: dict[str, int]) -> dict[int, int]:
     return reach
 
 
-def _expressions(doc: Document, data: dict, steps: list[dict], index: dict[str, int]) -> Iterator[Problem]:
+def _expressions(doc: Document, data: dict, steps: Steps, index: dict[str, int]) -> Iterator[Problem]:
     env = make_environment()
-    declared_inputs = set((data.get("inputs") or {}).keys())
-    callbacks = {s["id"] for s in steps if s["kind"] == "callback"}
+    inputs = data.get("inputs")
+    declared_inputs = set(inputs.keys()) if isinstance(inputs, dict) else set()
+    callbacks = {s["id"] for _, s in steps if s["kind"] == "callback"}
     reach = _rewind_reach(steps, index)
     sources: list[tuple[tuple, str, int | None]] = []
     for path, expr in iter_expressions(data.get("env") or {}, ("env",)):
         sources.append((path, expr, None))
-    for i, step in enumerate(steps):
+    for i, step in steps:
         for path, expr in iter_expressions(step, ("steps", i)):
             sources.append((path, expr, i))
     for path, expr, position in sources:
@@ -101,6 +119,8 @@ def _expressions(doc: Document, data: dict, steps: list[dict], index: dict[str, 
         except ExpressionError as exc:
             yield doc.problem(path, "expression-syntax", exc.message, "expressions are jinja2 syntax inside ${{ }}")
             continue
+        yield from _unknown_names(doc, path, expr, "filter", refs.filters, env.filters)
+        yield from _unknown_names(doc, path, expr, "test", refs.tests, env.tests)
         for root in sorted(refs.roots - ROOT_NAMES - FUNCTIONS):
             yield doc.problem(path, "unknown-name", f"${{{{ {expr.strip()} }}}} uses unknown name '{root}'",
                               "expressions can read inputs, steps, run and callbacks")
@@ -121,15 +141,36 @@ def _expressions(doc: Document, data: dict, steps: list[dict], index: dict[str, 
                               f"callback steps: {', '.join(sorted(callbacks)) or 'none'}")
 
 
-def _deadlines(doc: Document, steps: list[dict]) -> Iterator[Problem]:
-    for i, step in enumerate(steps):
+def _unknown_names(doc: Document, path: tuple, expr: str, what: str, used: set[str],
+                   known: Any) -> Iterator[Problem]:
+    """A filter (`x | name`) or test (`x is name`) the sandbox does not have fails every run: say so now."""
+    for name in sorted(used - set(known)):
+        close = difflib.get_close_matches(name, list(known), n=1)
+        yield doc.problem(path, f"unknown-{what}", f"${{{{ {expr.strip()} }}}} uses unknown {what} '{name}'",
+                          (f"did you mean '{close[0]}'? " if close else "")
+                          + f"known {what}s: {', '.join(sorted(n for n in known if n.isidentifier()))}")
+
+
+def _literal_seconds(value: Any) -> float | None:
+    """Seconds of a literal duration; None for an expression (checked when the step starts) or a non-duration."""
+    if not isinstance(value, str) or has_expression(value):
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None  # the schema names it
+
+
+def _deadlines(doc: Document, steps: Steps) -> Iterator[Problem]:
+    for i, step in steps:
         kind = step["kind"]
         if kind in WAITING_KINDS and not step.get("timeout"):
             yield doc.problem(("steps", i), "missing-timeout",
                               f"{kind} step '{step['id']}' has no timeout; every wait needs a deadline",
                               "add e.g. `timeout: 4h` and `on_timeout: reject`")
-        for field in ("timeout", "remind_before"):
-            if step.get(field) and parse_duration(step[field]) <= 0:
+        for field in DURATION_FIELDS:
+            seconds = _literal_seconds(step.get(field))
+            if seconds is not None and seconds <= 0:
                 yield doc.problem(("steps", i, field), "zero-duration", f"{field} must be longer than 0",
                                   "write e.g. 30s")
         if kind == "wait" and isinstance(step.get("until"), str) and "${{" not in step["until"]:
@@ -139,17 +180,35 @@ def _deadlines(doc: Document, steps: list[dict]) -> Iterator[Problem]:
                 yield doc.problem(("steps", i, "until"), "bad-time", str(exc),
                                   "write an RFC 3339 time such as 2026-11-24T19:00:00Z, or an expression")
         if kind == "approval":
-            approvers = step.get("approvers") or []
-            people = {a for a in approvers if not str(a).startswith("group:")}
-            quorum = int(step.get("min_approvals", 1))
-            if quorum > len(people) and len(people) == len(approvers):
+            approvers = step.get("approvers") if isinstance(step.get("approvers"), list) else []
+            people = {str(a) for a in approvers if not str(a).startswith("group:")}
+            quorum = step.get("min_approvals", 1)
+            if isinstance(quorum, int) and quorum > len(people) and len(people) == len(approvers):
                 yield doc.problem(("steps", i, "min_approvals"), "quorum-unreachable",
                                   f"min_approvals is {quorum} but only {len(people)} approver(s) are listed",
                                   "list more approvers, add a group:, or lower min_approvals")
 
 
+def _unreachable(doc: Document, steps: Steps) -> Iterator[Problem]:
+    """Steps after an `end` (with no `if`) run only if a jump leads to them; a warning for those none does."""
+    targets = {step.get(field) for _, step in steps for field in JUMP_FIELDS if isinstance(step.get(field), str)}
+    falls_through = True  # the step before lets the run go on to the next one
+    for i, step in steps:
+        reachable = falls_through or step["id"] in targets
+        if not reachable:
+            yield doc.problem(("steps", i), "unreachable-step",
+                              f"step '{step['id']}' comes after an end step and no jump leads to it, so it never runs",
+                              "jump to it (on_error, on_reject, on_timeout), give the end step an `if:`, or remove it",
+                              severity="warning")
+        if step["kind"] == "end" and step.get("if", True) is True:
+            falls_through = False
+        elif reachable:
+            falls_through = True
+
+
 def _triggers(doc: Document, data: dict, config: Any) -> Iterator[Problem]:
-    for i, trigger in enumerate(data.get("triggers") or []):
+    triggers = data.get("triggers")
+    for i, trigger in enumerate(triggers if isinstance(triggers, list) else []):
         schedule = trigger.get("schedule") if isinstance(trigger, dict) else None
         if isinstance(schedule, dict):
             if not croniter.is_valid(str(schedule.get("cron", ""))):
@@ -157,29 +216,31 @@ def _triggers(doc: Document, data: dict, config: Any) -> Iterator[Problem]:
                                   f"'{schedule.get('cron')}' is not a valid cron expression",
                                   "five fields: minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5'")
             zone = schedule.get("timezone")
-            if zone:
+            if isinstance(zone, str) and zone:
                 try:
                     ZoneInfo(zone)
                 except (ZoneInfoNotFoundError, ValueError):
                     yield doc.problem(("triggers", i, "schedule", "timezone"), "bad-timezone",
                                       f"'{zone}' is not a known time zone", "use an IANA name such as Europe/Oslo")
         webhook = trigger.get("webhook") if isinstance(trigger, dict) else None
-        if isinstance(webhook, dict) and config is not None and webhook.get("secret") not in config.secrets:
+        if (isinstance(webhook, dict) and config is not None and isinstance(webhook.get("secret"), str)
+                and webhook["secret"] not in config.secrets):
             yield doc.problem(("triggers", i, "webhook", "secret"), "unknown-secret",
                               f"secret '{webhook.get('secret')}' is not defined in the config",
                               "add it under `secrets:` in signoff.yaml")
 
 
-def _references_to_config(doc: Document, steps: list[dict], config: Any) -> Iterator[Problem]:
-    for i, step in enumerate(steps):
+def _references_to_config(doc: Document, steps: Steps, config: Any) -> Iterator[Problem]:
+    for i, step in steps:
         connection = step.get("connection")
         if isinstance(connection, str) and "${{" not in connection and connection not in config.connections:
             close = difflib.get_close_matches(connection, list(config.connections), n=1)
             yield doc.problem(("steps", i, "connection"), "unknown-connection",
                               f"connection '{connection}' is not defined in the config",
                               f"did you mean '{close[0]}'?" if close else "add it under `connections:` in signoff.yaml")
-        channels = ([step["channel"]] if isinstance(step.get("channel"), str) else []) + list(step.get("notify") or [])
-        for channel in channels:
+        notify = step.get("notify") if isinstance(step.get("notify"), list) else []
+        channels = ([step["channel"]] if isinstance(step.get("channel"), str) else []) + notify
+        for channel in filter(lambda name: isinstance(name, str), channels):
             if channel not in config.channels:
                 yield doc.problem(("steps", i), "unknown-channel", f"channel '{channel}' is not defined in the config",
                                   "add it under `channels:` in signoff.yaml")

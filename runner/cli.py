@@ -320,12 +320,15 @@ decision_command("request-changes", "request_changes",
 @common
 def pending(server, data, repo, config, as_json) -> None:
     """Approvals waiting for me. JSON: {user, pending: [{run, flow, step, started_by, context, context_sha256,
-    deadline, approvals, min_approvals, url}]}."""
+    deadline, approvals, min_approvals, links, url}]}."""
     with Client(server, Env(data, repo, config).data) as client:
         _, answer = client.call("GET", "/api/v1/pending")
     rows = [[p["run"], p["flow"], p["step"], p["started_by"], p["deadline"], render.short(p.get("context") or "", 50)]
             for p in answer["pending"]]
-    emit(as_json, answer, render.table(rows, ["RUN", "FLOW", "STEP", "STARTED BY", "DEADLINE", "CONTEXT"])
+    links = [f"  {p['run']} {p['step']}: {link['title']} {link['url']}"
+             for p in answer["pending"] for link in p.get("links") or []]
+    emit(as_json, answer, "\n".join([render.table(rows, ["RUN", "FLOW", "STEP", "STARTED BY", "DEADLINE", "CONTEXT"]),
+                                     *(["links:", *links] if links else [])])
          if rows else f"nothing waits for {answer['user']}")
 
 

@@ -21,7 +21,7 @@ import signal
 import sys
 import weakref
 from collections import deque
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from runner.status import is_terminal
 from runner.steps import Receipt, load_kind
 from runner.steps.callback import parse_payload
 from runner.store import Store
-from runner.timeutil import Clock, parse_duration, parse_rfc3339, rfc3339
+from runner.timeutil import Clock, parse_rfc3339, rfc3339
 from runner.triggers import ScheduleState, next_slot, schedules, verify_signature, webhook_secret_name
 
 log = logging.getLogger(__name__)
@@ -422,7 +422,8 @@ class Daemon:
             found.append({"run": run["id"], "flow": run["flow"], "step": step_id, "started_by": run["started_by"],
                           "context": state.get("context"), "context_sha256": state.get("context_sha256"),
                           "deadline": state.get("deadline"), "approvals": state.get("approvals") or [],
-                          "min_approvals": state.get("min_approvals"), "url": self.run_url(run["id"])})
+                          "min_approvals": state.get("min_approvals"), "links": state.get("links") or [],
+                          "url": self.run_url(run["id"])})
         return found
 
     # ---- triggers -----------------------------------------------------------------------
@@ -592,10 +593,9 @@ class Daemon:
     async def _announce_wait(self, run: dict, event: dict) -> None:
         step_id = event["step"]
         spec = self._step_spec(run["id"], step_id)
-        if spec.get("remind_before"):
-            when = parse_rfc3339(event["wake_at"]) - timedelta(seconds=parse_duration(spec["remind_before"]))
-            self._add_timer(when.timestamp(), run["id"], f"remind:{step_id}")
         state = event.get("state") or {}
+        if state.get("remind_at"):  # remind_before, rendered and checked when the wait began
+            self._add_timer(parse_rfc3339(state["remind_at"]).timestamp(), run["id"], f"remind:{step_id}")
         if spec["kind"] == "approval":
             text = (f"Run {run['id']} of {run['flow']} waits for approval of '{step_id}' by "
                     f"{', '.join(state.get('approvers', []))} until {event['wake_at']}.\n\n{state.get('context', '')}")
@@ -611,8 +611,8 @@ class Daemon:
         follow = spec.get("on_timeout", "fail")
         what = {"fail": "the run ends timed_out", "reject": "treated as a rejection"}.get(follow, f"going on at '{follow}'")
         await self._notify(run, step_id, spec.get("notify") or [], f"{run['flow']}: {step_id} timed out",
-                           f"Run {run['id']} of {run['flow']}: nobody answered '{step_id}' within "
-                           f"{spec.get('timeout')}; {what}.")
+                           f"Run {run['id']} of {run['flow']}: nobody answered '{step_id}' in time "
+                           f"({event.get('error')}); {what}.")
 
     async def _remind(self, run_id: str, step_id: str) -> None:
         run = self.store.read_run(run_id)
@@ -624,12 +624,22 @@ class Daemon:
                            f"Run {run_id} still waits at '{step_id}'; the deadline is {state.get('wake_at')}.")
 
     async def _notify(self, run: dict, step_id: str, channels: list[str], subject: str, text: str) -> None:
-        links = [{"title": "run", "url": self.run_url(run["id"])}]
+        links = [*self._shown_links(run, step_id), {"title": "run", "url": self.run_url(run["id"])}]
         for channel in channels:
             message = Message(subject, text, links, run_id=run["id"], flow=run["flow"], step=step_id)
             delivery = await self.notifier.send(channel, message)
             self.metrics.notifications.labels(channel=channel, ok=str(delivery.ok).lower()).inc()
             await self._note(run["id"], "notification", step=step_id, **delivery.to_dict())
+
+    def _shown_links(self, run: dict, step_id: str) -> list[dict[str, str]]:
+        """The links the waiting step shows its reviewer; a res:// one also gets its address in the API."""
+        links = []
+        for link in (run["steps"].get(step_id) or {}).get("links") or []:
+            link = dict(link)
+            if link["url"].startswith("res://"):
+                link["href"] = f"{self.public_url}/api/v1/resources/{link['url'][len('res://'):]}"
+            links.append(link)
+        return links
 
     async def _note(self, run_id: str, kind: str, **fields: Any) -> None:
         async with self._lock(run_id):

@@ -376,7 +376,7 @@ class _Driver:
         index = await self.recover()
         while index is not None and index != PARKED:
             if index >= len(self.flow.steps):
-                self.finish(RunStatus.SUCCEEDED)
+                self.finish_path()
                 return
             step = self.flow.steps[index]
             if self.run["steps_executed"] >= self.flow.max_steps:
@@ -413,25 +413,31 @@ class _Driver:
         if status == PARKED:
             return PARKED
         state = self.run["steps"][step.id]
+        kind = load_kind(step.kind)
+        if status == StepStatus.SUCCEEDED and getattr(kind, "ends_run", False):
+            return self.end_here(step, state["outputs"])
         if status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
             return step.index + 1
         if state.get("decision") == "request_changes" and step.spec.get("rewind_to"):
-            return self.jump(step, step.spec["rewind_to"], f"changes requested at '{step.id}'")
-        kind = load_kind(step.kind)
+            return self.jump(step, step.spec["rewind_to"], f"changes requested at '{step.id}'", outcome=None)
         if status == StepStatus.TIMED_OUT and getattr(kind, "waits", False):
             target = step.spec.get("on_timeout", "fail")
+            timed_out = f"step '{step.id}' timed out: {state.get('error')}"
             if target == "fail":
-                self.finish(RunStatus.TIMED_OUT, f"step '{step.id}' timed out: {state.get('error')}")
+                self.finish(RunStatus.TIMED_OUT, timed_out)
                 return None
             if target != "reject":
-                return self.jump(step, target, f"on_timeout of '{step.id}'")
+                return self.jump(step, target, f"on_timeout of '{step.id}'", outcome=RunStatus.TIMED_OUT,
+                                 error=timed_out)
             status = StepStatus.REJECTED
         if status == StepStatus.REJECTED:
-            if step.spec.get("on_reject"):
-                return self.jump(step, step.spec["on_reject"], f"on_reject of '{step.id}'")
-            self.finish(RunStatus.REJECTED, f"step '{step.id}' was rejected"
+            rejected = (f"step '{step.id}' was rejected"
                         + (f" by {state['decided_by']}" if state.get("decided_by") else "")
                         + (f": {state['comment']}" if state.get("comment") else ""))
+            if step.spec.get("on_reject"):
+                return self.jump(step, step.spec["on_reject"], f"on_reject of '{step.id}'",
+                                 outcome=RunStatus.REJECTED, error=rejected)
+            self.finish(RunStatus.REJECTED, rejected)
             return None
         target = step.on_error
         if target == "continue":
@@ -442,15 +448,56 @@ class _Driver:
             return None
         return self.jump(step, target, f"on_error of '{step.id}'")
 
-    def jump(self, step: Step, target_id: str, reason: str) -> int:
+    def jump(self, step: Step, target_id: str, reason: str, **routing: Any) -> int:
+        """Go on at `target_id`. `outcome` (with `error`) routes the run: see `finish_path`; None clears it."""
         target = self.flow.index_of(target_id)
-        self.record("jump", step=step.id, to=target_id, reason=reason, flush=False)
+        if "outcome" in routing and routing["outcome"] is None and not self.run.get("routed"):
+            routing = {}  # nothing to clear
+        if routing.get("outcome") is not None:
+            routing = {"outcome": RunStatus(routing["outcome"]).value,
+                       "error": self.engine.masker.mask(routing.get("error"))}
+        self.record("jump", step=step.id, to=target_id, reason=reason, flush=False, **routing)
         for passed in self.flow.steps[step.index + 1:target]:
             if self.run["steps"][passed.id]["status"] == StepStatus.PENDING.value:
                 self.record("step_skipped", step=passed.id, reason=f"passed over by a jump to '{target_id}'",
                             by_jump=True, flush=False)
         self.flush()
         return target
+
+    def finish_path(self) -> None:
+        """The last step is behind the run: it succeeded, unless a rejection or timeout routed it here.
+
+        A run that `on_reject` or `on_timeout` sent to a handler path ends `rejected` or `timed_out`
+        when that path completes (an `end` step states otherwise). The routing is part of the
+        record (the `jump` event's `outcome`), so it survives a restart; see `clear_routing`.
+        """
+        routed = self.run.get("routed")
+        if routed:
+            self.finish(RunStatus(routed["outcome"]), routed.get("error"))
+        else:
+            self.finish(RunStatus.SUCCEEDED)
+
+    def end_here(self, step: Step, outputs: dict[str, Any]) -> None:
+        """An `end` step: the run ends with the status the flow states, whatever routed it."""
+        status = RunStatus(outputs.get("status") or RunStatus.SUCCEEDED.value)
+        message = outputs.get("message")
+        if status == RunStatus.SUCCEEDED:
+            self.finish(status)
+        else:
+            self.finish(status, message or f"ended {status.value} by step '{step.id}'")
+        return None
+
+    def clear_routing(self, step: Step) -> None:
+        """A new decision is asked for: the outcome a rejection or timeout routed the run to no longer holds.
+
+        That is when an approval step begins a new visit (its own outcome decides from then on),
+        or the step that routed the run begins again (a loop back to it).
+        """
+        routed = self.run.get("routed")
+        if routed and (step.kind == "approval" or step.id == routed.get("step")):
+            self.record("routing_cleared", step=step.id, flush=False,
+                        reason=f"'{step.id}' asks again; the {routed['outcome']} outcome of '{routed['step']}' "
+                               "no longer holds")
 
     def finish(self, status: RunStatus, error: str | None = None) -> None:
         # nothing runs after this: drive() writes it as it returns
@@ -483,6 +530,7 @@ class _Driver:
         instant = bool(kind and kind.instant)
         if attempt == 1:
             self.output_sent.pop(step.id, None)
+            self.clear_routing(step)
         self.record("step_started", step=step.id, attempt=attempt, flush=not instant)
         if kind is None:
             return self.fail(step, f"'{step.kind}' steps are not available in this build")
@@ -492,17 +540,19 @@ class _Driver:
         policy = step.retry
         while True:
             status, error, retryable, outputs = StepStatus.FAILED, "", False, {}
+            timeout = None
             try:
                 ctx = self.step_context(step, kind, attempt)
-                if step.timeout and not getattr(kind, "waits", False):
-                    async with asyncio.timeout(step.timeout):
+                timeout = ctx.duration("timeout") if step.spec.get("timeout") else None
+                if timeout and not getattr(kind, "waits", False):
+                    async with asyncio.timeout(timeout):
                         result = await kind.execute(ctx)
                 else:
                     result = await kind.execute(ctx)
                 if isinstance(result, Park):
                     return await self.park(step, kind, ctx, result)
                 # the last step's end is written together with the run's end (one fsync for both)
-                last = kind.instant and step.index == len(self.flow.steps) - 1
+                last = kind.instant and (step.index == len(self.flow.steps) - 1 or getattr(kind, "ends_run", False))
                 return self.succeed(step, result, flush=not last)
             except StepFailed as exc:
                 error, retryable, outputs = exc.message, exc.retryable, exc.outputs
@@ -510,7 +560,7 @@ class _Driver:
                 error = exc.message
             except TimeoutError:
                 status, retryable = StepStatus.TIMED_OUT, True
-                error = f"timed out after {format_duration(step.timeout or 0)}"
+                error = f"timed out after {format_duration(timeout or 0)}"
             except Exception as exc:  # a bug in a kind must not lose the run
                 log.exception("step %s of run %s raised", step.id, self.run_id,
                               extra={"event": "step_crashed", "run_id": self.run_id, "step_id": step.id})

@@ -388,6 +388,8 @@ class References:
     inputs: set[str] = field(default_factory=set)
     steps: set[str] = field(default_factory=set)
     callbacks: set[str] = field(default_factory=set)
+    filters: set[str] = field(default_factory=set)  # `x | name`: must be a filter the sandbox has
+    tests: set[str] = field(default_factory=set)  # `x is name`: must be a test the sandbox has
 
 
 def references(env: ImmutableSandboxedEnvironment, expr: str) -> References:
@@ -402,7 +404,8 @@ def references(env: ImmutableSandboxedEnvironment, expr: str) -> References:
         if len(_REFERENCES) >= 8192:
             _REFERENCES.pop(next(iter(_REFERENCES)))
         _REFERENCES[expr] = cached
-    return References(set(cached.roots), set(cached.inputs), set(cached.steps), set(cached.callbacks))
+    return References(set(cached.roots), set(cached.inputs), set(cached.steps), set(cached.callbacks),
+                      set(cached.filters), set(cached.tests))
 
 
 _REFERENCES: dict[str, References] = {}  # a pure function's results; bounded
@@ -425,7 +428,8 @@ def _parse_references(env: ImmutableSandboxedEnvironment, expr: str) -> Referenc
         tree = env.parse("{{ " + expr.strip() + " }}")
     except TemplateSyntaxError as exc:
         raise ExpressionError(f"syntax error in ${{{{ {expr.strip()} }}}}: {exc.message}") from None
-    refs = References()
+    refs = References(filters={n.name for n in tree.find_all(nodes.Filter)},
+                      tests={n.name for n in tree.find_all(nodes.Test)})
     assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
     for name in tree.find_all(nodes.Name):
         if name.ctx == "load" and name.name not in assigned:

@@ -40,9 +40,12 @@ def check_document(doc: Document, *, expect_name: str | None = None, config: Any
     name = doc.plain.get("name") if isinstance(doc.plain.get("name"), str) else None
     report = FlowReport(doc.file, name)
     report.errors = schema_problems(doc, "flow")
-    if report.errors:
-        return report  # meaning is only checked on a well-formed document
+    # the meaning is checked in the same pass, on whatever the document still has readable;
+    # where the schema already reported a problem at a path, it speaks for that path alone
+    refused = {problem.path for problem in report.errors}
     for problem in semantic_problems(doc, expect_name=expect_name, config=config):
+        if problem.path in refused and problem.severity != "warning":
+            continue
         (report.warnings if problem.severity == "warning" else report.errors).append(problem)
     if not report.errors:
         report.flow = Flow.from_dict(doc.plain, source=doc.source, file=doc.file)

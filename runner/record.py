@@ -27,7 +27,7 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
     if kind == "run_created":
         run.update({name: event["run"].get(name) for name in RUN_FIELDS})
         run.update({"status": RunStatus.QUEUED.value, "created_at": at, "finished_at": None, "error": None,
-                    "current_step": None, "steps_executed": 0,
+                    "current_step": None, "steps_executed": 0, "routed": None,
                     "steps": {step_id: new_step_state() for step_id in event["run"]["step_ids"]}})
         if event["run"].get("callbacks"):
             run["callbacks"] = dict(event["run"]["callbacks"])
@@ -75,7 +75,13 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
     elif kind == "run_finished":
         run.update({"status": event["status"], "error": event.get("error"), "finished_at": at,
                     "current_step": None})
-    # other events (jump, notification, cancel_requested) are history only
+    elif kind == "jump" and "outcome" in event:
+        # on_reject / on_timeout routed the run: its handler path ends with this outcome (None clears it)
+        run["routed"] = ({"outcome": event["outcome"], "step": event["step"], "error": event.get("error"), "at": at}
+                         if event["outcome"] else None)
+    elif kind == "routing_cleared":
+        run["routed"] = None
+    # other events (plain jumps, notification, cancel_requested) are history only
 
 
 def fold(events: list[dict[str, Any]]) -> dict[str, Any]:

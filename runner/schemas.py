@@ -23,6 +23,7 @@ from runner.yamldoc import Document, Problem
 _SOURCE_DIR = Path(__file__).resolve().parent.parent / "schema"
 _UNEXPECTED = re.compile(r"'([^']+)'")
 DURATION_PATTERN = "^[0-9]+(ms|s|m|h|d)$"
+DURATION_OR_EXPRESSION_PATTERN = "^([0-9]+(ms|s|m|h|d)|.*\\$\\{\\{.*\\}\\}.*)$"
 _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
                "object": "a mapping", "array": "a list", "null": "null"}
 
@@ -170,9 +171,11 @@ def _to_problems(doc: Document, schema_name: str, error: ValidationError) -> Ite
                           "quote the value if it should be text" if "string" in str(expected) else "")
         return
     if error.validator == "pattern":
-        if error.schema.get("pattern") == DURATION_PATTERN:
+        if error.schema.get("pattern") in (DURATION_PATTERN, DURATION_OR_EXPRESSION_PATTERN):
+            also = (", or a ${{ }} expression that renders one"
+                    if error.schema.get("pattern") == DURATION_OR_EXPRESSION_PATTERN else "")
             yield doc.problem(path, "schema.duration", f"{json.dumps(error.instance)} at {where} is not a duration",
-                              "write a number and a unit: 500ms, 30s, 10m, 4h, 7d")
+                              f"write a number and a unit: 500ms, 30s, 10m, 4h, 7d{also}")
         else:
             yield doc.problem(path, rule, f"{json.dumps(error.instance)} at {where} has the wrong form",
                               error.schema.get("description", f"it must match {error.schema.get('pattern')}"))

@@ -10,7 +10,12 @@ A kind module exposes `KIND`, an object with:
 
 A kind with `on_timeout` semantics (approval, callback) sets `waits = True`:
 its Expired ends the step `timed_out` and the flow's `on_timeout` decides
-what follows; a reject goes to `on_reject`.
+what follows; a reject goes to `on_reject`. A kind that sets `ends_run = True`
+(end) ends the run once it succeeds, with the `status` and `message` of its
+outputs.
+
+Duration fields (`timeout`, `duration`, `remind_before`) may be expressions;
+`ctx.duration(field)` renders and checks one when the step starts.
 
 A kind raises StepFailed for its own failures; the engine does every piece of
 bookkeeping (events, retries, timeouts, outputs to resources, masking), so a
@@ -25,8 +30,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from runner.errors import SignoffError, StepFailed
+from runner.expressions import has_expression
 from runner.model import Step
-from runner.timeutil import Clock
+from runner.timeutil import Clock, parse_duration
 
 
 @dataclass
@@ -103,6 +110,34 @@ class StepContext:
     @property
     def draft(self) -> bool:
         return bool(self.run.get("draft"))
+
+    def duration_text(self, field: str, *, quiet: bool = False) -> str:
+        """A duration field as written, or as its expression renders from the run's state now.
+
+        `quiet` (for messages): an expression that no longer renders is shown as written.
+        """
+        value = self.spec.get(field)
+        if has_expression(value):
+            try:
+                value = self.evaluate(value, field)
+            except SignoffError:
+                if not quiet:
+                    raise
+        return str(value).strip() if not isinstance(value, str) else value.strip()
+
+    def duration(self, field: str) -> float:
+        """Seconds of a duration field; a rendered value that is not a positive duration fails the step."""
+        text = self.duration_text(field)
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            seconds = None
+        if seconds is None or seconds <= 0:
+            written = self.step.spec.get(field)
+            source = f" (rendered from {written!r})" if has_expression(written) else ""
+            raise StepFailed(f"{field}: {text!r}{source} is not a duration longer than 0; write a number and a "
+                             "unit: 500ms, 30s, 10m, 4h, 7d", retryable=False)
+        return seconds
 
     def run_link(self) -> str | None:
         """Where a person sees this run (the reviewer pages), when the daemon has a public URL."""

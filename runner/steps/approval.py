@@ -15,12 +15,19 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from runner.errors import Conflict, Forbidden, Invalid, UsageError
+from runner.expressions import to_text
 from runner.inputs import coerce
 from runner.steps import Expired, Park, Receipt, StepContext
-from runner.timeutil import parse_duration, rfc3339
+from runner.timeutil import rfc3339
 
 DECISIONS = ("approve", "reject", "request_changes")
 CONTEXT_LIMIT = 64 * 1024
+
+
+def shown_links(links: Any) -> list[dict[str, str]]:
+    """The rendered `links:` of the step as the reviewer is shown them: [{title, url}], url as text."""
+    return [{"title": to_text(link.get("title")), "url": to_text(link.get("url"))}
+            for link in links or [] if isinstance(link, dict)]
 
 
 def _needs_comment(setting: Any, decision: str) -> bool:
@@ -41,16 +48,18 @@ class ApprovalKind:
         if len(context.encode()) > CONTEXT_LIMIT:
             context = ctx.store.put_resource(context.encode(), media_type="text/plain; charset=utf-8",
                                              name=f"{ctx.step.id}.context", run_id=ctx.run["id"], step=ctx.step.id)
-        deadline = ctx.clock.now() + timedelta(seconds=parse_duration(spec["timeout"]))
+        deadline = ctx.clock.now() + timedelta(seconds=ctx.duration("timeout"))
         approvers = list(spec["approvers"])
         state = {"context": context, "context_sha256": digest, "approvers": approvers,
                  "allow_self_approval": bool(spec.get("allow_self_approval")),
                  "min_approvals": int(spec.get("min_approvals", 1)), "scope": spec.get("scope", "apply"),
-                 "deadline": rfc3339(deadline), "approvals": []}
+                 "deadline": rfc3339(deadline), "approvals": [], "links": shown_links(ctx.spec.get("links"))}
+        if spec.get("remind_before"):
+            state["remind_at"] = rfc3339(deadline - timedelta(seconds=ctx.duration("remind_before")))
         return Park(deadline, f"awaiting approval by {', '.join(approvers)}", state)
 
     async def wake(self, ctx: StepContext) -> Expired:
-        return Expired(f"no decision within {ctx.step.spec['timeout']}")
+        return Expired(f"no decision within {ctx.duration_text('timeout', quiet=True)}")
 
     def receive(self, ctx: StepContext, message: dict[str, Any]) -> Receipt:
         spec, step_id = ctx.step.spec, ctx.step.id

@@ -17,7 +17,7 @@ from jsonschema.exceptions import SchemaError
 
 from runner.errors import Invalid
 from runner.steps import Expired, Park, Receipt, StepContext
-from runner.timeutil import parse_duration, rfc3339
+from runner.timeutil import rfc3339
 
 MAX_DEPTH = 64
 
@@ -57,11 +57,11 @@ class CallbackKind:
     shell_fields = ()
 
     async def execute(self, ctx: StepContext) -> Park:
-        deadline = ctx.clock.now() + timedelta(seconds=parse_duration(ctx.step.spec["timeout"]))
+        deadline = ctx.clock.now() + timedelta(seconds=ctx.duration("timeout"))
         return Park(deadline, "awaiting callback", {"deadline": rfc3339(deadline)})
 
     async def wake(self, ctx: StepContext) -> Expired:
-        return Expired(f"no callback within {ctx.step.spec['timeout']}")
+        return Expired(f"no callback within {ctx.duration_text('timeout', quiet=True)}")
 
     def settle(self, ctx: StepContext) -> Receipt | None:
         """A callback accepted into the run's inbox (early or while waiting) ends the wait."""

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from runner.errors import StepFailed
 from runner.steps import Done, Park, StepContext
-from runner.timeutil import parse_duration, parse_rfc3339, rfc3339
+from runner.timeutil import parse_rfc3339, rfc3339
 
 
 class WaitKind:
@@ -15,8 +15,8 @@ class WaitKind:
 
     async def execute(self, ctx: StepContext) -> Park:
         if ctx.spec.get("duration"):
-            wake_at = ctx.clock.now() + timedelta(seconds=parse_duration(ctx.spec["duration"]))
-            return Park(wake_at, f"wait {ctx.spec['duration']}")
+            wake_at = ctx.clock.now() + timedelta(seconds=ctx.duration("duration"))
+            return Park(wake_at, f"wait {ctx.duration_text('duration')}")
         until = ctx.spec.get("until")
         try:
             wake_at = until if isinstance(until, datetime) else parse_rfc3339(str(until))

@@ -1,0 +1,27 @@
+"""`end`: ends the run here with the outcome the flow states.
+
+`status` is succeeded, failed, rejected or cancelled; `message` (rendered like
+any field) becomes the run's `error` unless the status is succeeded. The step
+itself succeeds; the engine ends the run on it (`ends_run`), overriding the
+outcome a rejection or timeout routed the run to.
+"""
+
+from __future__ import annotations
+
+from runner.expressions import to_text
+from runner.steps import Done, StepContext
+
+STATUSES = ("succeeded", "failed", "rejected", "cancelled")
+
+
+class EndKind:
+    instant = True
+    ends_run = True
+    shell_fields = ()
+
+    async def execute(self, ctx: StepContext) -> Done:
+        message = ctx.spec.get("message")
+        return Done({"status": ctx.spec["status"], "message": to_text(message) if message is not None else None})
+
+
+KIND = EndKind()
