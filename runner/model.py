@@ -56,8 +56,9 @@ class Step:
 
     @property
     def timeout(self) -> float | None:
+        """Seconds of a literal timeout; None without one or for an expression (rendered when the step starts)."""
         value = self.spec.get("timeout")
-        return parse_duration(value) if value else None
+        return parse_duration(value) if value and "${{" not in str(value) else None
 
     @property
     def retry(self) -> RetryPolicy:

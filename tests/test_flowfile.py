@@ -285,6 +285,57 @@ CASES = [
     pytest.param(
         """
         name: demo
+        inputs:
+          who: {type: string, default: you}
+        steps:
+          - id: a
+            kind: shell
+            run: echo ${{ inputs.who | nosuchfilter }}
+        """, "unknown-filter", 7, 10, "steps[0].run", "known filters: abs,", "unknown filter 'nosuchfilter'",
+        id="expression-unknown-filter"),
+    pytest.param(
+        """
+        name: demo
+        inputs:
+          who: {type: string, default: you}
+        steps:
+          - id: a
+            kind: shell
+            run: echo ${{ inputs.who | uper }}
+        """, "unknown-filter", 7, 10, "steps[0].run", "did you mean 'upper'?", "unknown filter 'uper'",
+        id="expression-misspelt-filter"),
+    pytest.param(
+        """
+        name: demo
+        steps:
+          - id: a
+            kind: shell
+            if: ${{ run.draft is nosuchtest }}
+            run: echo hi
+        """, "unknown-test", 5, 9, "steps[0].if", "known tests:", "unknown test 'nosuchtest'",
+        id="expression-unknown-test"),
+    pytest.param(
+        """
+        name: demo
+        steps:
+          - id: a
+            kind: shell
+            run: echo hi
+            timeout: ${{ inputs.t }}
+        """, "unknown-input", 6, 14, "steps[0].timeout", "declare it", "input 't' is not declared",
+        id="duration-expression-references-are-checked"),
+    pytest.param(
+        """
+        name: demo
+        steps:
+          - id: a
+            kind: wait
+            duration: soon
+        """, "schema.duration", 5, 15, "steps[0].duration", "or a ${{ }} expression", "is not a duration",
+        id="literal-duration-still-checked"),
+    pytest.param(
+        """
+        name: demo
         triggers:
           - schedule: {cron: "61 * * * *"}
         steps:
@@ -646,6 +697,127 @@ def test_a_valid_flow_becomes_a_flow(make_flow):
     assert [(s.id, s.kind, s.index) for s in flow.steps] == [("greet", "set", 0), ("say", "shell", 1)]
     assert flow.step("say").timeout == 30 and flow.step("say").retry.attempts == 2
     assert flow.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_schema_errors_do_not_hide_the_meaning_checks_of_the_rest_of_the_file():
+    source = text("""
+        name: demo
+        steps:
+          - id: a
+            kind: shell
+            run: echo hi
+            timeout: soon
+            on_error: nowhere
+          - id: b
+            kind: shel
+            run: echo b
+          - id: c
+            kind: shell
+            run: echo ${{ inputs.missing | nosuchfilter }}
+        """)
+    report = check_bytes(source.encode(), "demo.yaml", expect_name="demo")
+    found = sorted((p.rule, p.line, p.path) for p in report.errors)
+    assert found == [("schema.duration", 6, "steps[0].timeout"), ("schema.enum", 9, "steps[1].kind"),
+                     ("unknown-filter", 13, "steps[2].run"), ("unknown-input", 13, "steps[2].run"),
+                     ("unknown-step", 7, "steps[0].on_error")], [str(p) for p in report.errors]
+    assert report.flow is None
+
+
+def test_a_meaning_check_the_schema_already_reports_is_not_said_twice():
+    source = text("""
+        name: demo
+        steps:
+          - id: review
+            kind: approval
+            approvers: [alice]
+        """)
+    [problem] = check_bytes(source.encode(), "demo.yaml", expect_name="demo").errors
+    assert problem.rule == "schema.required"  # not also missing-timeout at the same place
+
+
+@pytest.mark.parametrize("value", ["${{ inputs.t }}", "${{ inputs.minutes }}m", "45s"])
+def test_durations_may_be_expressions_checked_when_the_step_starts(value):
+    source = text(f"""
+        name: demo
+        inputs:
+          t: {{type: string, default: 5m}}
+          minutes: {{type: integer, default: 5}}
+        steps:
+          - id: nap
+            kind: wait
+            duration: "{value}"
+            timeout: "{value}"
+          - id: review
+            kind: approval
+            approvers: [alice]
+            timeout: "{value}"
+            remind_before: "{value}"
+        """)
+    report = check_bytes(source.encode(), "demo.yaml", expect_name="demo")
+    assert report.ok, [str(p) for p in report.errors]
+
+
+def test_steps_after_an_end_step_that_nothing_jumps_to_are_unreachable():
+    source = text("""
+        name: demo
+        steps:
+          - id: review
+            kind: approval
+            approvers: [alice]
+            timeout: 1h
+            on_reject: note
+          - id: done
+            kind: end
+            status: succeeded
+          - id: forgotten
+            kind: shell
+            run: echo never
+          - id: note
+            kind: shell
+            run: echo rejected
+          - id: stop
+            kind: end
+            status: rejected
+            message: "rejected: ${{ steps.review.outputs.comment }}"
+          - id: also-forgotten
+            kind: set
+            values: {x: 1}
+        """)
+    report = check_bytes(source.encode(), "demo.yaml", expect_name="demo")
+    assert report.ok, [str(p) for p in report.errors]
+    assert [(p.rule, p.line, p.path, p.severity) for p in report.warnings] == [
+        ("unreachable-step", 11, "steps[2]", "warning"), ("unreachable-step", 21, "steps[5]", "warning")]
+    assert "no jump leads to it" in report.warnings[0].message
+    assert report.flow is not None
+
+
+def test_an_end_step_with_an_if_leaves_the_next_step_reachable():
+    source = text("""
+        name: demo
+        steps:
+          - id: stop
+            kind: end
+            if: ${{ run.draft }}
+            status: cancelled
+          - id: go-on
+            kind: shell
+            run: echo live
+        """)
+    report = check_bytes(source.encode(), "demo.yaml", expect_name="demo")
+    assert report.ok and not report.warnings, [str(p) for p in report.errors + report.warnings]
+
+
+def test_an_end_step_needs_a_known_status():
+    source = text("""
+        name: demo
+        steps:
+          - id: stop
+            kind: end
+            status: timed_out
+        """)
+    problem = only_error(check_bytes(source.encode(), "demo.yaml", expect_name="demo"))
+    assert (problem.rule, problem.path) == ("schema.enum", "steps[0].status")
+    assert "succeeded, failed, rejected, cancelled" in problem.hint
 
 
 # ---- the CLI: exit codes, JSON shape, human output -------------------------------------------
