@@ -29,7 +29,8 @@ class Message:
 
     def body(self) -> str:
         lines = [self.text]
-        lines += [f"{link.get('title') or link['url']}: {link['url']}" for link in self.links]
+        lines += [f"{link.get('title') or link['url']}: {link['url']}" + (f" ({link['href']})" if link.get("href") else "")
+                  for link in self.links]
         return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ import json
 import httpx
 import pytest
 
-from daemon_support import DaemonProcess, event_types
+from daemon_support import DaemonProcess, event_types, wait_until
 
 pytestmark = pytest.mark.usefixtures("running")  # a daemon left down by a failed test is started again
 
@@ -167,6 +167,61 @@ FLOWS_HERE = {
           - id: apply
             kind: set
             values: {applied: true}
+        """,
+    "note-and-stop": """
+        name: note-and-stop
+        steps:
+          - id: review
+            kind: approval
+            approvers: [group:ops]
+            require_comment: reject
+            timeout: 1h
+            on_timeout: reject
+            on_reject: note
+          - id: apply
+            kind: set
+            values: {applied: true}
+          - id: applied
+            kind: end
+            status: succeeded
+          - id: note
+            kind: notify
+            channel: audit
+            message: "not applied: ${{ steps.review.outputs.comment }}"
+        """,
+    "timeout-note": """
+        name: timeout-note
+        steps:
+          - id: review
+            kind: approval
+            approvers: [group:ops]
+            timeout: 1s
+            on_timeout: note
+          - id: apply
+            kind: end
+            status: succeeded
+          - id: note
+            kind: set
+            values: {noted: "${{ steps.review.status }}"}
+        """,
+    "with-links": """
+        name: with-links
+        inputs:
+          ticket: {type: string, default: OPS-42}
+        steps:
+          - id: plan
+            kind: shell
+            run: echo "the plan" > "$SIGNOFF_ARTIFACTS/plan.txt"
+            timeout: 1m
+          - id: review
+            kind: approval
+            approvers: [group:ops]
+            context: read the plan first
+            links:
+              - {title: ticket, url: "https://tickets.example.test/${{ inputs.ticket }}"}
+              - {title: plan, url: "${{ steps.plan.outputs.artifacts['plan.txt'] }}"}
+            timeout: 1h
+            on_timeout: reject
         """,
     "timeout-escalate": """
         name: timeout-escalate
@@ -385,8 +440,80 @@ def test_approve_skips_the_on_reject_step_of_review_before_action(daemon: Daemon
     final = daemon.wait_end(run_id)
     assert final["status"] == "succeeded"
     assert "approved by bob" in final["steps"]["apply"]["outputs"]["stdout"]
-    assert final["steps"]["note-rejection"]["status"] == "skipped"
+    assert final["steps"]["applied"]["status"] == "succeeded"
+    assert final["steps"]["note-rejection"]["status"] == "pending"  # after the end step: reached by on_reject only
     daemon.assert_record_valid(run_id)
+
+
+def test_reject_post_a_note_and_stop_ends_the_run_rejected(daemon: DaemonProcess) -> None:
+    run_id = waiting(daemon, "note-and-stop")["id"]
+    response = daemon.decide(run_id, "review", "carol", "reject", comment="not this week")
+    assert response.status_code == 200, response.text
+    final = daemon.wait_end(run_id)
+    assert final["steps"]["note"]["status"] == "succeeded"
+    assert final["steps"]["note"]["outputs"]["delivered"] is True
+    assert final["steps"]["apply"]["status"] == "skipped"
+    assert final["status"] == "rejected"
+    assert "carol" in final["error"] and "not this week" in final["error"]
+    assert final["routed"]["outcome"] == "rejected"
+
+    def listed() -> set[str]:  # the list reads snapshots, rewritten just after the run's last event
+        answer = daemon.api("alice").get("/api/v1/runs", params={"flow": "note-and-stop", "status": "rejected"})
+        return {r["id"] for r in answer.json()["runs"]}
+
+    wait_until(lambda: run_id in listed(), message="the run in the list of rejected runs")
+    jumps = [e for e in daemon.events(run_id) if e["type"] == "jump"]
+    assert [(j["to"], j["outcome"]) for j in jumps] == [("note", "rejected")]
+    daemon.assert_record_valid(run_id)
+
+
+def test_approve_then_the_end_step_ends_the_run_succeeded(daemon: DaemonProcess) -> None:
+    run_id = waiting(daemon, "note-and-stop")["id"]
+    assert daemon.decide(run_id, "review", "carol").status_code == 200
+    final = daemon.wait_end(run_id)
+    assert final["status"] == "succeeded" and final["error"] is None
+    assert final["steps"]["note"]["status"] == "pending"
+    daemon.assert_record_valid(run_id)
+
+
+def test_a_timeout_routed_to_a_handler_ends_the_run_timed_out(daemon: DaemonProcess) -> None:
+    run_id = daemon.start_run("timeout-note")["id"]
+    final = daemon.wait_end(run_id)
+    assert final["steps"]["note"]["outputs"] == {"noted": "timed_out"}
+    assert final["steps"]["apply"]["status"] == "skipped"
+    assert final["status"] == "timed_out"
+    assert "review" in final["error"] and "timed out" in final["error"]
+    daemon.assert_record_valid(run_id)
+
+
+# ---- what the reviewer is shown --------------------------------------------------------------
+
+
+def test_links_are_rendered_into_the_record_and_shown_in_pending(daemon: DaemonProcess) -> None:
+    run_id = waiting(daemon, "with-links", {"ticket": "OPS-7"})["id"]
+    try:
+        links = daemon.run(run_id)["steps"]["review"]["links"]
+        plan = daemon.run(run_id)["steps"]["plan"]["outputs"]["artifacts"]["plan.txt"]
+        assert plan.startswith("res://")
+        assert links == [{"title": "ticket", "url": "https://tickets.example.test/OPS-7"},
+                         {"title": "plan", "url": plan}]
+        wait_until(lambda: daemon.run_json(run_id)["steps"]["review"].get("links") == links,
+                   message="run.json written with the links")  # the park's snapshot follows its event
+        daemon.assert_record_valid(run_id)
+
+        [entry] = [p for p in daemon.api("bob").get("/api/v1/pending").json()["pending"] if p["run"] == run_id]
+        assert entry["links"] == links
+        shown = daemon.cli("pending", "--json", user="bob")
+        assert shown.returncode == 0, shown.stderr
+        assert next(p for p in json.loads(shown.stdout)["pending"] if p["run"] == run_id)["links"] == links
+        human = daemon.cli("pending", user="bob")
+        assert human.returncode == 0, human.stderr
+        assert f"{run_id} review: plan {plan}" in human.stdout
+        assert f"{run_id} review: ticket https://tickets.example.test/OPS-7" in human.stdout
+        resource = daemon.api("bob").get(f"/api/v1/resources/{plan.removeprefix('res://')}")
+        assert resource.status_code == 200 and resource.text == "the plan\n"
+    finally:
+        daemon.api("alice").post(f"/api/v1/runs/{run_id}/cancel")
 
 
 # ---- comments and reviewer inputs --------------------------------------------------------
@@ -406,6 +533,7 @@ def test_require_comment_on_reject(daemon: DaemonProcess) -> None:
     assert final["steps"]["apply"]["status"] == "skipped"
     assert final["steps"]["note-rejection"]["status"] == "succeeded"
     assert final["steps"]["review"]["comment"] == "wrong file"
+    assert final["status"] == "rejected" and "wrong file" in final["error"]
     daemon.assert_record_valid(run_id)
 
 

@@ -87,6 +87,28 @@ FLOWS_HERE = {
             timeout: 4s
             on_timeout: reject
         """,
+    "notify-links": """
+        name: notify-links
+        inputs:
+          ticket: {type: string, default: OPS-9}
+          early: {type: string, default: 3s}
+        steps:
+          - id: plan
+            kind: shell
+            run: echo "the plan" > "$SIGNOFF_ARTIFACTS/plan.txt"
+            timeout: 1m
+          - id: review
+            kind: approval
+            approvers: [bob]
+            context: read the plan first
+            links:
+              - {title: ticket, url: "https://tickets.example.test/${{ inputs.ticket }}"}
+              - {title: plan, url: "${{ steps.plan.outputs.artifacts['plan.txt'] }}"}
+            notify: [chat, mail]
+            remind_before: ${{ inputs.early }}
+            timeout: 4s
+            on_timeout: reject
+        """,
     "notify-timeout": """
         name: notify-timeout
         steps:
@@ -300,3 +322,26 @@ def test_a_timeout_is_notified(daemon: DaemonProcess, chat: WebhookReceiver) -> 
     final = daemon.wait_end(run_id)
     assert final["steps"]["review"]["status"] == "timed_out"
     wait_until(lambda: len(chat.about(run_id)) >= 2, 5, message="a second message, about the timeout")
+
+
+def test_every_notification_of_a_wait_carries_the_steps_links(daemon: DaemonProcess, mailbox,
+                                                              chat: WebhookReceiver) -> None:
+    box, _ = mailbox
+    run_id = daemon.start_run("notify-links", {"ticket": "OPS-11"})["id"]
+    posts = wait_until(lambda: len(chat.about(run_id)) >= 3 and chat.about(run_id), 30,
+                       message="the waiting, reminder and timeout webhooks")
+    plan = daemon.run(run_id)["steps"]["plan"]["outputs"]["artifacts"]["plan.txt"]
+    sha = plan.removeprefix("res://")
+    expected = [{"title": "ticket", "url": "https://tickets.example.test/OPS-11"},
+                {"title": "plan", "url": plan, "href": f"{PUBLIC_URL}/api/v1/resources/{sha}"},
+                {"title": "run", "url": f"{PUBLIC_URL}/ui/runs/{run_id}"}]
+    subjects = [p["json"]["subject"] for p in posts]
+    assert subjects[0].endswith("waiting at review")
+    assert any("reminder" in s for s in subjects) and any("timed out" in s for s in subjects)
+    for post in posts:
+        assert post["json"]["links"] == expected, post["json"]["subject"]
+        assert "https://tickets.example.test/OPS-11" in post["json"]["text"]
+    mails = wait_until(lambda: box.about(run_id), 20, message="the approval mail")
+    assert "ticket: https://tickets.example.test/OPS-11" in mails[0][1].get_content()
+    final = daemon.wait_end(run_id)
+    assert final["status"] == "rejected" and final["steps"]["review"]["status"] == "timed_out"
