@@ -44,7 +44,7 @@ from runner.timeutil import Clock, parse_rfc3339, rfc3339
 from runner.triggers import ScheduleState, next_slot, schedules, verify_signature, webhook_secret_name
 
 log = logging.getLogger(__name__)
-STEP_KINDS = ("shell", "ssh", "http", "set", "wait", "approval", "callback", "notify")
+STEP_KINDS = ("shell", "ssh", "http", "set", "wait", "approval", "callback", "notify", "end")
 LOCKED_RETRY_SECONDS = 0.5
 
 
