@@ -6,6 +6,12 @@ runs), `approve` (decide approvals the flow lets them), `admin` (everything
 except bypassing an approval's quorum or self-approval rule).
 With no users configured, one local admin gets a random token written 0600
 to the data directory, where the CLI on the same machine finds it.
+
+Who may read what is decided here and nowhere else (`may_see_run`): a run is
+seen by admins, by the user who started it, and by the users with the
+`approve` role whom its flow names among the approvers of any of its approval
+steps; a resource by whoever may see a run that stored it. What a user may
+not see does not exist for them (the API answers 404).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import os
 import secrets as random_tokens
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from runner import secrets
 from runner.datadir import make_dir
@@ -74,6 +80,19 @@ class Users:
 
     def names(self) -> list[str]:
         return sorted(u.name for u in self.by_hash.values())
+
+
+def may_see_run(user: User, run: dict[str, Any], users: Users, approvers: Iterable[str] = ()) -> bool:
+    """Whether `user` may read `run` (record, events, resources). `approvers`: every entry the run's own
+    flow names in `approvers` of its approval steps (see `flow_approvers`)."""
+    if user.can("admin") or run.get("started_by") == user.name:
+        return True
+    return user.can("approve") and users.allowed(user, list(approvers))
+
+
+def flow_approvers(steps: Iterable[Any]) -> list[str]:
+    """The approver entries of a flow's approval steps (`steps`: the flow's Step objects)."""
+    return [entry for step in steps if step.kind == "approval" for entry in step.spec.get("approvers") or []]
 
 
 def local_token(data_dir: Path) -> str:

@@ -25,10 +25,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runner.auth import User, Users
+from runner.auth import User, Users, flow_approvers, may_see_run
 from runner.config import Config
 from runner.engine import SHUTDOWN, Engine
-from runner.errors import Conflict, FlowInvalid, Forbidden, IntegrityError, Invalid, NotFound, RunLocked, StoreError
+from runner.errors import (Conflict, FlowInvalid, Forbidden, IntegrityError, Invalid, NotFound, RunLocked,
+                           SignoffError, StoreError)
 from runner.flowfile import check_file, expand_paths
 from runner.gitops import GitOps
 from runner.inbox import INLINE_LIMIT, Inbox, entry_for
@@ -300,6 +301,7 @@ class Daemon:
     async def decide(self, run_id: str, step_id: str, user: User, body: dict[str, Any]) -> tuple[Receipt, dict]:
         if not user.can("approve"):
             raise Forbidden(f"{user.name} may not decide approvals (needs the approve role)")
+        self.readable_run(run_id, user)
         message = {"type": "decision", "user": user, **{k: body.get(k) for k in
                                                          ("decision", "comment", "inputs", "context_sha256")}}
         # refused at once, whatever the run is doing: never queued behind an earlier step to land on
@@ -386,7 +388,7 @@ class Daemon:
                 "at": entry["at"], "bytes": entry.get("bytes")}
 
     async def cancel(self, run_id: str, user: User) -> dict[str, Any]:
-        run = self.store.read_run(run_id)
+        run = self.readable_run(run_id, user)
         if not (user.can("admin") or (user.can("run") and run.get("started_by") == user.name)):
             raise Forbidden(f"{user.name} may cancel only runs they started (admins: any)")
         if is_terminal(run["status"]):
@@ -425,6 +427,56 @@ class Daemon:
                           "min_approvals": state.get("min_approvals"), "links": state.get("links") or [],
                           "url": self.run_url(run["id"])})
         return found
+
+    # ---- who may read what (the rule: runner.auth.may_see_run) ----------------------------
+
+    def may_see(self, user: User, run: dict[str, Any]) -> bool:
+        try:
+            approvers = flow_approvers(self.engine.flow_of(run["id"], run.get("flow_sha256")).steps)
+        except (SignoffError, OSError):
+            approvers = []  # a run whose flow copy cannot be read: its starter and admins still see it
+        return may_see_run(user, run, self.users, approvers)
+
+    def readable_run(self, run_id: str, user: User) -> dict[str, Any]:
+        """The run, if `user` may see it; otherwise NotFound, the same answer as for a run that does not exist."""
+        try:
+            run = self.store.read_run(run_id)
+        except NotFound:
+            run = None
+        if run is None or not self.may_see(user, run):
+            raise NotFound(f"no run {run_id}", hint="GET /api/v1/runs (or `signoff runs list`) lists the runs "
+                                                    "you may see")
+        return run
+
+    def _may_see_id(self, user: User, run_id: str) -> bool:
+        try:
+            return self.may_see(user, self.store.read_run(run_id))
+        except SignoffError:
+            return False
+
+    def visible_runs(self, user: User, *, limit: int, before: str | None = None, **filters: Any) -> list[dict]:
+        """Up to `limit` runs (newest first, older than `before`) that `user` may see."""
+        found: list[dict] = []
+        batch = max(limit, 200)
+        while len(found) < limit:
+            runs = self.store.list_runs(limit=batch, before=before, **filters)
+            found += [run for run in runs if self.may_see(user, run)]
+            if len(runs) < batch:
+                break
+            before = runs[-1]["id"]
+        return found[:limit]
+
+    def readable_resource(self, ref: str, user: User) -> tuple[Path, dict[str, Any]]:
+        """(path, metadata) of a resource that a run `user` may see stored; otherwise NotFound."""
+        try:
+            path, meta = self.store.resource_path(ref), self.store.resource_meta(ref)
+            runs = self.store.resource_runs(ref)
+        except NotFound:
+            path, meta, runs = None, {}, []
+        if path is not None and (user.can("admin") or any(self._may_see_id(user, run_id) for run_id in runs)):
+            return path, meta
+        raise NotFound(f"no resource {ref.removeprefix('res://')}",
+                       hint="a resource is served to those who may see a run that stored it")
 
     # ---- triggers -----------------------------------------------------------------------
 

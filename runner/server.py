@@ -117,7 +117,7 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         return JSONResponse(run, status_code=201, headers={"Location": f"/api/v1/runs/{run['id']}"})
 
     async def list_runs(request: Request) -> Response:
-        user_of(request)
+        user = user_of(request)
         query = request.query_params
         try:
             limit = max(1, min(int(query.get("limit", 50)), 1000))
@@ -125,18 +125,17 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
             raise Invalid("limit must be a number") from None
         draft = {"true": True, "false": False}.get(query.get("draft", ""), None)
         before = query.get("before")
-        runs = daemon.store.list_runs(flow=query.get("flow"), status=query.get("status"), draft=draft,
-                                      limit=limit + 1, before=before)
+        runs = daemon.visible_runs(user, flow=query.get("flow"), status=query.get("status"), draft=draft,
+                                   limit=limit + 1, before=before)
         page, more = runs[:limit], len(runs) > limit
         return JSONResponse({"runs": page, "next": page[-1]["id"] if more else None})
 
     async def get_run(request: Request) -> Response:
-        user_of(request)
-        return JSONResponse(daemon.store.read_run(request.path_params["run_id"]))
+        return JSONResponse(daemon.readable_run(request.path_params["run_id"], user_of(request)))
 
     async def run_events(request: Request) -> Response:
-        user_of(request)
         run_id = request.path_params["run_id"]
+        daemon.readable_run(run_id, user_of(request))
         try:
             after = int(request.query_params.get("after", -1))
             wait = min(float(request.query_params.get("wait", 0)), 30.0)
@@ -171,10 +170,7 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         return JSONResponse(answer, status_code=status)
 
     async def resource(request: Request) -> Response:
-        user_of(request)
-        ref = request.path_params["sha256"]
-        path = daemon.store.resource_path(ref)
-        meta = daemon.store.resource_meta(ref)
+        path, meta = daemon.readable_resource(request.path_params["sha256"], user_of(request))
         return FileResponse(path, media_type=meta.get("media_type") or "application/octet-stream")
 
     async def hook(request: Request) -> Response:

@@ -438,8 +438,29 @@ class Store:
             meta = {"sha256": sha, "size": size, "media_type": media_type, "name": name, "run": run_id,
                     "step": step, "created_at": created_at}
             write_atomic(meta_path, (_dumps(meta) + "\n").encode(), fsync=self.fsync, durable_name=False)
+        elif run_id:
+            self._note_resource_run(sha, run_id)
         publish(Path(tmp_name), target, fsync=self.fsync)  # its directory fsync covers the metadata too
         return RES_PREFIX + sha
+
+    def _note_resource_run(self, sha: str, run_id: str) -> None:
+        """Another run stored the same bytes: index it beside the metadata (`<sha256>.runs`, a line per run)."""
+        if run_id in self.resource_runs(sha):
+            return
+        with open_append(self.resources_dir / f"{sha}.runs", fsync=self.fsync) as handle:
+            handle.write(run_id.encode() + b"\n")
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+
+    def resource_runs(self, ref: str) -> list[str]:
+        """The runs that stored this resource: the one its metadata names, then the others, in order."""
+        meta = self.resource_meta(ref)
+        try:
+            others = (self.resources_dir / f"{meta['sha256']}.runs").read_text().split()
+        except OSError:
+            others = []
+        return list(dict.fromkeys(r for r in [meta.get("run"), *others] if r))
 
     def resource_path(self, ref: str) -> Path:
         sha = ref[len(RES_PREFIX):] if ref.startswith(RES_PREFIX) else ref

@@ -15,7 +15,10 @@ environment (`token: {env: ...}`); only their hashes reach the daemon.
     bob    roles run, approve        groups ops, editors
     carol  roles run, approve        groups ops, editors, finance
     dave   roles run (no approve)    groups ops
+    root   roles admin               (no groups)
 
+The helpers that only observe (`run`, `events`, `wait_*`) read as `root` (an
+admin sees every run), so a test's own reads never depend on who may see what.
 `start()` polls GET /api/v1/health until the daemon answers (deadline 15 s);
 `stop()` sends SIGTERM and waits (SIGKILL after 10 s); `kill()` is `kill -9`;
 `restart()` is stop + start on the same data dir and port. `public_url` may
@@ -55,7 +58,9 @@ USERS: dict[str, dict[str, Any]] = {
     "bob": {"roles": ["run", "approve"], "groups": ["ops"]},
     "carol": {"roles": ["run", "approve"], "groups": ["ops"]},
     "dave": {"roles": ["run"], "groups": ["ops"]},
+    "root": {"roles": ["admin"]},
 }
+OBSERVER = "root"  # who the observing helpers read as: an admin, who may see every run
 GROUPS: dict[str, dict[str, Any]] = {
     "editors": {"members": ["bob", "carol"]},
     "finance": {"members": ["carol"]},
@@ -265,12 +270,12 @@ class DaemonProcess:
         assert response.status_code == 201, f"start {flow}: {response.status_code} {response.text}"
         return response.json()
 
-    def run(self, run_id: str, user: str = "alice") -> dict:
+    def run(self, run_id: str, user: str = OBSERVER) -> dict:
         response = self.api(user).get(f"/api/v1/runs/{run_id}")
         assert response.status_code == 200, response.text
         return response.json()
 
-    def events(self, run_id: str, user: str = "alice") -> list[dict]:
+    def events(self, run_id: str, user: str = OBSERVER) -> list[dict]:
         response = self.api(user).get(f"/api/v1/runs/{run_id}/events")
         assert response.status_code == 200, response.text
         return response.json()["events"]

@@ -336,7 +336,7 @@ def test_a_large_payload_becomes_a_resource(daemon: DaemonProcess) -> None:
     assert final["status"] == "succeeded"
     ref = final["steps"]["done"]["outputs"]["payload"]
     assert ref == f"res://{hashlib.sha256(body).hexdigest()}"
-    fetched = daemon.api("bob").get(f"/api/v1/resources/{ref.removeprefix('res://')}")
+    fetched = daemon.api().get(f"/api/v1/resources/{ref.removeprefix('res://')}")  # alice started the run
     assert fetched.status_code == 200
     assert fetched.content == body
     assert len((daemon.data / "runs" / run["id"] / "run.json").read_bytes()) < 64 * 1024

@@ -408,7 +408,7 @@ def test_resources_are_served_to_authenticated_users_only(daemon: DaemonProcess)
     sha = ref[len("res://"):]
     assert sha == hashlib.sha256(b"hello resource\n").hexdigest()
 
-    response = daemon.api("carol").get(f"/api/v1/resources/{sha}")
+    response = daemon.api("alice").get(f"/api/v1/resources/{sha}")  # alice started the run
     assert response.status_code == 200
     assert response.content == b"hello resource\n"
 
