@@ -2,8 +2,9 @@
 
 Only token hashes are kept (sha256); a presented token is hashed and compared
 with every user's hash in constant time. Roles: `run` (start and cancel own
-runs), `approve` (decide approvals the flow lets them), `admin` (everything
-except bypassing an approval's quorum or self-approval rule).
+runs), `approve` (decide approvals the flow lets them), `release` (make a
+flow's release tag through the daemon), `admin` (everything, pin and yank
+included, except bypassing an approval's quorum or self-approval rule).
 With no users configured, one local admin gets a random token written 0600
 to the data directory, where the CLI on the same machine finds it.
 
@@ -28,7 +29,9 @@ from runner import secrets
 from runner.datadir import make_dir
 from runner.errors import ConfigError
 
-ROLES = frozenset({"run", "approve", "admin"})
+ROLES = frozenset({"run", "approve", "release", "admin"})
+# the role each change of what is live needs (admins have every role)
+LIVE_CHANGE_ROLES = {"release": "release", "pin": "admin", "unpin": "admin", "yank": "admin", "unyank": "admin"}
 LOCAL_USER = "local"
 TOKEN_FILE = "token"
 
@@ -93,6 +96,11 @@ def may_see_run(user: User, run: dict[str, Any], users: Users, approvers: Iterab
 def flow_approvers(steps: Iterable[Any]) -> list[str]:
     """The approver entries of a flow's approval steps (`steps`: the flow's Step objects)."""
     return [entry for step in steps if step.kind == "approval" for entry in step.spec.get("approvers") or []]
+
+
+def may_change_live(user: User, change: str) -> bool:
+    """Whether `user` may make this change of what is live (release, pin, unpin, yank, unyank)."""
+    return user.can(LIVE_CHANGE_ROLES[change])
 
 
 def local_token(data_dir: Path) -> str:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import difflib
+import getpass
+from pathlib import Path
 from typing import Any
 
 import click
-import semver
 
-from runner import render
+from runner import liveops, render
 from runner.cli import Env, cli, common, emit
-from runner.errors import FlowInvalid, NotFound, UsageError
-from runner.flowfile import check_bytes
+from runner.client import Client, address_of
+from runner.errors import ConfigError, NotFound, SignoffError, Unauthorized
 from runner.live import Resolver
 from runner.releases import FlowRepo
-from runner.yamldoc import parse_bytes
+from runner.yamldoc import DocumentError, parse_bytes, read_file
+
+
+def daemon_option(func):
+    return click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL",
+                        help="Make the change through this daemon, with SIGNOFF_TOKEN [env: SIGNOFF_SERVER; default: "
+                             "the config's daemon if it declares users, else the repository directly].")(func)
 
 
 def _resolver(env: Env) -> Resolver:
@@ -68,7 +75,24 @@ def releases(flow, data, repo, config, as_json) -> None:
         for refused in entry["refused"]:
             first = refused["errors"][0] if refused["errors"] else {}
             human += f"\nrefused {refused['tag']}: {first.get('file', '')}:{first.get('line', '')}: {first.get('message', '')}"
+    human += _last_changes(document["flows"])
     emit(as_json, document, human)
+
+
+def _last_changes(flows: list[dict[str, Any]]) -> str:
+    """Per flow, the latest change of what is live that someone made: what, who, how, when and why."""
+    lines = []
+    for entry in flows:
+        made = [h for h in entry["history"] if h.get("by") and ("override" in h or "released" in h)]
+        if not made:
+            continue
+        last = made[-1]
+        what = f"released {last['released']}" if "released" in last else \
+            f"{last['override']}{' ' + last['version'] if last.get('version') else ''}"
+        how = "through the daemon" if last.get("via") == "daemon" else "directly in the repository"
+        lines.append(f"\n{entry['flow']}: {what} by {last['by']} {how} at {last['at']}"
+                     + (f": {last['reason']}" if last.get("reason") else ""))
+    return "".join(lines)
 
 
 def _drafts(env: Env, live_commits: dict[str, str | None]) -> dict[str, list[dict[str, str]]]:
@@ -93,91 +117,119 @@ def _drafts(env: Env, live_commits: dict[str, str | None]) -> dict[str, list[dic
 @cli.command()
 @click.argument("flow")
 @click.argument("version")
-@click.option("--ref", default="HEAD", show_default=True, help="Release the flow as committed here.")
-@click.option("--message", "-m", help="The tag message (default: 'Release FLOW VERSION').")
+@click.option("--ref", default="HEAD", show_default=True,
+              help="Release the flow as committed here (through a daemon: in the daemon's repository).")
+@click.option("--message", "-m", help="Why: the tag message (default: 'Release FLOW VERSION'), kept in the history.")
 @click.option("--rollback", is_flag=True, help="Allow a version that is not higher than the live one.")
+@daemon_option
 @common
-def release(flow, version, ref, message, rollback, data, repo, config, as_json) -> None:
+def release(flow, version, ref, message, rollback, server, data, repo, config, as_json) -> None:
     """Validate FLOW at REF, then create the annotated tag FLOW/vVERSION (and push it to the remote).
 
+    Through the daemon when one is configured (needs the release role), else directly in the repository.
     Rollback is a new, higher tag on an older commit (`--ref <old commit>`); tags are never moved.
-    JSON: {flow, tag, version, commit, pushed_to, previous}.
+    JSON: {flow, tag, version, commit, pushed_to, push_error, previous, by, via, reason, at, live}.
     """
     env = Env(data, repo, config)
-    try:
-        wanted = semver.Version.parse(version.removeprefix("v"))
-    except ValueError:
-        raise UsageError(f"{version!r} is not a semantic version", hint="write e.g. 1.4.0") from None
-    tag = f"{flow}/v{wanted}"
+    liveops.parse_version(version)
+    body = {"version": version, "ref": ref, "message": message, "rollback": rollback}
+    document = _change_live("release", flow, body, env, server)
+    if document["via"] == "repository" and document.get("push_error"):
+        raise SignoffError(document["push_error"], hint=f"push it yourself: git push origin {document['tag']}")
+    pushed, previous = document.get("pushed_to"), document.get("previous")
+    human = (f"released {document['tag']} at {document['commit'][:12]}" + (f", pushed to {pushed}" if pushed else "")
+             + (f" (was {previous})" if previous else ""))
+    if document.get("push_error"):
+        human += f"\nwarning: {document['push_error']}"
+    emit(as_json, document, human + _how(document))
+
+
+def _change_live(change: str, flow: str, body: dict[str, Any], env: Env, server: str | None) -> dict[str, Any]:
+    """A change of what is live through the daemon when one is configured, else on the repository directly.
+
+    A daemon is configured by --server / SIGNOFF_SERVER, or by a config that declares users (their daemon
+    decides who may change what is live: without a token such a config refuses, never works around it).
+    """
+    declared = _declared_config(env)
+    if server or declared.get("users"):
+        with Client(server or address_of(declared), env.data) as client:
+            if not client.token:
+                raise Unauthorized(f"{env.config_path} declares users, so changes of what is live go through the "
+                                   f"daemon at {client.server}, as one of them",
+                                   hint="set SIGNOFF_TOKEN to your token (and --server / SIGNOFF_SERVER if the daemon "
+                                        "listens elsewhere)")
+            fields = {key: value for key, value in body.items() if value is not None}
+            _, answer = client.call("POST", f"/api/v1/flows/{flow}/{change}", json=fields)
+            return {**answer, "server": client.server}
     cfg = env.config() if env.config_path else None
-    with FlowRepo(env.repo) as git_repo:
-        full, commit = git_repo.resolve(ref)
-        source = git_repo.flow_file(commit, flow)
-        if source is None:
-            raise NotFound(f"flows/{flow}.yaml does not exist at {full} ({commit[:12]})")
-        report = check_bytes(source, f"flows/{flow}.yaml@{full}", expect_name=flow, config=cfg)
-        if not report.ok:
-            raise FlowInvalid(f"flows/{flow}.yaml at {full} is invalid; nothing was tagged\n"
-                              + "\n".join(str(p) for p in report.errors), report.errors)
-    current = _resolver(env).resolve().flows.get(flow)
-    previous = current.release if current else None
-    if previous and wanted <= previous.version and not rollback:
-        raise UsageError(f"{tag} is not higher than the live {previous.tag}",
-                         hint="pick a higher version (a rollback is a higher tag on an older commit), "
-                              "or pass --rollback")
-    with FlowRepo(env.repo) as git_repo:
-        git_repo.create_tag(tag, commit, message or f"Release {flow} {wanted}")
-        pushed = git_repo.push_tag(tag)
-    document = {"flow": flow, "tag": tag, "version": str(wanted), "commit": commit, "pushed_to": pushed,
-                "previous": previous.tag if previous else None}
-    emit(as_json, document, f"released {tag} at {commit[:12]}" + (f", pushed to {pushed}" if pushed else "")
-         + (f" (was {previous.tag})" if previous else ""))
+    actor = liveops.Actor(getpass.getuser(), "repository", body.get("reason") or body.get("message"))
+    fields = liveops.request_fields(change, {k: v for k, v in body.items() if v is not None})
+    document = liveops.apply(change, env.repo, env.data, flow, fields, actor, config=cfg)
+    return {**document, "repository": str(env.repo), "data": str(env.data)}
 
 
-def _override(kind: str, flow: str, version: str | None, env: Env, as_json: bool) -> None:
-    if kind == "pin":
-        known = _resolver(env).resolve(record=False).flows.get(flow)
-        if known is None or version.removeprefix("v") not in known.versions:
-            raise NotFound(f"{flow} has no release {version}",
-                           hint=f"its releases: {', '.join(known.versions) if known else 'none'}")
-        verdict = _resolver(env).verdict_for(flow, version) or {}
-        if not verdict.get("ok"):
-            first = (verdict.get("errors") or [{}])[0]
-            raise UsageError(f"{flow} {version} was refused, so it cannot be pinned: {first.get('message', '')}",
-                             hint="pin a release that passed validation")
-    overrides = _resolver(env).set_override(kind, flow, version)
-    resolution = _resolver(env).resolve()
-    live = resolution.flows.get(flow)
-    document = {"flow": flow, "overrides": overrides, "live": live.to_dict() if live else None}
-    now = live.release.tag if live and live.release else "nothing"
-    emit(as_json, document, f"{kind} {flow}{' ' + version if version else ''}: live is now {now}")
+def _declared_config(env: Env) -> dict[str, Any]:
+    """The config file as written (secrets unresolved: the CLI may not hold the daemon's)."""
+    if not env.config_path:
+        return {}
+    try:
+        plain = read_file(Path(env.config_path)).plain
+    except DocumentError as exc:
+        raise ConfigError(str(exc.problem)) from None
+    return plain if isinstance(plain, dict) else {}
+
+
+def _how(document: dict[str, Any]) -> str:
+    """How the change was made, in words: through which daemon as whom, or on which files with no authorization."""
+    if document.get("via") == "daemon":
+        return f" (through the daemon at {document.get('server')}, as {document.get('by')})"
+    return (f" (directly in the repository {document.get('repository')} and data {document.get('data')}: no daemon "
+            f"configured, so no authorization; recorded as {document.get('by')})")
+
+
+def _override(kind: str, flow: str, version: str | None, reason: str | None, server: str | None, env: Env,
+              as_json: bool) -> None:
+    document = _change_live(kind, flow, {"version": version, "reason": reason}, env, server)
+    live = document.get("live") or {}
+    now = (live.get("live") or {}).get("tag") or "nothing"
+    emit(as_json, document, f"{kind} {flow}{' ' + version if version else ''}: live is now {now}" + _how(document))
 
 
 @cli.command()
 @click.argument("flow")
 @click.argument("version")
+@click.option("--reason", "-m", help="Why (kept in the history).")
+@daemon_option
 @common
-def pin(flow, version, data, repo, config, as_json) -> None:
-    """Emergency override: keep FLOW at VERSION until `signoff unpin`. JSON: {flow, overrides, live}."""
-    _override("pin", flow, version, Env(data, repo, config), as_json)
+def pin(flow, version, reason, server, data, repo, config, as_json) -> None:
+    """Emergency override: keep FLOW at VERSION until `signoff unpin` (admin).
+
+    JSON: {flow, overrides, live, by, via, reason, at}."""
+    _override("pin", flow, version, reason, server, Env(data, repo, config), as_json)
 
 
 @cli.command()
 @click.argument("flow")
+@click.option("--reason", "-m", help="Why (kept in the history).")
+@daemon_option
 @common
-def unpin(flow, data, repo, config, as_json) -> None:
-    """Lift a pin. JSON: {flow, overrides, live}."""
-    _override("unpin", flow, None, Env(data, repo, config), as_json)
+def unpin(flow, reason, server, data, repo, config, as_json) -> None:
+    """Lift a pin (admin). JSON: {flow, overrides, live, by, via, reason, at}."""
+    _override("unpin", flow, None, reason, server, Env(data, repo, config), as_json)
 
 
 @cli.command()
 @click.argument("flow")
 @click.argument("version")
 @click.option("--undo", is_flag=True, help="Lift the yank.")
+@click.option("--reason", "-m", help="Why (kept in the history).")
+@daemon_option
 @common
-def yank(flow, version, undo, data, repo, config, as_json) -> None:
-    """Emergency override: never use FLOW VERSION (the next lower valid one goes live). JSON: {flow, overrides, live}."""
-    _override("unyank" if undo else "yank", flow, version, Env(data, repo, config), as_json)
+def yank(flow, version, undo, reason, server, data, repo, config, as_json) -> None:
+    """Emergency override: never use FLOW VERSION (the next lower valid one goes live) (admin).
+
+    JSON: {flow, overrides, live, by, via, reason, at}."""
+    _override("unyank" if undo else "yank", flow, version, reason, server, Env(data, repo, config), as_json)
 
 
 def step_summary(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:

@@ -32,6 +32,18 @@ def _is_local(server: str) -> bool:
         return False
 
 
+def address_of(config_data: dict[str, Any]) -> str | None:
+    """Where the daemon of a config listens, as the CLI on its machine reaches it (None: the default)."""
+    server = config_data.get("server") or {}
+    if not server:
+        return None
+    if server.get("public_url"):
+        return str(server["public_url"])
+    host = str(server.get("host", "127.0.0.1"))
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{'[' + host + ']' if ':' in host else host}:{server.get('port', 8080)}"
+
+
 class Client:
     def __init__(self, server: str | None, data_dir: Path, *, timeout: float = 40.0) -> None:
         self.server = (server or os.environ.get("SIGNOFF_SERVER") or DEFAULT_SERVER).rstrip("/")

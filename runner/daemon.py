@@ -25,7 +25,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runner.auth import User, Users, flow_approvers, may_see_run
+from runner import liveops
+from runner.auth import (LIVE_CHANGE_ROLES, User, Users, flow_approvers, may_change_live,
+                         may_see_run)
 from runner.config import Config
 from runner.engine import SHUTDOWN, Engine
 from runner.errors import (Conflict, FlowInvalid, Forbidden, IntegrityError, Invalid, NotFound, RunLocked,
@@ -427,6 +429,20 @@ class Daemon:
                           "min_approvals": state.get("min_approvals"), "links": state.get("links") or [],
                           "url": self.run_url(run["id"])})
         return found
+
+    # ---- changes of what is live ------------------------------------------------------------
+
+    async def change_live(self, change: str, flow: str, body: dict[str, Any], user: User) -> dict[str, Any]:
+        """release, pin, unpin, yank or unyank, by a user who holds the role for it; recorded with who and why."""
+        if not may_change_live(user, change):
+            raise Forbidden(f"{user.name} may not {change} (needs the {LIVE_CHANGE_ROLES[change]} role)",
+                            hint="ask someone with that role, or an admin")
+        fields = liveops.request_fields(change, body)
+        actor = liveops.Actor(user.name, "daemon", fields.get("reason"))
+        document = await self.gitops.change(change, flow, fields, actor)
+        log.info("%s of %s by %s", change, flow, user.name, extra={"event": "live_change", "change": change,
+                                                                 "flow": flow, "user": user.name})
+        return document
 
     # ---- who may read what (the rule: runner.auth.may_see_run) ----------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from runner import liveops
 from runner.errors import NotFound
 from runner.flowfile import find_flow_file, load_flow_bytes
 from runner.live import Resolution, Resolver
@@ -49,6 +50,7 @@ class GitOps:
         self.config = config
         self.poll_interval = poll_interval
         self.clock = clock or Clock()
+        self.data_dir = data_dir
         self.resolver = Resolver(source.path, data_dir, config=config, clock=self.clock)
         self.resolution: Resolution | None = None
         self.error: str | None = None
@@ -103,6 +105,16 @@ class GitOps:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
+
+    async def change(self, change: str, flow: str, fields: dict[str, Any], actor: liveops.Actor) -> dict[str, Any]:
+        """Make a change of what is live (authorized by the caller), then re-read the live versions at once."""
+        if not FLOW_NAME.match(flow):
+            raise NotFound(f"no flow named {flow!r}", hint="flow names are lower-case letters, digits and -")
+        document = await self.git(lambda: liveops.apply(change, self.source.path, self.data_dir, flow, fields, actor,
+                                                        config=self.config, clock=self.clock,
+                                                        mirror=self.source.remote))
+        await self.reconcile(change)
+        return document
 
     # ---- where a run's flow comes from ------------------------------------------------
 

@@ -152,7 +152,8 @@ class Resolver:
         self.config = config
         self.clock = clock or Clock()
 
-    def resolve(self, *, record: bool = True) -> Resolution:
+    def resolve(self, *, record: bool = True, cause: dict[str, Any] | None = None) -> Resolution:
+        """The live version of every flow; `cause` (who, how, why) is recorded with any activation it finds."""
         with self.state.locked(), FlowRepo(self.repo_path) as repo:
             refs = repo.refs()
             seen: dict[str, str] = self.state.load("seen", {})
@@ -165,7 +166,7 @@ class Resolver:
                 self.state.save("seen", seen)
                 self.state.save("tag_words", self.tag_words)
                 self.state.save("verdicts", verdicts)
-                self._record_changes(flows)
+                self._record_changes(flows, cause or {})
         return Resolution(flows, problems, bool(releases), ignored)
 
     # ---- tags -----------------------------------------------------------------------
@@ -265,7 +266,7 @@ class Resolver:
             break
         return live
 
-    def _record_changes(self, flows: dict[str, LiveFlow]) -> None:
+    def _record_changes(self, flows: dict[str, LiveFlow], cause: dict[str, Any]) -> None:
         current: dict[str, Any] = self.state.load("live", {})
         changed = False
         for name, live in flows.items():
@@ -275,7 +276,7 @@ class Resolver:
             if before.get("tag") != tag or before.get("commit") != commit:
                 self.state.append_history({"at": rfc3339(self.clock.now()), "flow": name, "tag": tag,
                                            "commit": commit, "previous": before.get("tag"),
-                                           "pinned": live.pinned})
+                                           "pinned": live.pinned, **cause})
                 current[name] = {"tag": tag, "commit": commit}
                 changed = True
         if changed:
@@ -299,7 +300,9 @@ class Resolver:
 
     # ---- overrides --------------------------------------------------------------------
 
-    def set_override(self, kind: str, flow: str, version: str | None) -> dict[str, Any]:
+    def set_override(self, kind: str, flow: str, version: str | None, *,
+                     actor: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Pin, unpin, yank or unyank; the history entry carries `actor` (by, via, reason)."""
         if version is not None:
             try:
                 semver.Version.parse(version.removeprefix("v"))
@@ -320,5 +323,5 @@ class Resolver:
                 overrides["yanks"][flow] = [v for v in overrides["yanks"].get(flow, []) if v != version]
             self.state.save("overrides", overrides)
             self.state.append_history({"at": rfc3339(self.clock.now()), "flow": flow, "override": kind,
-                                       "version": version})
+                                       "version": version, **(actor or {})})
         return overrides

@@ -162,11 +162,19 @@ class FlowRepo:
 
     # ---- writing tags -------------------------------------------------------------
 
-    def create_tag(self, name: str, commit: str, message: str) -> TagInfo:
+    def create_tag(self, name: str, commit: str, message: str, *, tagger: tuple[str, str] | None = None) -> TagInfo:
+        """An annotated tag; `tagger` (name, email) instead of the repository's own identity."""
         if f"refs/tags/{name}" in {r.path for r in self.repo.tags}:
             raise UsageError(f"tag {name} already exists", hint="releases are never moved: pick a higher version")
-        self.repo.create_tag(name, ref=commit, message=message)
+        if tagger is None:
+            self.repo.create_tag(name, ref=commit, message=message)
+        else:
+            self.repo.git.tag("-a", name, commit, "-m", message,
+                              env={"GIT_COMMITTER_NAME": tagger[0], "GIT_COMMITTER_EMAIL": tagger[1]})
         return self.refs().tags[f"refs/tags/{name}"]
+
+    def delete_tag(self, name: str) -> None:
+        self.repo.git.tag("-d", name)
 
     def push_tag(self, name: str) -> str | None:
         """Push to the first remote, if there is one; returns the remote's name."""

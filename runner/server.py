@@ -25,6 +25,7 @@ from runner.daemon import Daemon
 from runner.errors import (Conflict, Forbidden, Invalid, NotFound, RunLocked, SignoffError, TooLarge,
                            Unauthorized, UsageError)
 from runner.flowfile import FlowInvalid
+from runner.liveops import CHANGES as LIVE_CHANGES
 from runner.steps.callback import MAX_DEPTH, json_depth
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,14 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         path, meta = daemon.readable_resource(request.path_params["sha256"], user_of(request))
         return FileResponse(path, media_type=meta.get("media_type") or "application/octet-stream")
 
+    def live_change(change: str):
+        async def route(request: Request) -> Response:
+            user = user_of(request)
+            body = await read_json(request, body_limit)
+            answer = await daemon.change_live(change, request.path_params["flow"], body, user)
+            return JSONResponse(answer, status_code=201 if change == "release" else 200)
+        return route
+
     async def hook(request: Request) -> Response:
         body = await read_body(request, body_limit)
         run = await daemon.hook(request.path_params["flow"], body, request.headers.get("x-hub-signature-256"))
@@ -191,6 +200,8 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         Route("/api/v1/health", handler(health)),
         Route("/api/v1/flows", handler(flows)),
         Route("/api/v1/flows/{flow}/runs", handler(start_run), methods=["POST"]),
+        *[Route(f"/api/v1/flows/{{flow}}/{change}", handler(live_change(change)), methods=["POST"])
+          for change in LIVE_CHANGES],
         Route("/api/v1/runs", handler(list_runs)),
         Route("/api/v1/runs/{run_id}", handler(get_run)),
         Route("/api/v1/runs/{run_id}/events", handler(run_events)),

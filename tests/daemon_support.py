@@ -15,6 +15,7 @@ environment (`token: {env: ...}`); only their hashes reach the daemon.
     bob    roles run, approve        groups ops, editors
     carol  roles run, approve        groups ops, editors, finance
     dave   roles run (no approve)    groups ops
+    rita   roles release             (no groups)
     root   roles admin               (no groups)
 
 The helpers that only observe (`run`, `events`, `wait_*`) read as `root` (an
@@ -58,6 +59,7 @@ USERS: dict[str, dict[str, Any]] = {
     "bob": {"roles": ["run", "approve"], "groups": ["ops"]},
     "carol": {"roles": ["run", "approve"], "groups": ["ops"]},
     "dave": {"roles": ["run"], "groups": ["ops"]},
+    "rita": {"roles": ["release"]},
     "root": {"roles": ["admin"]},
 }
 OBSERVER = "root"  # who the observing helpers read as: an admin, who may see every run

@@ -355,8 +355,10 @@ def test_deleted_tag_is_reported_and_its_release_kept(world: GitWorld, data: Pat
 def test_release_creates_an_annotated_tag_and_pushes_it(world: GitWorld, data: Path) -> None:
     code, out, err, doc = signoff(world, data, "release", "alpha", "1.0.0", "--message", "First alpha", "--json")
     assert code == 0, f"{out}\n{err}"
-    assert doc == {"flow": "alpha", "tag": "alpha/v1.0.0", "version": "1.0.0", "commit": world.first,
-                   "pushed_to": "origin", "previous": None}
+    assert {key: doc[key] for key in ("flow", "tag", "version", "commit", "pushed_to", "previous", "via",
+                                      "reason")} == {
+        "flow": "alpha", "tag": "alpha/v1.0.0", "version": "1.0.0", "commit": world.first, "pushed_to": "origin",
+        "previous": None, "via": "repository", "reason": "First alpha"}
     listing = git(world.remote, "for-each-ref", "refs/tags/",
                   "--format=%(refname) %(objecttype) %(*objectname) %(taggername) %(taggeremail) %(contents:subject)")
     assert listing == f"refs/tags/alpha/v1.0.0 tag {world.first} Release Manager <rm@example.com> First alpha"
