@@ -115,7 +115,7 @@ def release(repo_path: Path, data_dir: Path, flow: str, version: str, actor: Act
         except SignoffError as exc:
             if mirror:
                 git_repo.delete_tag(tag)
-                raise Conflict(f"the remote refused {tag}, so nothing was released: {exc.message}",
+                raise Conflict(f"the remote did not take {tag}, so nothing was released ({exc.message})",
                                hint="check the daemon's push access to the repository") from None
             push_error = exc.message
     at = rfc3339(clock.now())

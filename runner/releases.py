@@ -181,11 +181,13 @@ class FlowRepo:
         if not self.repo.remotes:
             return None
         remote = self.repo.remotes[0]
-        try:
-            remote.push(f"refs/tags/{name}:refs/tags/{name}")
+        try:  # to the URL: a mirror's `remote.<name>.mirror` would refuse a push of one ref by name
+            self.repo.git.push(remote.url, f"refs/tags/{name}:refs/tags/{name}")
         except GitCommandError as exc:
-            raise SignoffError(f"tag {name} was created but pushing it to {remote.name} failed: "
-                               f"{exc.stderr.strip()[:300]}", hint=f"push it yourself: git push {remote.name} {name}")
+            said = " ".join(line.strip() for line in str(exc.stderr or "").replace("stderr:", "").strip(" \n'")
+                            .splitlines() if line.strip())
+            raise SignoffError(f"tag {name} was created but pushing it to {remote.name} failed: {said[:300]}",
+                               hint=f"push it yourself: git push {remote.name} {name}")
         return remote.name
 
 

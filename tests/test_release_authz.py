@@ -164,3 +164,25 @@ def test_a_config_with_users_and_no_token_refuses(daemon: GitOpsDaemon) -> None:
     assert code == 0, err
     assert (doc["via"], doc["by"]) == ("daemon", "root")
     assert daemon.live_tag("deploy") == "v1.0.0"
+
+
+def test_a_release_through_a_daemon_on_a_clone_url_reaches_the_remote(tmp_path: Path) -> None:
+    process = GitOpsDaemon(tmp_path / "remote", flows={"deploy": simple_flow("deploy")}, remote=True,
+                           poll_interval="1h")
+    process.tag("v1.0.0")
+    with process:
+        released = change(process, "rita", "release", version="1.1.0", message="from the mirror")
+        assert released.status_code == 201, released.text
+        assert released.json()["pushed_to"] and process.live_tag("deploy") == "deploy/v1.1.0"
+        assert git(process.remote, "for-each-ref", "refs/tags/deploy/",
+                   "--format=%(refname) %(taggername)") == "refs/tags/deploy/v1.1.0 rita"
+
+        # a remote that refuses the tag: nothing is released, and the mirror keeps no tag the remote lacks
+        hook = process.remote / "hooks" / "pre-receive"
+        hook.write_text("#!/bin/sh\necho 'tags are frozen today' >&2\nexit 1\n")
+        hook.chmod(0o755)
+        error = error_of(change(process, "rita", "release", version="1.2.0"), 409)
+        assert "deploy/v1.2.0" in error["message"] and "tags are frozen today" in error["message"]
+        mirror = process.data / "mirror.git"
+        assert git(mirror, "tag", "-l", "deploy/v1.2.0") == ""
+        assert process.live_tag("deploy") == "deploy/v1.1.0"
