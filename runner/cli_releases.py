@@ -135,7 +135,7 @@ def release(flow, version, ref, message, rollback, server, data, repo, config, a
     body = {"version": version, "ref": ref, "message": message, "rollback": rollback}
     document = _change_live("release", flow, body, env, server)
     if document["via"] == "repository" and document.get("push_error"):
-        raise SignoffError(document["push_error"], hint=f"push it yourself: git push origin {document['tag']}")
+        raise SignoffError(document["push_error"], hint=f"push it yourself: git push <remote> {document['tag']}")
     pushed, previous = document.get("pushed_to"), document.get("previous")
     human = (f"released {document['tag']} at {document['commit'][:12]}" + (f", pushed to {pushed}" if pushed else "")
              + (f" (was {previous})" if previous else ""))
@@ -154,8 +154,10 @@ def _change_live(change: str, flow: str, body: dict[str, Any], env: Env, server:
     if server or declared.get("users"):
         with Client(server or address_of(declared), env.data) as client:
             if not client.token:
-                raise Unauthorized(f"{env.config_path} declares users, so changes of what is live go through the "
-                                   f"daemon at {client.server}, as one of them",
+                why = (f"{env.config_path} declares users, so a change of what is live goes through its daemon"
+                       f" at {client.server} and" if declared.get("users")
+                       else f"a change of what is live through the daemon at {client.server}")
+                raise Unauthorized(f"{why} needs a user's token; none was given",
                                    hint="set SIGNOFF_TOKEN to your token (and --server / SIGNOFF_SERVER if the daemon "
                                         "listens elsewhere)")
             fields = {key: value for key, value in body.items() if value is not None}
