@@ -115,6 +115,9 @@ def test_bad_change_requests_get_clear_answers(daemon: GitOpsDaemon) -> None:
 
 
 def test_the_cli_goes_through_the_daemon_when_one_is_configured(daemon: GitOpsDaemon) -> None:
+    anonymous = daemon.cli("pin", "deploy", "1.0.0", user=None)
+    assert anonymous.returncode == 1
+    assert f"through the daemon at {daemon.url} needs a user's token" in anonymous.stderr
     refused = daemon.cli("pin", "deploy", "1.0.0", "--json", user="dave")
     assert refused.returncode == 1
     assert "admin" in refused.stderr and "forbidden" in refused.stdout
