@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -113,6 +114,7 @@ class Verification:
     run_id: str
     events: int = 0
     problems: list[str] = field(default_factory=list)
+    lagging: bool = False  # the snapshot of an ended run is behind its log
 
     @property
     def ok(self) -> bool:
@@ -284,8 +286,20 @@ class Store:
                 break
         return found
 
-    def verify(self, run_id: str) -> Verification:
-        """Check the event chain, and that run.json is exactly the fold of the events it claims."""
+    def verify(self, run_id: str, *, grace: float = 1.0) -> Verification:
+        """Check the event chain, and that run.json is exactly the fold of the events it claims.
+
+        A run that has just ended has its last events on disk a moment before its snapshot: a
+        lagging snapshot is looked at again for up to `grace` seconds before it is reported.
+        """
+        deadline = time.monotonic() + grace
+        while True:
+            result = self._verify_once(run_id)
+            if not result.lagging or time.monotonic() >= deadline:
+                return result
+            time.sleep(0.05)
+
+    def _verify_once(self, run_id: str) -> Verification:
         result = Verification(run_id)
         path = self.run_dir(run_id) / "events.jsonl"
         prev, events = GENESIS, []
@@ -323,6 +337,7 @@ class Store:
             # crash between the last event and the snapshot that start-up did not repair (yet)
             result.problems.append(f"run.json lags its log: it reflects {count} of {len(events)} events "
                                    f"(the daemon rewrites it from the log at start-up)")
+            result.lagging = True
         rebuilt = record.fold(events[:count])
         rebuilt["events"] = claimed
         if json.loads(_dumps(rebuilt)) != snapshot:
