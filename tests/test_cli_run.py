@@ -290,8 +290,9 @@ def test_secrets_printed_by_a_step_are_masked_on_the_terminal_too(repo, tmp_path
     secret = "tok-live-9b8a7c6d5e"
     env = cli_env(tmp_path / "data", SIGNOFF_TEST_TOK=secret)
     config = write_config(tmp_path, {"secrets": {"tok": {"env": "SIGNOFF_TEST_TOK"}}})
+    (repo / "token.txt").write_text(secret)  # the step's environment no longer hands it over
     (repo / "flows" / "talks.yaml").write_text(
-        "name: talks\nsteps:\n  - id: say\n    kind: shell\n    run: echo \"the token is $SIGNOFF_TEST_TOK\"\n")
+        "name: talks\nsteps:\n  - id: say\n    kind: shell\n    run: echo \"the token is $(cat token.txt)\"\n")
     done = cli(repo, env, "run", "talks", "--local", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert secret not in done.stdout

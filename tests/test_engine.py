@@ -708,8 +708,11 @@ HEADER = "Bearer hdr-c0ffee5eed1234"
 
 
 def _secret_config(tmp_path: Path, monkeypatch, **kwargs) -> Harness:
+    """Secrets from the environment; a step learns them only from `secrets.sh` in its work dir (`. ./secrets.sh`)."""
     monkeypatch.setenv("SIGNOFF_TEST_TOK", TOKEN)
     monkeypatch.setenv("SIGNOFF_TEST_HDR", HEADER)
+    (tmp_path / "work").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "work" / "secrets.sh").write_text(f"SIGNOFF_TEST_TOK='{TOKEN}'\nSIGNOFF_TEST_HDR='{HEADER}'\n")
     return harness_with_config(tmp_path, {
         "secrets": {"tok": {"env": "SIGNOFF_TEST_TOK"}},
         "connections": {"api": {"kind": "http", "base_url": f"http://127.0.0.1:{closed_port()}",
@@ -725,11 +728,12 @@ steps:
   - id: prints
     kind: shell
     run: |
+      . ./secrets.sh
       echo "tok=$SIGNOFF_TEST_TOK hdr=$SIGNOFF_TEST_HDR"
       echo "copied=$SIGNOFF_TEST_TOK" >> "$SIGNOFF_OUTPUT"
   - id: fails
     kind: shell
-    run: echo "auth failed for $SIGNOFF_TEST_HDR" >&2; exit 1
+    run: . ./secrets.sh; echo "auth failed for $SIGNOFF_TEST_HDR" >&2; exit 1
     on_error: continue
   - id: reads
     kind: set
@@ -755,6 +759,7 @@ steps:
   - id: prints
     kind: shell
     run: |
+      . ./secrets.sh
       echo "tok=$SIGNOFF_TEST_TOK"
       head -c 100000 /dev/zero | tr '\\0' .
 """)

@@ -15,26 +15,31 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from runner.children import Child, child_environment, spawn
 from runner.commandoutput import MAX_SPOOL, Spool, parse_output_file, stdout_json
 from runner.errors import StepFailed
 from runner.steps import Done, StepContext
 
 KILL_GRACE = 2.0
+GROUP_POLL = 0.05
 
 
-async def kill_group(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is not None:
-        return
-    for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), grace)
-            return
-        except TimeoutError:
-            continue
+async def kill_group(process: Child) -> None:
+    """SIGTERM to the command's whole process group, SIGKILL to whatever of it is left after the grace.
+
+    The group outlives its leader when a member ignores SIGTERM, so the grace runs out on the group.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + KILL_GRACE
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        while loop.time() < give_up:
+            await asyncio.sleep(GROUP_POLL)
+            os.killpg(process.pid, 0)  # ProcessLookupError once nothing of the group is left
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # nothing left, or only what is not ours to signal
+        pass
+    await process.wait()
 
 
 class ShellKind:
@@ -47,8 +52,9 @@ class ShellKind:
         artifacts = work / "artifacts"
         artifacts.mkdir(parents=True)
         output_file = work / "output"
-        env = {**os.environ, **ctx.env, "SIGNOFF_OUTPUT": str(output_file), "SIGNOFF_ARTIFACTS": str(artifacts),
-               "SIGNOFF_RUN_ID": ctx.run["id"], "SIGNOFF_FLOW": ctx.run["flow"], "SIGNOFF_STEP": ctx.step.id}
+        env = child_environment(ctx.env, {"SIGNOFF_OUTPUT": str(output_file), "SIGNOFF_ARTIFACTS": str(artifacts),
+                                          "SIGNOFF_RUN_ID": ctx.run["id"], "SIGNOFF_FLOW": ctx.run["flow"],
+                                          "SIGNOFF_STEP": ctx.step.id})
         cwd = ctx.work_dir / ctx.spec["cwd"] if ctx.spec.get("cwd") else ctx.work_dir
         if not cwd.is_dir():
             raise StepFailed(f"cwd {cwd} is not a directory", retryable=False)
@@ -56,17 +62,18 @@ class ShellKind:
         cap = int((ctx.config.limits if ctx.config else {}).get("max_output_bytes", MAX_SPOOL))
         spools = {"stdout": Spool(work / "stdout", cap), "stderr": Spool(work / "stderr", cap)}
         try:
-            process = await asyncio.create_subprocess_exec(
-                shell, "-c", ctx.spec["run"], cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            process = await spawn([shell, "-c", ctx.spec["run"]], cwd=cwd, env=env)
         except OSError as exc:
             raise StepFailed(f"cannot start {shell}: {exc.strerror}", retryable=False) from None
         try:
             await asyncio.gather(self._pump(process.stdout, spools["stdout"], "stdout", ctx),
                                  self._pump(process.stderr, spools["stderr"], "stderr", ctx))
             code = await process.wait()
-        finally:
+        except BaseException:  # a timeout or a cancel: the command is cut short
             await kill_group(process)
+            raise
+        finally:
+            process.close()
             for spool in spools.values():
                 spool.handle.close()
         outputs: dict[str, Any] = {"exit_code": code}

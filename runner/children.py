@@ -1,0 +1,122 @@
+"""What a command started by signoff inherits: a clean environment and three descriptors.
+
+A step's command (`shell`, and anything else that starts a local process) is
+not part of the daemon, so it sees neither the daemon's environment (where the
+`{env: NAME}` secrets of the config live) nor its descriptors (the listening
+socket, client connections, a run's event log and with it the run's lock).
+
+The environment of a child is, in this order (later wins):
+
+    PATH, HOME, LANG, LC_*, TZ     from signoff's own environment, where set
+    the flow's and the step's env  rendered by the engine
+    SIGNOFF_*                      what signoff tells the step (run, flow, step, output file, ...)
+
+Its descriptors are stdin (/dev/null), a pipe each for stdout and stderr, and
+nothing else: a background job (`nohup worker &`) holds none of the daemon's
+files, so the step ends when its shell does. The process is started by
+`subprocess` (which closes every other descriptor in the child), not by the
+event loop's own process support, because uvloop's ignores `close_fds` and
+leaves its copies of the pipes (and a pipe of its own) open in the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Mapping
+
+PASSED = ("PATH", "HOME", "LANG", "TZ")  # plus every LC_* variable
+PASSED_PREFIXES = ("LC_",)
+
+
+def child_environment(env: Mapping[str, str], signoff: Mapping[str, str], *,
+                      parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a step's command: the passed variables, then `env`, then the `SIGNOFF_*` ones."""
+    parent = os.environ if parent is None else parent
+    base = {key: value for key, value in parent.items() if key in PASSED or key.startswith(PASSED_PREFIXES)}
+    base.setdefault("PATH", os.defpath)
+    return {**base, **{str(k): str(v) for k, v in env.items()}, **signoff}
+
+
+class Child:
+    """A running command: `stdout`/`stderr` stream readers, `pid`, `returncode`, `wait()` and `close()`."""
+
+    def __init__(self, popen: subprocess.Popen, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader,
+                 transports: list[asyncio.BaseTransport], exited: asyncio.Future) -> None:
+        self._popen = popen
+        self.stdout = stdout
+        self.stderr = stderr
+        self._transports = transports
+        self._exited = exited
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        """The exit code (negative: killed by that signal), once the process has ended."""
+        return await asyncio.shield(self._exited)
+
+    def close(self) -> None:
+        """Close the pipes (the process itself is the caller's to end and wait for)."""
+        for transport in self._transports:
+            transport.close()
+
+
+async def spawn(argv: list[str], *, cwd: Path, env: Mapping[str, str]) -> Child:
+    """Start `argv` in a session of its own with only stdin, stdout and stderr; OSError if it cannot start."""
+    loop = asyncio.get_running_loop()
+    popen = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
+    transports: list[asyncio.BaseTransport] = []
+    readers = []
+    try:
+        for pipe in (popen.stdout, popen.stderr):
+            reader = asyncio.StreamReader()
+            transport, _ = await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
+            transports.append(transport)
+            readers.append(reader)
+    except BaseException:
+        for transport in transports:
+            transport.close()
+        popen.kill()
+        popen.wait()
+        raise
+    return Child(popen, readers[0], readers[1], transports, _exit_future(loop, popen))
+
+
+def _exit_future(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen) -> asyncio.Future:
+    """A future for the exit code: a pidfd watched by the loop (Linux), else a thread that waits."""
+    exited = loop.create_future()
+
+    def settle(code: int) -> None:
+        if not exited.done():
+            exited.set_result(code)
+
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except (AttributeError, OSError):
+        def wait_in_thread() -> None:
+            code = popen.wait()
+            try:
+                loop.call_soon_threadsafe(settle, code)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        threading.Thread(target=wait_in_thread, name=f"wait-{popen.pid}", daemon=True).start()
+        return exited
+
+    def ready() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        settle(popen.wait())
+
+    loop.add_reader(pidfd, ready)
+    return exited
