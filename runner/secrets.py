@@ -6,6 +6,7 @@ log line the engine records passes through a Masker holding the resolved values.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -86,3 +87,34 @@ class Masker:
         if isinstance(value, list):
             return [self.mask(v) for v in value]
         return value
+
+
+class MaskingFilter(logging.Filter):
+    """Masks a log record before any handler formats it: message and args, traceback, stack.
+
+    Installed on the daemon's handlers (`mask_logs`), so no library logging a URL or an
+    error message (httpx, uvicorn, a failed notification) writes a secret value.
+    """
+
+    def __init__(self, masker: Masker) -> None:
+        super().__init__()
+        self.masker = masker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.masker.values:
+            return True
+        record.msg, record.args = self.masker.mask(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_text = self.masker.mask(record.exc_text)
+        record.stack_info = self.masker.mask(record.stack_info)
+        return True
+
+
+def mask_logs(masker: Masker, logger: logging.Logger | None = None) -> MaskingFilter:
+    """Mask every record that reaches `logger`'s (the root logger's) handlers."""
+    logger = logger or logging.getLogger()
+    masking = MaskingFilter(masker)
+    for handler in logger.handlers:
+        handler.addFilter(masking)
+    return masking

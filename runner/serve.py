@@ -53,10 +53,15 @@ def build(env: Any, *, host: str | None = None, port: int | None = None) -> tupl
 
 def serve(env: Any, *, host: str | None = None, port: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpcore"):  # request lines carry URLs, and a webhook's URL is a secret
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     daemon, app, host, port = build(env, host=host, port=port)
+    secrets.mask_logs(daemon.config.masker)
     with daemon.store.daemon_lock():
         _announce(daemon, host, port)
-        uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=10)
+        # log_config=None: uvicorn's records go to the root handler too, and so through the masking
+        uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, lifespan="on",
+                    timeout_graceful_shutdown=10)
 
 
 def _announce(daemon: Daemon, host: str, port: int) -> None:

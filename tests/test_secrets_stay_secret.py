@@ -1,0 +1,156 @@
+"""Secrets stay secret (issue 10 items 11, 12 and 13), through the real daemon.
+
+The secrets are the URLs of two webhook channels, `{env: ...}` values of the config: one
+channel answers 200, the other 500. A secret must reach neither a step's environment, nor
+the daemon's log (httpx logs request lines; a failed delivery's error names its URL), nor
+a stored artifact, nor the callback journal: nothing in the data directory holds one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+
+import pytest
+
+from daemon_support import DaemonProcess
+from support import HttpServer, all_file_bytes, json_reply
+
+pytestmark = pytest.mark.usefixtures("running")
+
+BASH_OWN = {"PWD", "SHLVL", "_", "OLDPWD"}  # what bash itself exports to the commands it runs
+PASSED = {"PATH", "HOME", "LANG", "TZ"}
+
+
+def flows(leak: str) -> dict[str, str]:
+    """`leak` is a file outside the data dir holding a secret: a step may learn one by other means."""
+    return {
+        "env-dump": """
+            name: env-dump
+            env: {FLOW_VAR: from-the-flow}
+            steps:
+              - id: dump
+                kind: shell
+                env: {STEP_VAR: from-the-step}
+                run: env -0 > "$SIGNOFF_ARTIFACTS/env.txt"; echo "ok=$OK_HOOK_URL$BAD_HOOK_URL$ALICE_TOKEN"
+            """,
+        "announce": """
+            name: announce
+            steps:
+              - id: good
+                kind: notify
+                channel: hook-ok
+                message: all is well
+              - id: bad
+                kind: notify
+                channel: hook-bad
+                message: this one fails
+            """,
+        "report": f"""
+            name: report
+            steps:
+              - id: write
+                kind: shell
+                run: |
+                  printf 'endpoint: %s\\n' "$(cat {leak})" > "$SIGNOFF_ARTIFACTS/report.txt"
+                  echo plain > "$SIGNOFF_ARTIFACTS/plain.txt"
+            """,
+        "blob": f"""
+            name: blob
+            steps:
+              - id: write
+                kind: shell
+                run: |
+                  {{ printf '\\000\\377'; cat {leak}; }} > "$SIGNOFF_ARTIFACTS/blob.bin"
+            """,
+        "answer": """
+            name: answer
+            steps:
+              - id: done
+                kind: callback
+                max_bytes: 1000000
+                timeout: 1h
+                on_timeout: fail
+            """,
+    }
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    ok_path, bad_path = f"/ok/{secrets.token_hex(12)}", f"/bad/{secrets.token_hex(12)}"
+    server = HttpServer({f"POST {ok_path}": lambda request, nth: json_reply(200, {"ok": True}),
+                         f"POST {bad_path}": lambda request, nth: json_reply(500, {"ok": False})})
+    with server:
+        yield server, server.url + ok_path, server.url + bad_path
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, hooks):
+    _, ok_url, bad_url = hooks
+    root = tmp_path_factory.mktemp("secrets")
+    leak = root / "leak.txt"
+    leak.write_text(ok_url)
+    channels = {"hook-ok": {"kind": "webhook", "url": {"env": "OK_HOOK_URL"}},
+                "hook-bad": {"kind": "webhook", "url": {"env": "BAD_HOOK_URL"}}}
+    with DaemonProcess(root, flows=flows(str(leak)), channels=channels,
+                       env={"OK_HOOK_URL": ok_url, "BAD_HOOK_URL": bad_url}) as process:
+        yield process
+
+
+@pytest.fixture
+def secret_values(hooks) -> list[str]:
+    _, ok_url, bad_url = hooks
+    return [ok_url, bad_url, ok_url.rsplit("/", 1)[1], bad_url.rsplit("/", 1)[1]]
+
+
+def assert_nowhere(daemon: DaemonProcess, values: list[str]) -> None:
+    """No file of the data dir, and not the daemon's log, holds any of `values`."""
+    places = {**all_file_bytes(daemon.data), daemon.log_path: daemon.log_path.read_bytes()}
+    for path, data in places.items():
+        for value in values:
+            assert value.encode() not in data, f"{path} holds a secret"
+
+
+def resource(daemon: DaemonProcess, ref: str) -> bytes:
+    response = daemon.api("alice").get(f"/api/v1/resources/{ref.removeprefix('res://')}")
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+# ---- item 11: the environment of a step ----------------------------------------------------------
+
+
+def test_a_step_sees_a_clean_environment_never_the_daemons(daemon: DaemonProcess, secret_values) -> None:
+    run = daemon.start_run("env-dump")
+    record = daemon.wait_end(run["id"])
+    assert record["status"] == "succeeded", record["error"]
+    outputs = record["steps"]["dump"]["outputs"]
+    assert outputs["stdout"] == "ok=\n"  # neither a channel's secret URL nor a user's token variable
+    entries = [e for e in resource(daemon, outputs["artifacts"]["env.txt"]).decode().split("\0") if e]
+    env = dict(entry.split("=", 1) for entry in entries)
+    assert env["FLOW_VAR"] == "from-the-flow" and env["STEP_VAR"] == "from-the-step"
+    assert env["SIGNOFF_RUN_ID"] == run["id"] and env["SIGNOFF_FLOW"] == "env-dump" and env["SIGNOFF_STEP"] == "dump"
+    unexpected = {name for name in env if name not in PASSED | BASH_OWN | {"FLOW_VAR", "STEP_VAR"}
+                  and not name.startswith(("LC_", "SIGNOFF_"))}
+    assert not unexpected, f"the daemon's environment leaked into the step: {sorted(unexpected)}"
+    assert set(n for n in env if n.startswith("SIGNOFF_")) == {
+        "SIGNOFF_RUN_ID", "SIGNOFF_FLOW", "SIGNOFF_STEP", "SIGNOFF_OUTPUT", "SIGNOFF_ARTIFACTS"}
+    assert_nowhere(daemon, secret_values)
+
+
+# ---- item 12: the daemon's log ---------------------------------------------------------------
+
+
+def test_a_webhook_url_never_reaches_the_daemons_log(daemon: DaemonProcess, hooks, secret_values) -> None:
+    server, ok_url, bad_url = hooks
+    run = daemon.start_run("announce")
+    record = daemon.wait_end(run["id"])
+    assert record["status"] == "succeeded", record["error"]
+    assert record["steps"]["good"]["outputs"]["delivered"] is True
+    assert record["steps"]["bad"]["outputs"]["delivered"] is False
+    paths = [request.path for request in server.requests]
+    assert ok_url.removeprefix(server.url) in paths and bad_url.removeprefix(server.url) in paths
+    log = daemon.log_path.read_text()
+    assert re.search(r"notification to hook-bad failed .*\*\*\*", log), daemon.log_tail()
+    assert_nowhere(daemon, secret_values)
