@@ -8,6 +8,7 @@ beyond it a res:// resource (secrets masked) plus a short tail.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from pathlib import Path
@@ -60,6 +61,41 @@ class Spool:
         if self.truncated:
             result[f"{name}_truncated"] = True
         return result
+
+
+def store_file(ctx: StepContext, path: Path, *, name: str) -> str:
+    """A file a step left behind (an artifact, a download) as a res:// resource, never holding a secret.
+
+    A text file (UTF-8) that holds a secret value is stored masked, as output is; a binary one
+    cannot be masked without breaking it, so it is refused: the step fails and names the file.
+    """
+    content = path
+    if ctx.masker is not None and ctx.masking and ctx.masker.found_in_file(path):
+        if not is_text(path):
+            raise StepFailed(f"'{name}' holds the value of a secret and is binary, so it cannot be masked; "
+                             "it was not stored", retryable=False)
+        content = path.with_name(f".{path.name}.masked")
+        ctx.masker.mask_file(path, content)
+    try:
+        return ctx.store.put_resource(content, name=name, run_id=ctx.run["id"], step=ctx.step.id)
+    finally:
+        if content != path:
+            content.unlink(missing_ok=True)
+
+
+def is_text(path: Path, chunk_size: int = 1 << 20) -> bool:
+    """Whether the file is UTF-8 text (no NUL bytes), read once, streaming."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(chunk_size):
+                if b"\0" in chunk:
+                    return False
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def parse_output_file(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 from runner.errors import ConfigError
 
@@ -53,26 +53,41 @@ class Masker:
         self.values = sorted({*self.values, value} if len(value) >= 4 else set(self.values), key=len, reverse=True)
 
     def mask_file(self, source: Path, target: Path, chunk_size: int = 1 << 20) -> bool:
-        """Copy `source` to `target` with secret byte strings masked, streaming; True if any were."""
+        """Copy `source` to a new private `target` with secret byte strings masked, streaming; True if any were."""
+        found = False
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+            for chunk, masked in self._scan(src, chunk_size, replace=True):
+                dst.write(chunk)
+                found = found or masked
+        return found
+
+    def found_in_file(self, source: Path, chunk_size: int = 1 << 20) -> bool:
+        """Whether the file holds the UTF-8 bytes of a secret value (read once, streaming)."""
+        with open(source, "rb") as src:
+            return any(found for _, found in self._scan(src, chunk_size, replace=False))
+
+    def _scan(self, src: BinaryIO, chunk_size: int, *, replace: bool) -> Iterator[tuple[bytes, bool]]:
+        """(bytes, whether a secret was found in them), chunk by chunk; masked when `replace`."""
         needles = [v.encode() for v in self.values]
         keep = max((len(n) for n in needles), default=1) - 1
-        found = False
-        with open(source, "rb") as src, open(target, "wb") as dst:
-            carry = b""
-            while True:
-                chunk = src.read(chunk_size)
-                buffer = carry + chunk
-                for needle in needles:
-                    if needle in buffer:
+        carry = b""
+        while True:
+            chunk = src.read(chunk_size)
+            buffer = carry + chunk
+            found = False
+            for needle in needles:
+                if needle in buffer:
+                    found = True
+                    if replace:
                         buffer = buffer.replace(needle, MASK.encode())
-                        found = True
-                if not chunk:
-                    dst.write(buffer)
-                    return found
-                # hold back a tail that may be the start of a secret split across chunks
-                cut = max(len(buffer) - keep, 0)
-                dst.write(buffer[:cut])
-                carry = buffer[cut:]
+            if not chunk:
+                yield buffer, found
+                return
+            # hold back a tail that may be the start of a secret split across chunks
+            cut = max(len(buffer) - keep, 0)
+            yield buffer[:cut], found
+            carry = buffer[cut:]
 
     def mask(self, value: Any) -> Any:
         if not self.values or value is None:

@@ -154,3 +154,26 @@ def test_a_webhook_url_never_reaches_the_daemons_log(daemon: DaemonProcess, hook
     log = daemon.log_path.read_text()
     assert re.search(r"notification to hook-bad failed .*\*\*\*", log), daemon.log_tail()
     assert_nowhere(daemon, secret_values)
+
+
+# ---- item 13: artifacts and the callback journal ---------------------------------------------------
+
+
+def test_a_secret_written_into_a_text_artifact_is_stored_and_served_masked(daemon: DaemonProcess,
+                                                                         secret_values) -> None:
+    run = daemon.start_run("report")
+    record = daemon.wait_end(run["id"])
+    assert record["status"] == "succeeded", record["error"]
+    artifacts = record["steps"]["write"]["outputs"]["artifacts"]
+    assert resource(daemon, artifacts["report.txt"]) == b"endpoint: ***\n"
+    assert resource(daemon, artifacts["plain.txt"]) == b"plain\n"
+    assert_nowhere(daemon, secret_values)
+
+
+def test_a_binary_artifact_holding_a_secret_is_refused_not_stored(daemon: DaemonProcess, secret_values) -> None:
+    run = daemon.start_run("blob")
+    record = daemon.wait_end(run["id"])
+    assert record["status"] == "failed"
+    assert record["steps"]["write"]["error"] == ("artifact 'blob.bin' holds the value of a secret and is binary, "
+                                                 "so it cannot be masked; it was not stored")
+    assert_nowhere(daemon, secret_values)

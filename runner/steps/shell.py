@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.children import Child, child_environment, spawn
-from runner.commandoutput import MAX_SPOOL, Spool, parse_output_file, stdout_json
+from runner.commandoutput import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
 from runner.errors import StepFailed
 from runner.steps import Done, StepContext
 
@@ -81,7 +81,7 @@ class ShellKind:
             outputs.update(spool.outputs(name, ctx))
         try:
             outputs.update(parse_output_file(output_file))
-            stored = self._artifacts(artifacts, ctx)
+            stored = self._artifacts(artifacts, ctx, outputs)
             if stored:
                 outputs["artifacts"] = stored
             if code != 0:
@@ -99,11 +99,14 @@ class ShellKind:
             spool.write(chunk)
             ctx.on_output(name, chunk.decode("utf-8", "replace"))
 
-    def _artifacts(self, folder: Path, ctx: StepContext) -> dict[str, str]:
+    def _artifacts(self, folder: Path, ctx: StepContext, outputs: dict[str, Any]) -> dict[str, str]:
         stored = {}
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
             name = path.relative_to(folder).as_posix()
-            stored[name] = ctx.store.put_resource(path, name=name, run_id=ctx.run["id"], step=ctx.step.id)
+            try:
+                stored[name] = store_file(ctx, path, name=name)
+            except StepFailed as exc:
+                raise StepFailed(f"artifact {exc.message}", retryable=False, outputs=outputs) from None
         return stored
 
 

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from runner.errors import NotFound, StepFailed
 from runner.steps import Done, StepContext
-from runner.commandoutput import MAX_SPOOL, Spool, parse_output_file, stdout_json
+from runner.commandoutput import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
 from runner.sshsession import (CONNECTIONS, MAX_OUTPUT_FILE, POLL_MS, Hop, Session, capture, detach_script, download,
                                in_thread, job_dir, kill_job, remote_path, route, run_command, run_script, settled,
                                upload)
@@ -261,9 +261,10 @@ class SshKind:
         outputs.update(parse_output_file(work / "output"))
         if plan.downloads:
             files = download(session, plan.downloads, work, cap, code == 0)
-            outputs["downloads"] = {name: ctx.store.put_resource(path, name=name, run_id=ctx.run["id"],
-                                                                 step=ctx.step.id)
-                                    for name, path in files.items()}
+            try:
+                outputs["downloads"] = {name: store_file(ctx, path, name=name) for name, path in files.items()}
+            except StepFailed as exc:
+                raise StepFailed(f"download {exc.message}", retryable=False, outputs=outputs) from None
         if code != 0:
             last = spools["stderr"].tail.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
             raise StepFailed(f"exit code {code}{': ' + last[0][:300] if last[0] else ''}", outputs=outputs)
