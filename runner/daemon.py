@@ -370,9 +370,10 @@ class Daemon:
             parse_payload(body, spec.get("schema"))
             at = rfc3339(self.clock.now())
             if len(body) > INLINE_LIMIT:
-                entry = await asyncio.to_thread(entry_for, self.store, run_id, step_id, body, at=at)
+                entry = await asyncio.to_thread(entry_for, self.store, run_id, step_id, body, at=at,
+                                                masker=self.engine.masker)
             else:
-                entry = entry_for(self.store, run_id, step_id, body, at=at)
+                entry = entry_for(self.store, run_id, step_id, body, at=at, masker=self.engine.masker)
             if known_open and (run_id, step_id) not in self._open_steps and not self.inbox.get(run_id, step_id):
                 # the step ended while the body was checked: decided here, with no await before the accept
                 raise Conflict(f"step '{step_id}' is no longer waiting for a callback")

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from runner.datadir import FILE_MODE, write_atomic
 from runner.errors import Conflict, StoreError
+from runner.secrets import Masker
 from runner.store import Store
 
 log = logging.getLogger(__name__)
@@ -204,15 +205,31 @@ class Inbox:
             self._fd = None
 
 
-def entry_for(store: Store, run_id: str, step_id: str, body: bytes, *, at: str) -> dict[str, Any]:
-    """The journal entry of a callback body; a large body is stored as a resource first (file I/O)."""
+def entry_for(store: Store, run_id: str, step_id: str, body: bytes, *, at: str,
+              masker: Masker | None = None) -> dict[str, Any]:
+    """The journal entry of a callback body; a large body is stored as a resource first (file I/O).
+
+    The journal keeps no more than the run's record will show: the raw body's sha256 (which tells
+    a replay from a different body) and the body with its secret values masked as the record masks
+    the payload.
+    """
     entry: dict[str, Any] = {"sha256": hashlib.sha256(body).hexdigest(), "at": at, "bytes": len(body)}
+    kept = _as_recorded(body, masker)
     if len(body) <= INLINE_LIMIT:
-        entry["body"] = body.decode("utf-8", "replace")
+        entry["body"] = kept.decode("utf-8", "replace")
     else:
-        entry["resource"] = store.put_resource(body, media_type="application/json", name=f"{step_id}.payload",
+        entry["resource"] = store.put_resource(kept, media_type="application/json", name=f"{step_id}.payload",
                                                run_id=run_id, step=step_id, created_at=at)
     return entry
+
+
+def _as_recorded(body: bytes, masker: Masker | None) -> bytes:
+    """The (checked, JSON) body with secret values in its payload masked; the body itself when there are none."""
+    if masker is None or not masker.values:
+        return body
+    payload = json.loads(body)
+    masked = masker.mask(payload)
+    return body if masked == payload else json.dumps(masked, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _line(key: Key, entry: dict[str, Any]) -> bytes:

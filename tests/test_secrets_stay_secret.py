@@ -177,3 +177,34 @@ def test_a_binary_artifact_holding_a_secret_is_refused_not_stored(daemon: Daemon
     assert record["steps"]["write"]["error"] == ("artifact 'blob.bin' holds the value of a secret and is binary, "
                                                  "so it cannot be masked; it was not stored")
     assert_nowhere(daemon, secret_values)
+
+
+def test_the_callback_journal_keeps_no_more_than_the_record_shows(daemon: DaemonProcess, hooks,
+                                                                  secret_values) -> None:
+    _, ok_url, _ = hooks
+    run = daemon.start_run("answer")
+    daemon.wait_step(run["id"], "done", "waiting")
+    url = daemon.callback_url(run, "done")
+    body = json.dumps({"note": f"posted to {ok_url}", "n": 1}).encode()
+    assert daemon.post_callback(url, body).status_code == 202
+    assert daemon.post_callback(url, body).status_code == 200  # the identical body: a replay
+    assert daemon.post_callback(url, {"note": "***", "n": 1}).status_code == 409  # the masked one is not it
+    record = daemon.wait_end(run["id"])
+    assert record["status"] == "succeeded", record["error"]
+    assert record["steps"]["done"]["outputs"]["payload"] == {"note": "posted to ***", "n": 1}
+    journal = (daemon.data / "inbox.jsonl").read_text()
+    assert run["id"] in journal  # the journal has not been rewritten since: what it keeps is masked
+    assert_nowhere(daemon, secret_values)
+
+
+def test_a_large_callback_body_is_stored_masked(daemon: DaemonProcess, hooks, secret_values) -> None:
+    _, ok_url, _ = hooks
+    run = daemon.start_run("answer")
+    daemon.wait_step(run["id"], "done", "waiting")
+    body = json.dumps({"note": ok_url, "padding": "x" * 100_000}).encode()
+    assert daemon.post_callback(daemon.callback_url(run, "done"), body).status_code == 202
+    record = daemon.wait_end(run["id"])
+    assert record["status"] == "succeeded", record["error"]
+    ref = record["steps"]["done"]["outputs"]["payload"]
+    assert json.loads(resource(daemon, ref)) == {"note": "***", "padding": "x" * 100_000}
+    assert_nowhere(daemon, secret_values)
