@@ -8,13 +8,16 @@ a stored artifact, nor the callback journal: nothing in the data directory holds
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 import secrets
 
 import pytest
 
 from daemon_support import DaemonProcess
+from runner.secrets import Masker, mask_logs
 from support import HttpServer, all_file_bytes, json_reply
 
 pytestmark = pytest.mark.usefixtures("running")
@@ -208,3 +211,37 @@ def test_a_large_callback_body_is_stored_masked(daemon: DaemonProcess, hooks, se
     ref = record["steps"]["done"]["outputs"]["payload"]
     assert json.loads(resource(daemon, ref)) == {"note": "***", "padding": "x" * 100_000}
     assert_nowhere(daemon, secret_values)
+
+
+# ---- the pieces, in process ------------------------------------------------------------------------
+
+
+def test_a_secret_split_across_read_chunks_is_still_found_and_masked(tmp_path) -> None:
+    masker = Masker(["s3cr3t-value"])
+    source = tmp_path / "artifact.txt"
+    source.write_bytes(b"x" * 5 + b"s3cr3t-value" + b"y" * 5)
+    assert masker.found_in_file(source, chunk_size=8)
+    assert masker.mask_file(source, tmp_path / "masked", chunk_size=8)
+    assert (tmp_path / "masked").read_bytes() == b"xxxxx***yyyyy"
+    assert (tmp_path / "masked").stat().st_mode & 0o777 == 0o600
+    assert not Masker(["other-value"]).found_in_file(source, chunk_size=8)
+
+
+def test_a_log_record_is_masked_in_its_arguments_and_its_traceback() -> None:
+    masker = Masker(["s3cr3t-value"])
+    stream = io.StringIO()
+    logger = logging.getLogger("signoff-test-masking")
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        mask_logs(masker, logger)
+        try:
+            raise RuntimeError("refused by http://hooks/s3cr3t-value")
+        except RuntimeError:
+            logger.exception("posting to %s failed", "http://hooks/s3cr3t-value")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "s3cr3t-value" not in text
+    assert "posting to http://hooks/*** failed" in text and "RuntimeError: refused by http://hooks/***" in text
