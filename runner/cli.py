@@ -50,15 +50,57 @@ class Env:
         return load_config(self.config_path)
 
 
+class OutputFile(click.Path):
+    """A file to write: not a directory, and its directory must exist (the file need not)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, writable=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        parent = Path(path).parent
+        if not parent.is_dir():
+            self.fail(f"directory {str(parent)!r} does not exist.", param, ctx)
+        return path
+
+
+class Body(click.ParamType):
+    """`--data`: a JSON text, `@FILE` to read it from a file, or `@-` from stdin; the value is the bytes."""
+
+    name = "JSON|@FILE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        if not value.startswith("@"):
+            return value.encode()
+        if value == "@-":
+            return click.get_binary_stream("stdin").read()
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            self.fail(f"cannot read {value[1:]!r}: {exc.strerror}.", param, ctx)
+
+
 def common(func: Callable) -> Callable:
     func = click.option("--json", "as_json", is_flag=True, help="Print one JSON document (stable keys) on stdout.")(func)
     func = click.option("--config", envvar="SIGNOFF_CONFIG", metavar="FILE",
+                        type=click.Path(exists=True, dir_okay=False),
                         help="Config file (signoff.yaml) [env: SIGNOFF_CONFIG].")(func)
-    func = click.option("--repo", envvar="SIGNOFF_REPO", metavar="DIR",
+    func = click.option("--repo", envvar="SIGNOFF_REPO", metavar="DIR", type=click.Path(exists=True, file_okay=False),
                         help="Flows repository [env: SIGNOFF_REPO; default: the git repo around the current dir].")(func)
-    func = click.option("--data", envvar="SIGNOFF_DATA", metavar="DIR",
-                        help="Data directory [env: SIGNOFF_DATA; default: ./.signoff].")(func)
+    func = click.option("--data", envvar="SIGNOFF_DATA", metavar="DIR", type=click.Path(file_okay=False),
+                        help="Data directory, made on first use [env: SIGNOFF_DATA; default: ./.signoff].")(func)
     return func
+
+
+def open_output(path: str):
+    """A file named by -o, opened for writing; a failure is the user's to fix, with the reason."""
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}",
+                         hint="give -o a file in a directory that exists and that you may write") from None
 
 
 def emit(as_json: bool, document: Any, human: str, *, exit_code: int = 0) -> None:
@@ -122,7 +164,7 @@ def _check_at_ref(env: Env, ref: str, relative: Path, cfg: Any):
 @cli.command()
 @click.argument("flow")
 @click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE", help="An input value (repeatable).")
-@click.option("--inputs-file", type=click.File("r"), help="A JSON (or YAML) file of inputs.")
+@click.option("--inputs-file", type=click.File("rb"), help="A JSON (or YAML) file of inputs.")
 @click.option("--ref", help="Run the flow as committed on this branch, tag or commit (a draft run).")
 @click.option("--local", is_flag=True, help="Run in this process, from the working tree (or --ref).")
 @click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL", help="The daemon [env: SIGNOFF_SERVER].")
@@ -166,14 +208,22 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
          exit_code=0 if record["status"] == "succeeded" else 1)
 
 
+INPUTS_FILE_HINT = "write a YAML or JSON mapping of input names to values"
+
+
 def _inputs_from(inputs_file, pairs: tuple[str, ...]) -> dict[str, Any]:
     given: dict[str, Any] = {}
     if inputs_file:
         try:
-            given.update(parse_bytes(inputs_file.read().encode(), inputs_file.name, limit=None).plain)
+            values = parse_bytes(inputs_file.read(), inputs_file.name, limit=None).plain
         except DocumentError as exc:
-            raise UsageError(f"--inputs-file: {exc.problem}",
-                             hint="write a YAML or JSON mapping of input names to values") from None
+            where = exc.problem
+            if where.rule == "not-a-mapping":
+                raise UsageError(f"--inputs-file: {inputs_file.name} is not a mapping of input names to values",
+                                 hint=INPUTS_FILE_HINT) from None
+            raise UsageError(f"--inputs-file: {where.file}:{where.line}:{where.column}: {where.message}",
+                             hint=INPUTS_FILE_HINT) from None
+        given.update(values)
     given.update(parse_pairs(pairs))
     return given
 
@@ -262,7 +312,7 @@ def resource() -> None:
 
 @resource.command("get")
 @click.argument("ref")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+@click.option("-o", "--output", type=OutputFile(), help="Write to FILE instead of stdout.")
 @common
 def resource_get(ref, output, data, repo, config, as_json) -> None:
     """Print a resource's bytes (or save them with -o). JSON: its metadata."""
@@ -272,7 +322,7 @@ def resource_get(ref, output, data, repo, config, as_json) -> None:
         emit(True, meta, "")
         return
     if output:
-        with open(output, "wb") as out:
+        with open_output(output) as out:
             store.copy_resource(ref, out)
         emit(as_json, {**meta, "written_to": output}, f"wrote {meta['size']:,} bytes to {output}")
     else:
@@ -334,7 +384,8 @@ def pending(server, data, repo, config, as_json) -> None:
 
 @cli.command()
 @click.argument("target")
-@click.option("--data", "payload", required=True, metavar="JSON|@FILE", help="The JSON body, or @file to read it.")
+@click.option("--data", "payload", required=True, type=Body(),
+              help="The JSON body, or @FILE to read it from a file (@- from stdin).")
 @click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry: the answer is always JSON.")
 @server_option
 def callback(target, payload, as_json, server) -> None:
@@ -342,11 +393,10 @@ def callback(target, payload, as_json, server) -> None:
 
     JSON: the daemon's answer {accepted, replay, run, step, sha256, at, bytes, status}; exit 0 for 200/202.
     """
-    body = Path(payload[1:]).read_bytes() if payload.startswith("@") else payload.encode()
     url = target if "://" in target else None
     token = target.rstrip("/").rsplit("/", 1)[-1]
     with Client(url.rsplit("/callbacks/", 1)[0] if url else server, Path(".")) as client:
-        status, answer = client.call("POST", f"/callbacks/{token}", content=body,
+        status, answer = client.call("POST", f"/callbacks/{token}", content=payload,
                                      headers={"Content-Type": "application/json"})
     click.echo(json.dumps({**answer, "status": status}, indent=2))
 
@@ -383,13 +433,31 @@ def main() -> None:
     except click.exceptions.Abort:
         _fail(as_json, {"code": "aborted", "message": "aborted"}, "aborted", None, 1)
     except click.ClickException as exc:
-        _fail(as_json, {"code": "usage", "message": exc.format_message()}, exc.format_message(), None,
-              exc.exit_code if exc.exit_code else 2)
+        hint = _usage_hint(exc)
+        document = {"code": "usage", "message": exc.format_message(), **({"hint": hint} if hint else {})}
+        _fail(as_json, document, exc.format_message(), hint, exc.exit_code if exc.exit_code else 2)
     except KeyboardInterrupt:
         _fail(as_json, {"code": "interrupted", "message": "interrupted"}, "interrupted", None, 130)
     except BrokenPipeError:
         sys.exit(1)
+    except OSError as exc:  # a file no option check could foresee (permissions, a full disk): never a traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        message = f"cannot use{where}: {exc.strerror or exc}"
+        _fail(as_json, {"code": "os_error", "message": message}, message,
+              "check the path exists and that you may read (or write) it", 1)
     sys.exit(0)
+
+
+def _usage_hint(exc: click.ClickException) -> str | None:
+    """For a wrong argument: where the value came from (an environment variable), and where help is."""
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return None
+    param = getattr(exc, "param", None)
+    envvar = getattr(param, "envvar", None)
+    if envvar and param.name and ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT:
+        return f"the value came from the environment variable {envvar}; fix or unset it"
+    return f"see `{ctx.command_path} --help`"
 
 
 def _fail(as_json: bool, document: dict, message: str, hint: str | None, code: int) -> None:

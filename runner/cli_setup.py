@@ -40,21 +40,11 @@ def init(directory, data, repo, config, as_json) -> None:
     Existing files are left alone. JSON: {directory, created: [paths]}.
     """
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    created = []
-    if not (root / ".git").exists():
-        subprocess.run(["git", "init", "-q", str(root)], check=True)
-        created.append(".git/")
-    (root / "flows").mkdir(exist_ok=True)
-    for name in EXAMPLES:
-        target = root / "flows" / name
-        if not target.exists():
-            target.write_bytes(_example(name))
-            created.append(f"flows/{name}")
-    for name, text in (("signoff.yaml", CONFIG), (".gitignore", ".signoff/\n")):
-        if not (root / name).exists():
-            (root / name).write_text(text)
-            created.append(name)
+    try:
+        created = _lay_out(root)
+    except OSError as exc:
+        raise SignoffError(f"cannot make {root} a flows repository: {exc.filename or root}: {exc.strerror}",
+                           hint="pick a directory you may write (it is made if missing)") from None
     emit(as_json, {"directory": str(root.resolve()), "created": created},
          "\n".join([f"created {path}" for path in created] or ["nothing to create"])
          + f"\nnext: cd {directory} && signoff validate && signoff run hello --local")
@@ -109,6 +99,29 @@ def doctor(data, repo, config, as_json) -> None:
     ok = all(c["ok"] for c in checks)
     rows = [["ok" if c["ok"] else "FAIL", c["check"], render.short(c["detail"], 90)] for c in checks]
     emit(as_json, {"ok": ok, "checks": checks}, render.table(rows, ["", "CHECK", "DETAIL"]), exit_code=0 if ok else 1)
+
+
+def _lay_out(root: Path) -> list[str]:
+    """Make what is missing under `root`; the paths made, relative to it."""
+    root.mkdir(parents=True, exist_ok=True)
+    created = []
+    if not (root / ".git").exists():
+        try:
+            subprocess.run(["git", "init", "-q", str(root)], check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as exc:
+            raise SignoffError(f"git init {root} failed: {exc.stderr.strip()}") from None
+        created.append(".git/")
+    (root / "flows").mkdir(exist_ok=True)
+    for name in EXAMPLES:
+        target = root / "flows" / name
+        if not target.exists():
+            target.write_bytes(_example(name))
+            created.append(f"flows/{name}")
+    for name, text in (("signoff.yaml", CONFIG), (".gitignore", ".signoff/\n")):
+        if not (root / name).exists():
+            (root / name).write_text(text)
+            created.append(name)
+    return created
 
 
 def _example(name: str) -> bytes:

@@ -39,7 +39,11 @@ def resolve(ref: Any, *, what: str, base_dir: Path | None = None) -> str:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"{what}: secret file {path} is readable by others (mode {stat.S_IMODE(mode):o})",
                           hint=f"chmod 600 {path}")
-    return path.read_text().strip()
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what}: cannot read secret file {path}: {getattr(exc, 'strerror', None) or exc}",
+                          hint="a secret file holds the secret as UTF-8 text") from None
 
 
 class Masker:

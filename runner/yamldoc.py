@@ -131,8 +131,11 @@ def read_file(path: str | os.PathLike, label: str | None = None) -> Document:
     if size > MAX_FILE_BYTES:
         raise _refuse(label, "file-too-large", f"file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}",
                       "split the flow, or move large data into a script or resource")
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_FILE_BYTES + 1)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:  # a directory, no permission
+        raise _refuse(label, "unreadable", f"cannot read file: {exc.strerror}") from None
     return parse_bytes(data, label)
 
 
