@@ -16,10 +16,12 @@ from runner import render
 from runner.cli import Env, cli, common, emit
 from runner.errors import SignoffError, UsageError
 from runner.flowfile import check_file, expand_paths
+from runner.schemas import SCHEMA_NAMES, schema_text
 
 EXAMPLES = ("hello.yaml", "review-before-action.yaml")
 CONFIG = """\
-# signoff serve --config signoff.yaml     (config.schema.json documents every field)
+# yaml-language-server: $schema=schema/config.schema.json
+# signoff serve --config signoff.yaml     (schema/config.schema.json documents every field)
 server: {host: 127.0.0.1, port: 8080}
 repo: {path: ., poll_interval: 15s}
 data: .signoff
@@ -35,7 +37,7 @@ channels:
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 @common
 def init(directory, data, repo, config, as_json) -> None:
-    """Make DIRECTORY a flows repository: git, flows/ with examples, signoff.yaml, .gitignore.
+    """Make DIRECTORY a flows repository: git, flows/ with examples, schema/, signoff.yaml, .gitignore.
 
     Existing files are left alone. JSON: {directory, created: [paths]}.
     """
@@ -55,7 +57,8 @@ def init(directory, data, repo, config, as_json) -> None:
 def doctor(data, repo, config, as_json) -> None:
     """Check the config, the repository, the data directory and the connections.
 
-    JSON: {ok, checks: [{check, ok, detail}]}. Exit 1 if any check failed.
+    The config check is the one `serve` makes before it starts (every secret and user token resolved).
+    JSON: {ok, checks: [{check, ok, detail, hint?}]}. Exit 1 if any check failed.
     """
     env = Env(data, repo, config)
     checks: list[dict] = []
@@ -65,13 +68,21 @@ def doctor(data, repo, config, as_json) -> None:
             detail = func()
             checks.append({"check": name, "ok": True, "detail": detail})
         except (SignoffError, OSError, subprocess.SubprocessError) as exc:
-            checks.append({"check": name, "ok": False, "detail": getattr(exc, "message", None) or str(exc)})
+            failed = {"check": name, "ok": False, "detail": getattr(exc, "message", None) or str(exc)}
+            if getattr(exc, "hint", None):
+                failed["hint"] = exc.hint
+            checks.append(failed)
 
     loaded = {}
 
     def load() -> str:
-        loaded["config"] = env.config()
-        return str(env.config_path) if env.config_path else "no config file: defaults"
+        from runner.serve import settings  # what `serve` checks before it starts: secrets, user tokens
+
+        found = settings(env)
+        loaded["config"] = found.config
+        users = len(found.users.names())
+        return (f"{env.config_path}: secrets resolved, {users} user{'s' if users != 1 else ''}"
+                if env.config_path else "no config file: defaults")
 
     def repository() -> str:
         if not (env.repo / ".git").exists():
@@ -98,7 +109,9 @@ def doctor(data, repo, config, as_json) -> None:
         check(f"connection {name}", lambda conn=conn: _reach(conn.spec))
     ok = all(c["ok"] for c in checks)
     rows = [["ok" if c["ok"] else "FAIL", c["check"], render.short(c["detail"], 90)] for c in checks]
-    emit(as_json, {"ok": ok, "checks": checks}, render.table(rows, ["", "CHECK", "DETAIL"]), exit_code=0 if ok else 1)
+    hints = [f"hint ({c['check']}): {c['hint']}" for c in checks if c.get("hint")]
+    emit(as_json, {"ok": ok, "checks": checks}, "\n".join([render.table(rows, ["", "CHECK", "DETAIL"]), *hints]),
+         exit_code=0 if ok else 1)
 
 
 def _lay_out(root: Path) -> list[str]:
@@ -111,6 +124,12 @@ def _lay_out(root: Path) -> list[str]:
         except subprocess.CalledProcessError as exc:
             raise SignoffError(f"git init {root} failed: {exc.stderr.strip()}") from None
         created.append(".git/")
+    (root / "schema").mkdir(exist_ok=True)
+    for name in SCHEMA_NAMES:  # the flows' and the config's first lines point here: editors complete from the start
+        target = root / "schema" / f"{name}.schema.json"
+        if not target.exists():
+            target.write_text(schema_text(name))
+            created.append(f"schema/{name}.schema.json")
     (root / "flows").mkdir(exist_ok=True)
     for name in EXAMPLES:
         target = root / "flows" / name

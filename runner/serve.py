@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from runner import secrets
-from runner.auth import LOCAL_USER, TOKEN_FILE, load_users
-from runner.config import load_config
+from runner.auth import LOCAL_USER, TOKEN_FILE, Users, load_users
+from runner.config import Config, load_config
 from runner.daemon import Daemon
 from runner.gitops import GitOps
 from runner.server import create_app
@@ -20,7 +21,22 @@ from runner.timeutil import parse_duration
 from runner.watcher import RepoSource
 
 
-def build(env: Any, *, host: str | None = None, port: int | None = None) -> tuple[Daemon, Any, str, int]:
+@dataclass
+class Settings:
+    """What the daemon takes from its config and environment, every secret and token resolved."""
+
+    config: Config
+    host: str
+    port: int
+    base: Path
+    data_dir: Path
+    repo_spec: dict[str, Any]
+    users: Users
+    webhook_secret: str | None
+
+
+def settings(env: Any, *, host: str | None = None, port: int | None = None) -> Settings:
+    """Read and check everything `serve` needs before it starts (and `doctor` checks the same)."""
     config = load_config(env.config_path)
     server = config.data.get("server") or {}
     host = host or server.get("host", "127.0.0.1")
@@ -28,6 +44,17 @@ def build(env: Any, *, host: str | None = None, port: int | None = None) -> tupl
     base = config.path.parent if config.path else Path.cwd()  # paths in a config are relative to it
     data_dir = base / config.data["data"] if config.data.get("data") and not env.data_given else env.data
     repo_spec = config.data.get("repo") or {}
+    users = load_users(config.data, data_dir, config.path.parent if config.path else None)
+    webhook_secret = (secrets.resolve(repo_spec["webhook_secret"], what="repo.webhook_secret", base_dir=base)
+                      if repo_spec.get("webhook_secret") else None)
+    return Settings(config, host, port, base, data_dir, repo_spec, users, webhook_secret)
+
+
+def build(env: Any, *, host: str | None = None, port: int | None = None) -> tuple[Daemon, Any, str, int]:
+    found = settings(env, host=host, port=port)
+    config, host, port, base = found.config, found.host, found.port, found.base
+    data_dir, repo_spec, users, webhook_secret = found.data_dir, found.repo_spec, found.users, found.webhook_secret
+    server = config.data.get("server") or {}
     if repo_spec.get("url"):
         source = RepoSource(url=repo_spec["url"], data_dir=data_dir)
         work_dir = data_dir / "workspace"
@@ -37,9 +64,6 @@ def build(env: Any, *, host: str | None = None, port: int | None = None) -> tupl
         source = RepoSource(path=work_dir)
     public_url = server.get("public_url") or f"http://{host}:{port}"
     store = Store(data_dir)
-    users = load_users(config.data, data_dir, config.path.parent if config.path else None)
-    webhook_secret = (secrets.resolve(repo_spec["webhook_secret"], what="repo.webhook_secret", base_dir=base)
-                      if repo_spec.get("webhook_secret") else None)
     if webhook_secret:
         config.masker.add(webhook_secret)
     gitops = GitOps(source=source, data_dir=data_dir, config=config, webhook_secret=webhook_secret,
