@@ -26,6 +26,7 @@ from runner.errors import (Conflict, Forbidden, Invalid, NotFound, RunLocked, Si
                            Unauthorized, UsageError)
 from runner.flowfile import FlowInvalid
 from runner.liveops import CHANGES as LIVE_CHANGES
+from runner.status import RunStatus
 from runner.steps.callback import MAX_DEPTH, json_depth
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,17 @@ async def read_json(request: Request, limit: int = BODY_LIMIT) -> dict[str, Any]
     if not isinstance(data, dict):
         raise Invalid("the request body must be a JSON object")
     return data
+
+
+def run_status(value: str | None) -> str | None:
+    """A `status` filter: one of the run statuses, or none at all."""
+    if value is None:
+        return None
+    if value not in {status.value for status in RunStatus}:
+        raise Invalid(f"status {value!r} is not a run status",
+                      [f"status must be one of: {', '.join(status.value for status in RunStatus)}"],
+                      hint="leave status out to list runs of every status")
+    return value
 
 
 def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
@@ -126,8 +138,8 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
             raise Invalid("limit must be a number") from None
         draft = {"true": True, "false": False}.get(query.get("draft", ""), None)
         before = query.get("before")
-        runs = daemon.visible_runs(user, flow=query.get("flow"), status=query.get("status"), draft=draft,
-                                   limit=limit + 1, before=before)
+        runs = daemon.visible_runs(user, flow=query.get("flow"), status=run_status(query.get("status")),
+                                   draft=draft, limit=limit + 1, before=before)
         page, more = runs[:limit], len(runs) > limit
         return JSONResponse({"runs": page, "next": page[-1]["id"] if more else None})
 
