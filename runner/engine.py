@@ -78,8 +78,12 @@ class Engine:
         return f"{self.public_url}/callbacks/{token}" if self.public_url else None
 
     def create_run(self, flow: Flow, inputs: dict[str, Any], *, started_by: str, draft: bool = True,
-                   ref: str | None = None, version: str | None = None, commit: str | None = None) -> str:
-        """Make the run directory, keep the flow source, mint callback tokens, record `run_created`."""
+                   ref: str | None = None, version: str | None = None, commit: str | None = None,
+                   dirty: bool = False) -> str:
+        """Make the run directory, keep the flow source, mint callback tokens, record `run_created`.
+
+        `dirty`: the flow source differs from `commit` (a working tree with uncommitted changes).
+        """
         run_id = self.store.create_run_dir(self.clock.now(), flow.source)
         self._remember(flow)
         tokens = {s.id: random_tokens.token_urlsafe(32) for s in flow.steps if s.kind == "callback"}
@@ -88,7 +92,8 @@ class Engine:
         try:
             driver.record("run_created", run={
                 "id": run_id, "flow": flow.name, "draft": draft, "ref": ref, "version": version,
-                "commit": commit, "inputs": inputs, "started_by": started_by, "flow_sha256": flow.sha256,
+                "commit": commit, "dirty": bool(dirty), "inputs": inputs, "started_by": started_by,
+                "flow_sha256": flow.sha256,
                 "step_ids": [s.id for s in flow.steps], "callbacks": tokens}, force=True)
         finally:
             driver.log.close()

@@ -39,6 +39,7 @@ class FlowOrigin:
     commit: str | None
     version: str | None
     draft: bool
+    dirty: bool = False  # the working tree's flow differs from `commit`
 
 
 class GitOps:
@@ -137,7 +138,7 @@ class GitOps:
             else:  # no release tags yet: the working tree runs, as a draft
                 source = await self.git(working_tree, self.source.path,
                                         find_flow_file(self.source.path / "flows", name))
-            return FlowOrigin(self._load(source, name), source.ref, source.commit, None, True)
+            return FlowOrigin(self._load(source, name), source.ref, source.commit, None, True, source.dirty)
         live = self.resolution.flows.get(name) if self.resolution else None
         if live is None or live.release is None:
             why = "it was removed in the newest release" if live and live.removed else "it has no live release"

@@ -11,7 +11,7 @@ from typing import Any
 
 from runner.status import RunStatus, StepStatus
 
-RUN_FIELDS = ("id", "flow", "draft", "ref", "version", "commit", "inputs", "started_by", "flow_sha256")
+RUN_FIELDS = ("id", "flow", "draft", "ref", "version", "commit", "dirty", "inputs", "started_by", "flow_sha256")
 
 
 def new_step_state() -> dict[str, Any]:
@@ -26,6 +26,7 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
     run["updated_at"] = at
     if kind == "run_created":
         run.update({name: event["run"].get(name) for name in RUN_FIELDS})
+        run["dirty"] = bool(run["dirty"])  # logs written before the field existed: the content was the commit's
         run.update({"status": RunStatus.QUEUED.value, "created_at": at, "finished_at": None, "error": None,
                     "current_step": None, "steps_executed": 0, "routed": None,
                     "steps": {step_id: new_step_state() for step_id in event["run"]["step_ids"]}})

@@ -204,12 +204,18 @@ def find_root(start: Path) -> Path:
 
 
 def working_tree(repo: Path, path: Path) -> Source:
-    """A flow file from the working tree, with the branch and commit it sits on."""
+    """A flow file from the working tree, with the branch and commit it sits on.
+
+    `dirty` when the file differs from that commit (changed, staged or untracked); a file
+    outside the repository's work tree comes from no commit at all.
+    """
     data = path.read_bytes()
     try:
         with FlowRepo(repo) as flow_repo:
             ref, commit = flow_repo.head()
-            dirty = bool(commit) and flow_repo.repo.is_dirty(untracked_files=True, path=str(path))
+            if not path.resolve().is_relative_to(flow_repo.path.resolve()):
+                return Source(data, str(path), None, None, False)
+            dirty = bool(commit) and flow_repo.repo.is_dirty(untracked_files=True, path=str(path.resolve()))
     except NotFound:
         ref, commit, dirty = None, None, False
     return Source(data, str(path), ref, commit, dirty)
