@@ -20,12 +20,13 @@ import click
 
 from runner import __version__, render, releases
 from runner.client import Client
-from runner.config import load_config
+from runner.config import ClientView, client_view, load_config
 from runner.engine import Engine
-from runner.errors import SignoffError, UsageError
+from runner.errors import Interrupted, SignoffError, UsageError
 from runner.flowfile import check_bytes, check_file, expand_paths, find_flow_file, load_flow_bytes
 from runner.inputs import parse_pairs, resolve_inputs
 from runner.record import apply as apply_event
+from runner.status import RunStatus
 from runner.store import Store
 from runner.yamldoc import DocumentError, parse_bytes
 
@@ -35,9 +36,15 @@ class Env:
 
     def __init__(self, data: str | None, repo: str | None, config: str | None) -> None:
         self.repo = Path(repo).resolve() if repo else releases.find_root(Path.cwd())
-        self.data = Path(data) if data else Path(".signoff")
+        view = client_view(config) if config else ClientView()
+        self.data = Path(data) if data else view.data or Path(".signoff")
         self.data_given = bool(data)
         self.config_path = config
+        self.daemon_url = view.server_url  # --server and SIGNOFF_SERVER win over it
+
+    def client(self, server: str | None) -> Client:
+        """The daemon's API: at --server / SIGNOFF_SERVER, else where the config says it listens."""
+        return Client(server or os.environ.get("SIGNOFF_SERVER") or self.daemon_url, self.data)
 
     @property
     def flows_dir(self) -> Path:
@@ -90,8 +97,13 @@ def common(func: Callable) -> Callable:
     func = click.option("--repo", envvar="SIGNOFF_REPO", metavar="DIR", type=click.Path(exists=True, file_okay=False),
                         help="Flows repository [env: SIGNOFF_REPO; default: the git repo around the current dir].")(func)
     func = click.option("--data", envvar="SIGNOFF_DATA", metavar="DIR", type=click.Path(file_okay=False),
-                        help="Data directory, made on first use [env: SIGNOFF_DATA; default: ./.signoff].")(func)
+                        help="Data directory, made on first use [env: SIGNOFF_DATA; default: the config's "
+                             "data, else ./.signoff].")(func)
     return func
+
+
+def server_option(func: Callable) -> Callable:
+    return click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL", help=SERVER_HELP)(func)
 
 
 def open_output(path: str):
@@ -101,6 +113,10 @@ def open_output(path: str):
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}",
                          hint="give -o a file in a directory that exists and that you may write") from None
+
+
+SERVER_HELP = ("The daemon [env: SIGNOFF_SERVER; default: the config's server, else http://127.0.0.1:8080; "
+               "token: SIGNOFF_TOKEN].")
 
 
 def emit(as_json: bool, document: Any, human: str, *, exit_code: int = 0) -> None:
@@ -167,7 +183,7 @@ def _check_at_ref(env: Env, ref: str, relative: Path, cfg: Any):
 @click.option("--inputs-file", type=click.File("rb"), help="A JSON (or YAML) file of inputs.")
 @click.option("--ref", help="Run the flow as committed on this branch, tag or commit (a draft run).")
 @click.option("--local", is_flag=True, help="Run in this process, from the working tree (or --ref).")
-@click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL", help="The daemon [env: SIGNOFF_SERVER].")
+@click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL", help=SERVER_HELP)
 @click.option("--follow/--no-follow", default=True, help="Show steps live as they happen (default).")
 @common
 def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: bool, server: str | None,
@@ -180,7 +196,7 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
     env = Env(data, repo, config)
     if not local:
         given = _inputs_from(inputs_file, pairs)
-        with Client(server, env.data) as client:
+        with env.client(server) as client:
             _, record = client.call("POST", f"/api/v1/flows/{flow}/runs", json={"inputs": given, "ref": ref})
             if follow:
                 record = _follow(client, record, show=not as_json)
@@ -202,10 +218,9 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
     engine = Engine(env.store(), work_dir=env.repo, config=cfg, masker=cfg.masker,
                     listener=progress if follow else None)
     run_id = engine.create_run(parsed, values, started_by=getpass.getuser(), draft=True, ref=source.ref,
-                               commit=source.commit)
+                               commit=source.commit, dirty=source.dirty)
     record = asyncio.run(_advance_interruptibly(engine, run_id))
-    emit(as_json, record, "" if follow else render.run_detail(record),
-         exit_code=0 if record["status"] == "succeeded" else 1)
+    emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == "succeeded" else 1)
 
 
 INPUTS_FILE_HINT = "write a YAML or JSON mapping of input names to values"
@@ -229,7 +244,16 @@ def _inputs_from(inputs_file, pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _follow(client: Client, record: dict, *, show: bool) -> dict:
-    """Print the run's events as they happen (long-polling the daemon) until it ends."""
+    """Print the run's events as they happen (long-polling the daemon) until it ends; ^C stops only the watching."""
+    try:
+        return _follow_events(client, record, show=show)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped following run {record['id']}; the run goes on in the daemon",
+                          hint=f"follow it again with `signoff runs follow {record['id']}`, or see it with "
+                               f"`signoff runs show {record['id']}`") from None
+
+
+def _follow_events(client: Client, record: dict, *, show: bool) -> dict:
     progress = render.Progress(show_output=show)
     folded: dict = {}
     seq = -1
@@ -267,8 +291,7 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--flow", help="Only runs of this flow.")
-@click.option("--status", type=click.Choice(["queued", "running", "waiting", "succeeded", "failed", "rejected",
-                                              "cancelled", "timed_out"]), help="Only runs with this status.")
+@click.option("--status", type=click.Choice([status.value for status in RunStatus]), help="Only runs with this status.")
 @click.option("--draft/--live", default=None, help="Only draft runs, or only live ones.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
 @common
@@ -292,6 +315,20 @@ def runs_show(run_id, with_events, data, repo, config, as_json) -> None:
         record = {**record, "history": events}
         human += "\n\n" + "\n".join(f"{e['seq']:>5} {e['at']} {e['type']} {e.get('step', '')}" for e in events)
     emit(as_json, record, human)
+
+
+@runs.command("follow")
+@click.argument("run_id")
+@server_option
+@common
+def runs_follow(run_id, server, data, repo, config, as_json) -> None:
+    """Show a daemon run's steps live until it ends (^C stops watching, not the run).
+
+    JSON: the final run record. Exit 0 if the run succeeded, 1 otherwise.
+    """
+    with Env(data, repo, config).client(server) as client:
+        record = _follow(client, {"id": run_id}, show=not as_json)
+    emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == "succeeded" else 1)
 
 
 @runs.command("verify")
@@ -329,17 +366,12 @@ def resource_get(ref, output, data, repo, config, as_json) -> None:
         store.copy_resource(ref, sys.stdout.buffer)
 
 
-def server_option(func: Callable) -> Callable:
-    return click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL",
-                        help="The daemon [env: SIGNOFF_SERVER; default http://127.0.0.1:8080; token: SIGNOFF_TOKEN].")(func)
-
-
 def _decide(decision: str, run_id: str, step: str, comment: str | None, pairs: tuple[str, ...], context_sha256,
             server, data, repo, config, as_json: bool) -> None:
     env = Env(data, repo, config)
     body = {"decision": decision, "comment": comment, "inputs": parse_pairs(pairs) if pairs else {},
             "context_sha256": context_sha256}
-    with Client(server, env.data) as client:
+    with env.client(server) as client:
         _, answer = client.call("POST", f"/api/v1/runs/{run_id}/steps/{step}/decision", json=body)
     verb = {"approve": "approved", "reject": "rejected", "request_changes": "requested changes on"}[decision]
     state = "decided" if answer["final"] else "recorded; more approvals needed"
@@ -370,16 +402,10 @@ decision_command("request-changes", "request_changes",
 @common
 def pending(server, data, repo, config, as_json) -> None:
     """Approvals waiting for me. JSON: {user, pending: [{run, flow, step, started_by, context, context_sha256,
-    deadline, approvals, min_approvals, links, url}]}."""
-    with Client(server, Env(data, repo, config).data) as client:
+    deadline, approvals, min_approvals, links, reviewer_inputs, require_comment, rewind_to, url}]}."""
+    with Env(data, repo, config).client(server) as client:
         _, answer = client.call("GET", "/api/v1/pending")
-    rows = [[p["run"], p["flow"], p["step"], p["started_by"], p["deadline"], render.short(p.get("context") or "", 50)]
-            for p in answer["pending"]]
-    links = [f"  {p['run']} {p['step']}: {link['title']} {link['url']}"
-             for p in answer["pending"] for link in p.get("links") or []]
-    emit(as_json, answer, "\n".join([render.table(rows, ["RUN", "FLOW", "STEP", "STARTED BY", "DEADLINE", "CONTEXT"]),
-                                     *(["links:", *links] if links else [])])
-         if rows else f"nothing waits for {answer['user']}")
+    emit(as_json, answer, render.pending(answer["user"], answer["pending"]))
 
 
 @cli.command()
@@ -407,7 +433,7 @@ def callback(target, payload, as_json, server) -> None:
 @common
 def cancel(run_id, server, data, repo, config, as_json) -> None:
     """Cancel a run (a running command's process group is killed). JSON: the run record."""
-    with Client(server, Env(data, repo, config).data) as client:
+    with Env(data, repo, config).client(server) as client:
         _, record = client.call("POST", f"/api/v1/runs/{run_id}/cancel")
     emit(as_json, record, f"run {run_id} is {record['status']}")
 
@@ -429,7 +455,9 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except SignoffError as exc:
         reasons = "".join(f"\n  - {reason}" for reason in getattr(exc, "reasons", []) or [])
-        _fail(as_json, exc.to_dict(), exc.message + reasons, exc.hint, exc.exit_code)
+        hint = _cli_hint(exc) or exc.hint
+        _fail(as_json, {**exc.to_dict(), **({"hint": hint} if hint else {})}, exc.message + reasons, hint,
+              exc.exit_code)
     except click.exceptions.Abort:
         _fail(as_json, {"code": "aborted", "message": "aborted"}, "aborted", None, 1)
     except click.ClickException as exc:
@@ -437,7 +465,7 @@ def main() -> None:
         document = {"code": "usage", "message": exc.format_message(), **({"hint": hint} if hint else {})}
         _fail(as_json, document, exc.format_message(), hint, exc.exit_code if exc.exit_code else 2)
     except KeyboardInterrupt:
-        _fail(as_json, {"code": "interrupted", "message": "interrupted"}, "interrupted", None, 130)
+        _fail(as_json, Interrupted("interrupted").to_dict(), "interrupted", None, Interrupted.exit_code)
     except BrokenPipeError:
         sys.exit(1)
     except OSError as exc:  # a file no option check could foresee (permissions, a full disk): never a traceback
@@ -446,6 +474,17 @@ def main() -> None:
         _fail(as_json, {"code": "os_error", "message": message}, message,
               "check the path exists and that you may read (or write) it", 1)
     sys.exit(0)
+
+
+def _cli_hint(exc: SignoffError) -> str | None:
+    """The daemon words its hints for API users; for the request fields it names, the CLI names its flags."""
+    fields = getattr(exc, "fields", None) or []
+    if "comment" in fields:
+        return 'give a comment with -m "..." (--comment)'
+    names = [field.split(".", 1)[1] for field in fields if field.startswith("inputs.")]
+    if names:
+        return "give " + " ".join(f"-i {name}=..." for name in names)
+    return None
 
 
 def _usage_hint(exc: click.ClickException) -> str | None:

@@ -71,11 +71,7 @@ def releases(flow, data, repo, config, as_json) -> None:
         human += "\n(no release tags yet: tag v1.0.0, or `signoff release FLOW 1.0.0`)"
     for problem in resolution.problems:
         human += f"\nwarning: {problem['message']}"
-    for entry in document["flows"]:
-        for refused in entry["refused"]:
-            first = refused["errors"][0] if refused["errors"] else {}
-            human += f"\nrefused {refused['tag']}: {first.get('file', '')}:{first.get('line', '')}: {first.get('message', '')}"
-    human += _last_changes(document["flows"])
+    human += _refusals(document["flows"]) + _last_changes(document["flows"])
     emit(as_json, document, human)
 
 
@@ -92,6 +88,21 @@ def _last_changes(flows: list[dict[str, Any]]) -> str:
         how = "through the daemon" if last.get("via") == "daemon" else "directly in the repository"
         lines.append(f"\n{entry['flow']}: {what} by {last['by']} {how} at {last['at']}"
                      + (f": {last['reason']}" if last.get("reason") else ""))
+    return "".join(lines)
+
+
+def _refusals(flows: list[dict]) -> str:
+    """Each refused tag once, with its first error: a whole-repository tag is refused for every flow at once."""
+    lines, seen = [], set()
+    for entry in flows:
+        for refused in entry["refused"]:
+            if (refused["tag"], refused["commit"]) in seen:
+                continue
+            seen.add((refused["tag"], refused["commit"]))
+            first = refused["errors"][0] if refused["errors"] else {}
+            scope = " (the whole repository)" if "/" not in refused["tag"] else ""
+            lines.append(f"\nrefused {refused['tag']}{scope}: {first.get('file', '')}:{first.get('line', '')}: "
+                         f"{first.get('message', '')}")
     return "".join(lines)
 
 

@@ -48,8 +48,10 @@ class Client:
     def __init__(self, server: str | None, data_dir: Path, *, timeout: float = 40.0) -> None:
         self.server = (server or os.environ.get("SIGNOFF_SERVER") or DEFAULT_SERVER).rstrip("/")
         token = os.environ.get("SIGNOFF_TOKEN")
+        self.token_source = "the environment variable SIGNOFF_TOKEN" if token else None
         if not token and _is_local(self.server) and (data_dir / TOKEN_FILE).is_file():
             token = (data_dir / TOKEN_FILE).read_text().strip()
+            self.token_source = f"the token file {data_dir / TOKEN_FILE}"
         self.token = token
         self.http = httpx.Client(base_url=self.server, timeout=timeout,
                                  headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -77,9 +79,19 @@ class Client:
             kind = BY_STATUS.get(response.status_code, SignoffError)
             message = error.get("message") or f"HTTP {response.status_code}"
             if kind is Invalid:
-                raise Invalid(message, error.get("reasons"), hint=error.get("hint"))
-            if kind is Unauthorized and not self.token:
-                raise Unauthorized(message, hint="set SIGNOFF_TOKEN (the daemon wrote its local token to "
-                                                 "<data>/token on first start)")
+                raise Invalid(message, error.get("reasons"), hint=error.get("hint"), fields=error.get("fields"))
+            if kind is Unauthorized:
+                raise Unauthorized(message, hint=self._token_hint())
             raise kind(message, hint=error.get("hint"))
         return response.status_code, body
+
+    def _token_hint(self) -> str:
+        """Where the token the daemon refused came from, and how to give the right one."""
+        if not self.token:
+            return ("set SIGNOFF_TOKEN to your token (a daemon with no users writes its local token to "
+                    "<data>/token on first start; point --data at that directory)")
+        if self.token_source and self.token_source.startswith("the token file"):
+            return (f"the token came from {self.token_source}, which the daemon at {self.server} does not "
+                    "know: point --data / SIGNOFF_DATA at that daemon's data directory, or set SIGNOFF_TOKEN")
+        return (f"the token came from {self.token_source}; the daemon at {self.server} knows no such token: "
+                "set SIGNOFF_TOKEN to a token from its config")

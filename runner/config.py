@@ -61,14 +61,47 @@ class Config:
         return conn
 
 
+def _read(path: Path):
+    try:
+        return read_file(path)
+    except DocumentError as exc:
+        raise ConfigError(str(exc.problem)) from None
+
+
+@dataclass
+class ClientView:
+    """What a client of the daemon takes from its config: where it answers, and its data directory."""
+
+    server_url: str | None = None
+    data: Path | None = None
+
+
+def client_view(path: str | Path) -> ClientView:
+    """The daemon's address and data directory from a config, without resolving any secret.
+
+    The address is `server.host:port` (where the daemon listens; 0.0.0.0 and :: mean this
+    machine), or `server.public_url` when the config names neither host nor port.
+    """
+    path = Path(path)
+    data = _read(path).plain
+    data = data if isinstance(data, dict) else {}
+    server = data.get("server") if isinstance(data.get("server"), dict) else {}
+    url = None
+    if server.get("host") or server.get("port"):
+        host = str(server.get("host") or "127.0.0.1")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
+        url = f"http://{f'[{host}]' if ':' in host and not host.startswith('[') else host}:{server.get('port', 8080)}"
+    elif server.get("public_url"):
+        url = str(server["public_url"])
+    data_dir = path.parent / data["data"] if isinstance(data.get("data"), str) else None
+    return ClientView(url, data_dir)
+
+
 def load_config(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     path = Path(path)
-    try:
-        doc = read_file(path)
-    except DocumentError as exc:
-        raise ConfigError(str(exc.problem)) from None
+    doc = _read(path)
     problems = schema_problems(doc, "config")
     if problems:
         raise ConfigError(f"{path}: invalid config\n" + "\n".join(str(p) for p in problems))

@@ -198,7 +198,8 @@ class Daemon:
         origin = await self.gitops.origin(name, ref)
         values = resolve_inputs(origin.flow, inputs)
         run_id = self.engine.create_run(origin.flow, values, started_by=user.name, draft=origin.draft,
-                                        ref=origin.ref, version=origin.version, commit=origin.commit)
+                                        ref=origin.ref, version=origin.version, commit=origin.commit,
+                                        dirty=origin.dirty)
         self.metrics.runs_started.labels(flow=origin.flow.name, trigger=trigger).inc()
         run = self.store.read_run(run_id)
         self._expect_callbacks(run)
@@ -428,7 +429,7 @@ class Daemon:
                           "context": state.get("context"), "context_sha256": state.get("context_sha256"),
                           "deadline": state.get("deadline"), "approvals": state.get("approvals") or [],
                           "min_approvals": state.get("min_approvals"), "links": state.get("links") or [],
-                          "url": self.run_url(run["id"])})
+                          "url": self.run_url(run["id"]), **self._decision_form(run, step_id)})
         return found
 
     # ---- changes of what is live ------------------------------------------------------------
@@ -494,6 +495,12 @@ class Daemon:
             return path, meta
         raise NotFound(f"no resource {ref.removeprefix('res://')}",
                        hint="a resource is served to those who may see a run that stored it")
+
+    def _decision_form(self, run: dict[str, Any], step_id: str) -> dict[str, Any]:
+        """What a reviewer of the step may send: its input fields, when a comment is due, where changes rewind."""
+        spec = self.engine.flow_of(run["id"], run.get("flow_sha256")).step(step_id).spec
+        return {"reviewer_inputs": spec.get("inputs") or {}, "require_comment": spec.get("require_comment", "never"),
+                "rewind_to": spec.get("rewind_to")}
 
     # ---- triggers -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@
     ├── Unauthorized / Forbidden who is asking, and whether they may (401 / 403)
     ├── Conflict                 the run's state says no (409)
     ├── Invalid                  a request's content is wrong (422), with reasons
+    ├── Interrupted              ^C (exit 130), with what goes on without us
     └── TooLarge                 a body over its limit (413)
 
 Every error carries what a user needs to fix it: a message, and where it helps a
@@ -124,19 +125,34 @@ class Conflict(SignoffError):
 
 
 class Invalid(SignoffError):
-    """A well-formed request whose content is wrong (HTTP 422); `reasons` lists why."""
+    """A well-formed request whose content is wrong (HTTP 422); `reasons` lists why.
+
+    `fields` names the parts of the request at fault (`comment`, `inputs.amount`), so a
+    client can point its user at the flag or form field that sets them.
+    """
 
     code = "invalid"
 
-    def __init__(self, message: str, reasons: list[str] | None = None, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, reasons: list[str] | None = None, *, hint: str | None = None,
+                 fields: list[str] | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reasons = reasons or []
+        self.fields = fields or []
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         if self.reasons:
             data["reasons"] = self.reasons
+        if self.fields:
+            data["fields"] = self.fields
         return data
+
+
+class Interrupted(SignoffError):
+    """The user pressed ^C (exit 130)."""
+
+    code = "interrupted"
+    exit_code = 130
 
 
 class TooLarge(SignoffError):

@@ -1,19 +1,26 @@
-"""Human-readable output: tables, run summaries and live progress lines."""
+"""Human-readable output: tables, run summaries and live progress lines.
+
+Values are shown as JSON (a string as itself), never as Python reprs, and a
+`res://` reference is never cut: it is what `signoff resource get` takes.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from datetime import datetime
 from typing import Any, TextIO
 
 from runner.timeutil import format_duration, parse_rfc3339
 
+RESOURCE_REF = re.compile(r"res://[0-9a-f]{64}")
 MARKS = {"succeeded": "✓", "failed": "✗", "skipped": "–", "cancelled": "⊘", "timed_out": "⏱", "rejected": "✗",
          "waiting": "…", "running": "▶", "pending": " "}
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [["" if c is None else value(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells]
     return "\n".join(lines)
@@ -26,9 +33,23 @@ def elapsed(start: str | None, end: str | None) -> str:
     return format_duration((finish - parse_rfc3339(start)).total_seconds())
 
 
-def short(value: Any, width: int = 60) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+def value(data: Any) -> str:
+    """A value as a person reads it: a string as itself, anything else as compact JSON."""
+    if isinstance(data, str):
+        return data
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def short(data: Any, width: int = 60) -> str:
+    """One line of at most about `width` characters; a res:// reference in it is kept whole."""
+    text = " ".join(value(data).split())
+    if len(text) <= width:
+        return text
+    cut = width - 1
+    for ref in RESOURCE_REF.finditer(text):
+        if ref.start() < cut < ref.end():
+            cut = ref.end()
+    return text if cut >= len(text) else text[:cut] + "…"
 
 
 def run_list(runs: list[dict]) -> str:
@@ -47,15 +68,32 @@ def _step_note(state: dict) -> str:
         return state["skip_reason"]
     if state.get("wake_at"):
         return f"until {state['wake_at']}"
-    outputs = state.get("outputs") or {}
-    shown = [f"{k}={short(v, 30)}" for k, v in outputs.items() if k not in ("headers", "stderr")]
-    return ", ".join(shown)
+    outputs = {k: v for k, v in (state.get("outputs") or {}).items() if k not in ("headers", "stderr")}
+    return ", ".join(f"{k}={short(v, 30)}" for k, v in _flat(outputs))
+
+
+def _flat(values: dict, prefix: str = ""):
+    """`artifacts.report.md=res://...` rather than a JSON object cut short."""
+    for key, item in values.items():
+        if isinstance(item, dict) and 0 < len(item) <= 5:
+            yield from _flat(item, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", item
+
+
+def _origin(run: dict) -> str:
+    kind = "draft" if run.get("draft") else "live " + (run.get("version") or "(working tree)")
+    where = f", ref {run['ref']}" if run.get("ref") else ""
+    if run.get("commit"):
+        where += f", commit {run['commit'][:12]}" + (" + uncommitted changes" if run.get("dirty") else "")
+    elif run.get("flow_sha256"):
+        where += ", not from a commit"
+    return kind + where
 
 
 def run_detail(run: dict) -> str:
     head = [f"run      {run['id']}",
-            f"flow     {run['flow']}  ({'draft' if run.get('draft') else 'live ' + (run.get('version') or '(working tree)')}"
-            f"{', ref ' + run['ref'] if run.get('ref') else ''}{', commit ' + run['commit'][:12] if run.get('commit') else ''})",
+            f"flow     {run['flow']}  ({_origin(run)})",
             f"status   {run['status']}" + (f": {run['error']}" if run.get("error") else ""),
             f"started  {run['created_at']} by {run.get('started_by')}"
             + (f", took {elapsed(run['created_at'], run.get('finished_at'))}" if run.get("finished_at") else ""),
@@ -64,6 +102,48 @@ def run_detail(run: dict) -> str:
              elapsed(s.get("started_at"), s.get("finished_at")) if s.get("started_at") else "",
              short(_step_note(s), 70)] for step_id, s in run["steps"].items()]
     return "\n".join(head) + table(rows, ["STEP", "STATUS", "TRIES", "TOOK", "NOTE"])
+
+
+def pending(user: str, items: list[dict]) -> str:
+    """Approvals waiting for `user`: each with its quorum, what the reviewer fills in, and how to decide."""
+    if not items:
+        return f"nothing waits for {user}"
+    blocks = []
+    for item in items:
+        approvals, needed = len(item.get("approvals") or []), item.get("min_approvals") or 1
+        lines = [f"{item['run']}  {item['flow']} / {item['step']}",
+                 f"  started by {item['started_by']}, approvals {approvals}/{needed}, deadline {item['deadline']}"]
+        if item.get("context"):
+            lines.append(f"  context: {short(item['context'], 200)}")
+        if item.get("links"):
+            lines.append("  links:")
+            lines.extend(f"    {item['run']} {item['step']}: {link.get('title') or ''} {link.get('url') or ''}".rstrip()
+                         for link in item["links"])
+        fields = item.get("reviewer_inputs") or {}
+        if fields:
+            lines.append("  reviewer inputs: " + ", ".join(_field(name, spec) for name, spec in fields.items()))
+        comment = item.get("require_comment")
+        if comment in (True, "always"):
+            lines.append("  a comment is required (-m)")
+        elif comment == "reject":
+            lines.append("  a comment is required to reject or request changes (-m)")
+        wanted = " ".join(f"-i {name}=..." for name, spec in fields.items() if (spec or {}).get("required"))
+        lines.append(f"  decide:  signoff approve {item['run']} {item['step']}" + (f" {wanted}" if wanted else "")
+                     + "   |   signoff reject ...")
+        lines.append(f"  request-changes: allowed (reruns from {item['rewind_to']})" if item.get("rewind_to")
+                     else "  request-changes: not allowed here (the step has no rewind_to)")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _field(name: str, spec: dict | None) -> str:
+    spec = spec or {}
+    facts = [spec.get("type", "string")] + (["required"] if spec.get("required") else [])
+    if "enum" in spec:
+        facts.append("one of " + "|".join(value(v) for v in spec["enum"]))
+    if "default" in spec:
+        facts.append(f"default {value(spec['default'])}")
+    return f"{name} ({', '.join(facts)})" + (f": {spec['description']}" if spec.get("description") else "")
 
 
 class Progress:

@@ -28,13 +28,21 @@ _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a numbe
                "object": "a mapping", "array": "a list", "null": "null"}
 
 
-@lru_cache(maxsize=None)
-def load_schema(name: str) -> dict[str, Any]:
-    """`flow`, `config` or `run` -> the parsed schema (from the checkout, else the wheel)."""
+SCHEMA_NAMES = ("flow", "config", "run")
+
+
+def schema_text(name: str) -> str:
+    """`flow`, `config` or `run` -> the schema file's text (from the checkout, else the wheel)."""
     local = _SOURCE_DIR / f"{name}.schema.json"
     if local.is_file():
-        return json.loads(local.read_text())
-    return json.loads(resources.files("runner.schema").joinpath(f"{name}.schema.json").read_text())
+        return local.read_text()
+    return resources.files("runner.schema").joinpath(f"{name}.schema.json").read_text()
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict[str, Any]:
+    """`flow`, `config` or `run` -> the parsed schema."""
+    return json.loads(schema_text(name))
 
 
 @lru_cache(maxsize=None)

@@ -327,14 +327,25 @@ class DaemonProcess:
         problems = run_schema_errors(self.run_json(run_id))
         assert not problems, "run.json does not match schema/run.schema.json:\n" + "\n".join(problems)
 
-    def cli(self, *args: str, user: str | None = "alice", timeout: float = 60) -> subprocess.CompletedProcess:
-        """The real `signoff` CLI against this daemon (SIGNOFF_SERVER / SIGNOFF_TOKEN)."""
+    def cli_env(self, user: str | None = "alice", env: dict[str, str | None] | None = None) -> dict[str, str]:
+        """The CLI's environment: SIGNOFF_SERVER, SIGNOFF_TOKEN of `user`; `env` adds to it (None removes)."""
         environ = clean_environ()
         environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
         environ["SIGNOFF_SERVER"] = self.url
         environ["SIGNOFF_DATA"] = str(self.root / "cli-data")  # never the daemon's token file
         if user:
             environ["SIGNOFF_TOKEN"] = self.tokens[user]
+        for key, value in (env or {}).items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value
+        return environ
+
+    def cli(self, *args: str, user: str | None = "alice", timeout: float = 60,
+            env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+        """The real `signoff` CLI against this daemon (SIGNOFF_SERVER / SIGNOFF_TOKEN; `env` as in cli_env)."""
+        environ = self.cli_env(user, env)
         return subprocess.run([sys.executable, "-m", "runner", *args], cwd=self.root, env=environ,
                               capture_output=True, text=True, timeout=timeout)
 

@@ -6,10 +6,13 @@ a hint; a failure to do the thing is exit 1. Never a traceback (DESIGN section 6
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+
+from daemon_support import DaemonProcess
 
 PROJECT_FLOWS = Path(__file__).resolve().parent.parent / "flows"
 MISSING = "/nonexistent/signoff-test/dir"
@@ -91,3 +94,93 @@ def test_callback_reads_its_body_from_stdin_with_at_dash(cli, tmp_path):
     code, _, err, _ = cli(["callback", "http://127.0.0.1:9/callbacks/tok", "--data", "@-"], cwd=tmp_path)
     assert code == 1, err
     assert "cannot reach the daemon at http://127.0.0.1:9" in err
+
+
+# ---- doctor checks what serve checks ------------------------------------------------------------
+
+
+def test_doctor_fails_the_config_when_a_user_token_variable_is_unset(cli, repo, tmp_path):
+    config = tmp_path / "signoff.yaml"
+    config.write_text("users:\n  ann: {token: {env: SIGNOFF_TEST_ANN_TOKEN}, roles: [run]}\n")
+    code, out, err, document = cli(["doctor", "--config", str(config), "--json"], cwd=repo)
+    assert code == 1, out + err
+    checks = {c["check"]: c for c in document["checks"]}
+    assert checks["config"]["ok"] is False
+    assert "SIGNOFF_TEST_ANN_TOKEN is not set" in checks["config"]["detail"]
+    assert "export SIGNOFF_TEST_ANN_TOKEN" in checks["config"]["hint"]
+    serve = cli(["serve", "--config", str(config), "--port", "9"], cwd=repo)  # serve refuses the same way
+    assert serve.code == 1 and "SIGNOFF_TEST_ANN_TOKEN is not set" in serve.err
+    human = cli(["doctor", "--config", str(config)], cwd=repo)
+    assert "FAIL  config" in human.out and "hint (config): export SIGNOFF_TEST_ANN_TOKEN" in human.out
+    code, _, _, document = cli(["doctor", "--config", str(config), "--json"], cwd=repo,
+                               env={"SIGNOFF_TEST_ANN_TOKEN": "a-token-for-ann"})
+    assert {c["check"]: c["ok"] for c in document["checks"]}["config"] is True
+
+
+# ---- through the daemon: the API's refusals, and hints for the CLI user ----------------------------
+
+STRICT = """
+name: strict
+steps:
+  - id: review
+    kind: approval
+    approvers: [group:ops]
+    require_comment: reject
+    inputs:
+      amount: {type: number, required: true}
+      note: {type: string}
+    timeout: 1h
+    on_timeout: reject
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    with DaemonProcess(tmp_path_factory.mktemp("cli-errors"), flows={"strict": STRICT}) as process:
+        yield process
+
+
+@pytest.mark.usefixtures("running")
+def test_listing_runs_with_an_unknown_status_is_refused_with_the_statuses(daemon):
+    response = daemon.api("alice").get("/api/v1/runs", params={"status": "bogus"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert "bogus" in error["message"]
+    assert "queued, running, waiting, succeeded, failed, rejected, cancelled, timed_out" in error["reasons"][0]
+    assert daemon.api("alice").get("/api/v1/runs", params={"status": "waiting"}).status_code == 200
+
+
+@pytest.mark.usefixtures("running")
+def test_a_wrong_token_says_where_the_cli_took_it_from(daemon, tmp_path):
+    from_env = daemon.cli("pending", user=None, env={"SIGNOFF_TOKEN": "not-a-token"})
+    assert from_env.returncode == 1, from_env.stderr
+    assert "SIGNOFF_TOKEN" in from_env.stderr.split("hint:", 1)[1]
+    data = tmp_path / "other-data"
+    data.mkdir()
+    (data / "token").write_text("a-stale-local-token\n")
+    from_file = daemon.cli("pending", user=None, env={"SIGNOFF_DATA": str(data)})
+    assert from_file.returncode == 1, from_file.stderr
+    hint = from_file.stderr.split("hint:", 1)[1]
+    assert str(data / "token") in hint and "--data" in hint
+
+
+@pytest.mark.usefixtures("running")
+def test_decision_errors_name_the_cli_flags(daemon):
+    run = daemon.start_run("strict", user="alice")
+    daemon.wait_step(run["id"], "review")
+    missing_input = daemon.cli("approve", run["id"], "review", user="bob")
+    assert missing_input.returncode == 1, missing_input.stderr
+    assert "amount" in missing_input.stderr
+    assert "-i amount=..." in missing_input.stderr.split("hint:", 1)[1]
+    as_json = daemon.cli("approve", run["id"], "review", "--json", user="bob")
+    assert json.loads(as_json.stdout)["error"]["fields"] == ["inputs.amount"]
+    bad_number = daemon.cli("approve", run["id"], "review", "-i", "amount=lots", user="bob")
+    assert "-i amount=..." in bad_number.stderr.split("hint:", 1)[1]
+    no_comment = daemon.cli("reject", run["id"], "review", user="bob")
+    assert no_comment.returncode == 1, no_comment.stderr
+    assert "a comment is required" in no_comment.stderr
+    assert "-m" in no_comment.stderr.split("hint:", 1)[1]
+    api = daemon.decide(run["id"], "review", "bob", "reject")
+    assert api.status_code == 422 and api.json()["error"]["fields"] == ["comment"]
+    decided = daemon.cli("reject", run["id"], "review", "-m", "too much", user="bob")
+    assert decided.returncode == 0, decided.stderr

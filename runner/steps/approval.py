@@ -83,7 +83,8 @@ class ApprovalKind:
             raise Forbidden(f"{user.name} started this run and may not approve it",
                             hint="another approver must decide (allow_self_approval is false)")
         if _needs_comment(spec.get("require_comment", "never"), decision) and not comment:
-            raise Invalid(f"a comment is required to {decision.replace('_', ' ')} step '{step_id}'")
+            raise Invalid(f"a comment is required to {decision.replace('_', ' ')} step '{step_id}'",
+                          hint="send a non-empty comment with the decision", fields=["comment"])
         shown = message.get("context_sha256")
         if shown and shown != state.get("context_sha256"):
             raise Conflict("the context changed since it was shown to you; reload it and decide again")
@@ -117,21 +118,24 @@ class ApprovalKind:
         if unknown:
             raise Invalid(f"unknown reviewer input(s): {', '.join(unknown)}",
                           hint=f"this step asks for: {', '.join(declared) or 'nothing'}")
-        try:
-            values = {name: coerce(name, (declared[name] or {}).get("type", "string"), value)
-                      for name, value in given.items()}
-        except UsageError as exc:
-            raise Invalid("reviewer inputs are not valid", [exc.message]) from None
+        values = {}
+        for name, value in given.items():
+            try:
+                values[name] = coerce(name, (declared[name] or {}).get("type", "string"), value)
+            except UsageError as exc:
+                raise Invalid("reviewer inputs are not valid", [exc.message], fields=[f"inputs.{name}"]) from None
         for name, field in declared.items():
             if name not in values and "default" in (field or {}):
                 values[name] = field["default"]
         schema = {"type": "object", "properties": {
             name: {k: v for k, v in (field or {}).items() if k in ("type", "enum")} for name, field in declared.items()},
             "required": [n for n, f in declared.items() if (f or {}).get("required") and decision == "approve"]}
-        reasons = [f"{'.'.join(map(str, e.absolute_path)) or 'inputs'}: {e.message}"
-                   for e in Draft202012Validator(schema).iter_errors(values)]
+        errors = list(Draft202012Validator(schema).iter_errors(values))
+        reasons = [f"{'.'.join(map(str, e.absolute_path)) or 'inputs'}: {e.message}" for e in errors]
         if reasons:
-            raise Invalid("reviewer inputs are not valid", reasons)
+            at_fault = {f"inputs.{e.absolute_path[0]}" for e in errors if e.absolute_path}
+            at_fault.update(f"inputs.{name}" for name in schema["required"] if name not in values)
+            raise Invalid("reviewer inputs are not valid", reasons, fields=sorted(at_fault))
         return values
 
 
