@@ -102,6 +102,10 @@ def common(func: Callable) -> Callable:
     return func
 
 
+SERVER_HELP = ("The daemon [env: SIGNOFF_SERVER; default: the config's server, else http://127.0.0.1:8080; "
+               "token: SIGNOFF_TOKEN].")
+
+
 def server_option(func: Callable) -> Callable:
     return click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL", help=SERVER_HELP)(func)
 
@@ -113,10 +117,6 @@ def open_output(path: str):
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}",
                          hint="give -o a file in a directory that exists and that you may write") from None
-
-
-SERVER_HELP = ("The daemon [env: SIGNOFF_SERVER; default: the config's server, else http://127.0.0.1:8080; "
-               "token: SIGNOFF_TOKEN].")
 
 
 def emit(as_json: bool, document: Any, human: str, *, exit_code: int = 0) -> None:
