@@ -104,10 +104,13 @@ class Daemon:
             else:
                 self.schedule(run["id"])
                 resumed += 1
+        swept = self._sweep_kills()
         # what start-up keeps (timers, callback targets, flows) lives as long as the daemon: left out
         # of the collector's full passes, which would otherwise stall the loop for tens of ms under load
         gc.collect()
         gc.freeze()
+        if swept:
+            log.info("%d kills of remote jobs left outstanding are under way", swept, extra={"event": "kills_swept"})
         log.info("daemon started; %d runs resumed, %d waiting, %d callbacks accepted and not yet recorded", resumed,
                  parked, kept, extra={"event": "daemon_started"})
 
@@ -619,11 +622,8 @@ class Daemon:
         if changed is not None:
             changed.set()
         kind = event["type"]
-        if kind == "run_finished" and event["status"] != "succeeded":
-            self._spawn(self._stop_detached(dict(run), None))  # a run that ended badly leaves no worker behind
-        elif (kind == "step_finished" and event["status"] == "timed_out"
-              and self._step_spec(run["id"], event["step"])["kind"] == "callback"):
-            self._spawn(self._stop_detached(dict(run), event["step"]))
+        if kind == "detached_kill_requested":  # recorded with the run's end (or a callback's timeout)
+            self._spawn(self._stop_detached(run["id"], bool(run.get("draft")), {**event, "tries": 0}))
         if kind in ("step_finished", "step_skipped"):
             self._open_steps.discard((run["id"], event["step"]))
         if kind == "callback_received":
@@ -642,21 +642,45 @@ class Daemon:
         elif kind == "step_waiting":
             self._spawn(self._announce_wait(dict(run), event))
 
-    async def _stop_detached(self, run: dict, callback: str | None) -> None:
-        """Kill the remote workers a cancelled run (or a callback that timed out) leaves behind."""
-        from runner.steps import ssh
+    async def _stop_detached(self, run_id: str, draft: bool, request: dict[str, Any]) -> None:
+        """Carry out a recorded kill request (runner.sshjobs): a worker left behind by a run that ended badly."""
+        from runner import sshjobs
 
-        flow = self.engine.flow_of(run["id"])
-        for step_id, outputs in ssh.detached_workers(run, flow, callback=callback):
-            if (run["id"], step_id) in self._stopped:
-                continue  # a callback timeout that also ended the run: one kill is enough
-            self._stopped.add((run["id"], step_id))
+        key = (run_id, request["job"])
+        if key in self._stopped:
+            return  # already under way (the start-up sweep and a new request)
+        self._stopped.add(key)
+        try:
+            killed = await sshjobs.kill(self.config, request, draft=draft)
+            async with self._lock(run_id):
+                try:
+                    run = self.engine.note(run_id, "detached_killed", **killed)
+                except Exception:
+                    log.exception("could not record detached_killed for run %s", run_id, extra={"run_id": run_id})
+                    return
+                if not sshjobs.outstanding(run):
+                    self.store.kills_settled(run_id)
+        finally:
+            self._stopped.discard(key)
+
+    def _sweep_kills(self) -> int:
+        """At start-up: carry out the kill requests a crash or a stop left outstanding (each run's record says)."""
+        from runner import sshjobs
+
+        swept = 0
+        for run_id in self.store.runs_with_kills():
             try:
-                result = await ssh.kill_detached(self.config, outputs, draft=run.get("draft"))
-            except Exception as exc:  # an unreachable host is recorded, never fatal
-                result = f"failed: {getattr(exc, 'message', exc)}"
-            await self._note(run["id"], "detached_killed", step=step_id, host=outputs.get("host"),
-                             pid=outputs.get("pid"), result=result)
+                run = self.store.read_run(run_id)
+            except (NotFound, StoreError):
+                self.store.kills_settled(run_id)
+                continue
+            requests = sshjobs.outstanding(run)
+            if not requests:
+                self.store.kills_settled(run_id)  # noted just before a crash that came before the requests
+            for request in requests:
+                self._spawn(self._stop_detached(run_id, bool(run.get("draft")), request))
+                swept += 1
+        return swept
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

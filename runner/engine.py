@@ -157,10 +157,11 @@ class Engine:
                     extra={"event": "run_repaired", "run_id": run_id})
             return driver.run
 
-    def note(self, run_id: str, kind: str, **fields: Any) -> None:
-        """Append a history-only event (a notification's delivery, say)."""
+    def note(self, run_id: str, kind: str, **fields: Any) -> dict[str, Any]:
+        """Append a history-only event (a notification's delivery, say); the record after it."""
         with self._driver(run_id) as driver:
             driver.record(kind, **self.masker.mask(fields))
+        return driver.run
 
     def _driver(self, run_id: str) -> "_Driver":
         """The run's writer (its log open, so its lock held) with the record as of the last event."""
@@ -239,6 +240,7 @@ class _Driver:
         self.output_sent: dict[str, int] = {}
         self.output_flushed = float("-inf")
         self.hold = True
+        self.cleaners: list[Any] | None = None  # the flow's kinds that may leave work behind (request_kills)
 
     def __enter__(self) -> "_Driver":
         return self
@@ -255,9 +257,25 @@ class _Driver:
         event = {"type": kind, "at": rfc3339(self.engine.clock.now()), **fields}
         record.apply(self.run, event)
         self.pending.append(event)
+        self.request_kills(event)
         if flush:
             self.flush(force=force)
         return event
+
+    def request_kills(self, event: dict) -> None:
+        """What `event` leaves running on hosts (runner.sshjobs) becomes kill requests in the same batch.
+
+        The run goes on the store's list of outstanding kills first, so the daemon's start-up finds them.
+        """
+        if self.cleaners is None:
+            kinds = {id(kind): kind for kind in map(load_kind, {s.kind for s in self.flow.steps}) if kind}
+            self.cleaners = [kind for kind in kinds.values() if hasattr(kind, "leftovers")]
+        requests = [request for kind in self.cleaners for request in kind.leftovers(self.run, self.flow, event)]
+        if requests:
+            self.engine.store.note_kills(self.run_id)
+        for request in requests:
+            fields = dict(request)
+            self.record(fields.pop("type"), flush=False, **fields)
 
     def flush(self, *, force: bool = False) -> None:
         """Append pending events (one write, one fsync); snapshot if forced or due."""
@@ -409,7 +427,7 @@ class _Driver:
                 self.record("step_interrupted", step=step.id, reason="interrupted by a restart; retrying")
                 return self.after(step, await self.run_step(step, attempt=state["attempts"] + 1))
             self.record("step_finished", step=step.id, status=StepStatus.FAILED.value,
-                        error="interrupted by a restart")
+                        error="interrupted by a restart", interrupted=True)
             return self.after(step, StepStatus.FAILED)
         return self.after(step, StepStatus(state["status"]))
 
@@ -600,7 +618,8 @@ class _Driver:
             evaluate=lambda value, field: evaluator.render(value, context, step=step.id, field=field),
             public_url=self.engine.public_url,
             mask=self.engine.masker.mask, masking=bool(self.engine.masker.values), masker=self.engine.masker,
-            on_output=lambda stream, text: self.output(step.id, stream, text))
+            on_output=lambda stream, text: self.output(step.id, stream, text),
+            record_event=lambda kind, **fields: self.record(kind, step=step.id, **self.engine.masker.mask(fields)))
 
     async def park(self, step: Step, kind: Any, ctx: StepContext, parked: Park) -> StepStatus | str:
         settled = self.settle(step, kind, ctx)  # the answer came early: nothing to wait for

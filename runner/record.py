@@ -12,6 +12,8 @@ from typing import Any
 from runner.status import RunStatus, StepStatus
 
 RUN_FIELDS = ("id", "flow", "draft", "ref", "version", "commit", "dirty", "inputs", "started_by", "flow_sha256")
+JOB_FIELDS = ("name", "connection", "host", "attempt", "detach")  # an ssh step's job (runner.sshjobs)
+KILL_FIELDS = ("step", "dir", "connection", "host", "pid", "detach", "reason")
 
 
 def new_step_state() -> dict[str, Any]:
@@ -59,11 +61,15 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
             "payload": event["payload"], "sha256": event["sha256"], "at": event.get("accepted_at", at)}
     elif kind == "step_retrying":
         step.update({"status": StepStatus.RUNNING.value, "error": event["error"], "retry_at": event["retry_at"]})
+        _job_seen_through(step, succeeded=False)
     elif kind == "step_interrupted":
         step["error"] = event["reason"]
+        _job_seen_through(step, interrupted=True)
     elif kind == "step_finished":
         step.update({"status": event["status"], "finished_at": at, "outputs": event.get("outputs") or {},
                      "error": event.get("error")})
+        _job_seen_through(step, succeeded=event["status"] == StepStatus.SUCCEEDED.value,
+                          interrupted=bool(event.get("interrupted")))
         if "payload" in step["outputs"]:
             step["payload"] = step["outputs"]["payload"]
         step.pop("wake_at", None)
@@ -82,7 +88,30 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
                          if event["outcome"] else None)
     elif kind == "routing_cleared":
         run["routed"] = None
+    elif kind == "ssh_job_started":
+        step["job"] = {**{key: event.get(key) for key in JOB_FIELDS}, "state": "starting"}
+    elif kind == "detached_kill_requested":
+        run.setdefault("kills", {})[event["job"]] = {
+            **{key: event.get(key) for key in KILL_FIELDS}, "requested_at": at, "tries": 0, "result": None,
+            "done_at": None}
+    elif kind == "detached_killed":
+        kill = (run.get("kills") or {}).get(event.get("job"))  # older records have no requests
+        if kill is not None:
+            kill.update({"tries": event.get("tries", kill["tries"] + 1), "result": event["result"]})
+            if event.get("final", True):
+                kill["done_at"] = at
     # other events (plain jumps, notification, cancel_requested) are history only
+
+
+def _job_seen_through(step: dict[str, Any], *, succeeded: bool = False, interrupted: bool = False) -> None:
+    """The state of the step's ssh job (runner.sshjobs) once its attempt is over."""
+    job = step.get("job")
+    if not job or job["state"] != "starting":
+        return  # no job, or one a restart cut short that the next attempt settles (or a kill request)
+    if interrupted:
+        job["state"] = "interrupted"
+    else:
+        job["state"] = "detached" if succeeded and job.get("detach") else "ended"
 
 
 def fold(events: list[dict[str, Any]]) -> dict[str, Any]:

@@ -487,21 +487,25 @@ def detach_script(job: str, command: str, cwd: str | None, env: dict[str, str]) 
             'printf "pid=%s\\njob=%s\\n" "$(cat "$d/pid")" "$d"\n')
 
 
+# a group is alive while it has a member that is not a zombie (orphans wait for init to reap them)
+_ALIVE = ('alive() {\n'
+          '  kill -s 0 -- "-$1" 2>/dev/null || return 1\n'
+          '  command -v ps >/dev/null 2>&1 || return 0\n'
+          '  ps -A -o pgid= -o stat= 2>/dev/null | awk -v g="$1" \'$1 == g && $2 !~ /^Z/ {n++} END {exit !n}\'\n'
+          '}\n')
+# a job being started writes its pid at once: give it a few seconds
+_WAIT_PID = ('i=0\n'
+             'while [ ! -s "$d/pid" ] && [ ! -e "$d/exit_code" ] && [ $i -lt 60 ]; do sleep 0.05; i=$((i+1)); done\n')
+# a job that has not started yet (no directory): make sure it never does
+_FENCE = ('if [ ! -d "$d" ]; then\n'
+          '  (umask 077 && mkdir -p "$(dirname "$d")" && mkdir "$d" && : > "$d/cancelled") 2>/dev/null\n'
+          '  echo not-started; exit 0\n'
+          'fi\n')
+
+
 def _kill_script(dir_expr: str, *, remove: bool) -> str:
     steps = int(KILL_GRACE * 10)
-    return (f'd={dir_expr}\n'
-            'if [ ! -d "$d" ]; then\n'  # not started yet: make sure it never does
-            '  (umask 077 && mkdir -p "$(dirname "$d")" && mkdir "$d" && : > "$d/cancelled") 2>/dev/null\n'
-            '  echo not-started; exit 0\n'
-            'fi\n'
-            # a group is alive while it has a member that is not a zombie (orphans wait for init to reap them)
-            'alive() {\n'
-            '  kill -s 0 -- "-$1" 2>/dev/null || return 1\n'
-            '  command -v ps >/dev/null 2>&1 || return 0\n'
-            '  ps -A -o pgid= -o stat= 2>/dev/null | awk -v g="$1" \'$1 == g && $2 !~ /^Z/ {n++} END {exit !n}\'\n'
-            '}\n'
-            'i=0\n'
-            'while [ ! -s "$d/pid" ] && [ ! -e "$d/exit_code" ] && [ $i -lt 60 ]; do sleep 0.05; i=$((i+1)); done\n'
+    return (f'd={dir_expr}\n' + _FENCE + _ALIVE + _WAIT_PID +
             'if [ -e "$d/exit_code" ] || [ ! -s "$d/pid" ]; then r=ended\n'
             'else\n'
             '  p=$(cat "$d/pid")\n'
@@ -514,6 +518,13 @@ def _kill_script(dir_expr: str, *, remove: bool) -> str:
             'fi\n'
             + ('rm -rf "$d"\n' if remove else ': > "$d/killed" 2>/dev/null\n') +
             'echo "$r"\n')
+
+
+def _claim_script(dir_expr: str) -> str:
+    return (f'd={dir_expr}\n' + _FENCE + _WAIT_PID +
+            'if [ -s "$d/pid" ]; then printf "pid=%s\\njob=%s\\n" "$(cat "$d/pid")" "$d"; exit 0; fi\n'
+            ': > "$d/cancelled"\n'
+            'echo not-started\n')
 
 
 def _wrap(script: str) -> str:
@@ -584,6 +595,21 @@ def kill_job(hops: list[Hop], dir_expr: str, remove: bool) -> str:
     if code != 0:
         raise StepFailed(f"ssh {hops[-1].label}: killing the job failed ({code}): {err.strip()[:300]}")
     return out.strip() or "unknown"
+
+
+def claim_job(hops: list[Hop], dir_expr: str) -> dict[str, str]:
+    """Over a new connection: a detached job's `pid` and `job` (its directory) if it started, else {}.
+
+    A job that has not started is fenced: it never will (runner.sshjobs: a retry adopts or replaces).
+    """
+    session = Session(hops).open()
+    try:
+        code, out, err = capture(session, _claim_script(dir_expr))
+    finally:
+        session.close()
+    if code != 0:
+        raise StepFailed(f"ssh {hops[-1].label}: looking for the earlier job failed ({code}): {err.strip()[:300]}")
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 # ---- files (sftp) ----------------------------------------------------------------------

@@ -4,6 +4,7 @@
     <data>/runs/<run-id>/events.jsonl  append-only, fsynced, each line chained to the last
     <data>/runs/<run-id>/flow.yaml     the exact flow source the run executes
     <data>/resources/<sha256>          content-addressed blobs, with <sha256>.json metadata
+    <data>/kills/<run-id>              empty: the run has kills of remote jobs still to carry out
 
 Readers never lock; the one writer of a run holds an fcntl lock on its `events.jsonl`.
 """
@@ -387,7 +388,8 @@ class Store:
     def sweep_shared(self) -> list[str]:
         """Temp files of dead writers outside the run folders (resources, callback index, release state)."""
         removed = []
-        for folder in (self.resources_dir, self.data_dir / "callbacks", self.data_dir / "releases", self.data_dir):
+        for folder in (self.resources_dir, self.data_dir / "callbacks", self.data_dir / "releases",
+                       self.data_dir / "kills", self.data_dir):
             if not folder.is_dir():
                 continue
             for entry in os.scandir(folder):
@@ -420,6 +422,29 @@ class Store:
         except (OSError, ValueError):
             return None
         return entry["run"], entry["step"]
+
+    # ---- runs with kills of remote jobs still to carry out (runner.sshjobs) --------------
+
+    def note_kills(self, run_id: str) -> None:
+        """Put the run on the short list the daemon's start-up sweeps (durably, before its requests are written)."""
+        folder = self.data_dir / "kills"
+        marker = folder / run_id
+        if marker.exists():
+            return
+        make_dir(folder, fsync=self.fsync)
+        write_atomic(marker, b"", fsync=self.fsync)
+
+    def runs_with_kills(self) -> list[str]:
+        """The runs on that list: O(outstanding), whatever the number of runs."""
+        folder = self.data_dir / "kills"
+        return sorted(name for name in os.listdir(folder) if RUN_ID.match(name)) if folder.is_dir() else []
+
+    def kills_settled(self, run_id: str) -> None:
+        """Take the run off that list: it has no kill left to carry out."""
+        try:
+            os.unlink(self.data_dir / "kills" / run_id)
+        except FileNotFoundError:
+            pass
 
     # ---- resources ----------------------------------------------------------
 

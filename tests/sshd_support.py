@@ -13,6 +13,7 @@ and runs `/usr/sbin/sshd -D -e -f root/sshd_config` as the current user on a
 free loopback port (`StrictModes no`, `UsePAM no`, keys only). `start()` polls
 until the server sends its banner (deadline 15 s); `stop()` sends SIGTERM
 (SIGKILL after 10 s). `connection(**extra)` is a config entry for it.
+`Sshd(root, extra_config=[...])` adds sshd_config lines (a `ForceCommand`, say).
 
 sshd run as root needs its privilege-separation directory (/run/sshd, made by
 systemd on a booted host); `start()` creates it when it is missing.
@@ -53,7 +54,7 @@ def keygen(path: Path) -> str:
 
 
 class Sshd:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, extra_config: list[str] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -90,6 +91,7 @@ class Sshd:
             "LogLevel VERBOSE",
             f"SetEnv HOME={self.home}",
             "Subsystem sftp internal-sftp",
+            *(extra_config or []),
             "",
         ]))
         self.process: subprocess.Popen | None = None

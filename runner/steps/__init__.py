@@ -106,6 +106,9 @@ class StepContext:
     masking: bool = False  # whether there are secret values to mask at all
     masker: Any = None
     mailbox: Mailbox | None = None  # None outside the daemon: nothing can arrive
+    # record_event(type, **fields): an event of this step, written (fsynced) before it returns, for what a
+    # kind must make durable before it acts (the ssh step names its remote job before starting it)
+    record_event: Callable[..., None] = lambda kind, **fields: None
 
     @property
     def draft(self) -> bool:

@@ -38,12 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from runner import sshjobs
 from runner.errors import NotFound, StepFailed
 from runner.steps import Done, StepContext
 from runner.commandoutput import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
-from runner.sshsession import (CONNECTIONS, MAX_OUTPUT_FILE, POLL_MS, Hop, Session, capture, detach_script, download,
-                               in_thread, job_dir, kill_job, remote_path, route, run_command, run_script, settled,
-                               upload)
+from runner.sshjobs import detached_workers  # noqa: F401  (the run's detached jobs; kill_detached stops one)
+from runner.sshsession import (CONNECTIONS, MAX_OUTPUT_FILE, POLL_MS, Hop, Session, capture, claim_job, detach_script,
+                               download, in_thread, job_dir, kill_job, remote_path, route, run_command, run_script,
+                               settled, upload)
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +186,24 @@ class _Sink:
 class SshKind:
     instant = False
     shell_fields = ("run",)
+    leftovers = staticmethod(sshjobs.leftovers)  # the engine asks: what an event leaves running on hosts
 
     async def execute(self, ctx: StepContext) -> Done:
         plan = _Plan.build(ctx)
+        earlier = sshjobs.cut_short(ctx.run["steps"][ctx.step.id])
+        if earlier is not None:
+            adopted = await self._settle_earlier(ctx, plan, earlier)
+            if adopted is not None:
+                return adopted
         session = await in_thread(CONNECTIONS.take, plan.hops, cleanup=CONNECTIONS.give)
         clean = False
         try:
             if plan.uploads:
                 await in_thread(upload, session, plan.uploads)
+            target = plan.hops[-1]
+            # durable before the job exists: a restart that cuts this attempt short finds the job by its name
+            ctx.record_event("ssh_job_started", name=plan.job, connection=target.name, host=target.host,
+                             attempt=ctx.attempt, detach=plan.detach)
             if plan.detach:
                 result = await self._detach(ctx, plan, session)
             else:
@@ -203,6 +215,29 @@ class SshKind:
             raise
         finally:
             await settled(in_thread(CONNECTIONS.give if clean else Session.close, session))
+
+    async def _settle_earlier(self, ctx: StepContext, plan: _Plan, earlier: dict[str, Any]) -> Done | None:
+        """The job of the attempt a restart cut short: adopt it (detached, started), or make sure it is gone.
+
+        Over a new connection to where that job ran. Returns the adopted job's
+        outputs, or None once the earlier job is fenced or killed.
+        """
+        hops = route(ctx.config, str(earlier["connection"]), draft=ctx.draft)
+        where = job_dir(shlex.quote(str(earlier["name"])))
+        if not (plan.detach and earlier.get("detach")):
+            result = await settled(in_thread(kill_job, hops, where, not earlier.get("detach")))
+            log.info("ssh job %s on %s, cut short by a restart: %s", earlier["name"], hops[-1].label, result,
+                     extra={"event": "ssh_job_killed"})
+            return None
+        found = await settled(in_thread(claim_job, hops, where))
+        if not found.get("pid", "").isdigit() or not found.get("job"):
+            return None  # it never started, and now it never will
+        ctx.record_event("ssh_job_started", name=earlier["name"], connection=hops[-1].name, host=hops[-1].host,
+                         attempt=earlier.get("attempt"), detach=True, adopted=True)
+        log.info("ssh job %s on %s, started before a restart, adopted", earlier["name"], hops[-1].label,
+                 extra={"event": "ssh_job_adopted"})
+        return Done({"pid": int(found["pid"]), "log": f"{found['job']}/log", "host": hops[-1].host,
+                     "connection": hops[-1].name, "job": found["job"], "callback": plan.callback, "adopted": True})
 
     async def _remote(self, plan: _Plan, session: Session, command: str,
                       sink: Callable[[str, bytes], None]) -> int:
@@ -279,6 +314,7 @@ class SshKind:
         stdout, stderr = (out[k].decode("utf-8", "replace") for k in ("stdout", "stderr"))
         fields = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
         if code != 0 or not fields.get("pid", "").isdigit() or not fields.get("job"):
+            await self._kill_after(plan, "did not start")  # a late start must not leave a worker nobody knows
             last = stderr.strip().splitlines()[-1:] or [f"exit code {code}"]
             raise StepFailed(f"ssh {plan.hops[-1].label}: the detached job did not start: {last[0][:300]}")
         target = plan.hops[-1]
@@ -308,29 +344,6 @@ async def kill_detached(ctx_or_config: Any, outputs: dict[str, Any], *, draft: b
             raise StepFailed(f"these are not the outputs of a detached ssh step (no {key!r})", retryable=False)
     hops = route(config, str(outputs["connection"]), draft=bool(draft))
     return await settled(in_thread(kill_job, hops, shlex.quote(str(outputs["job"])), False))
-
-
-def detached_workers(run: dict[str, Any], flow: Any, *,
-                     callback: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(step id, outputs) of the run's detached ssh jobs that may still be running.
-
-    Those that started and whose callback has not arrived; with `callback`, only
-    the ones reporting to that callback step. Hand each outputs to kill_detached.
-    """
-    received = run.get("callbacks_received") or {}
-    found = []
-    for step in flow.steps:
-        if step.kind != "ssh":
-            continue
-        state = (run.get("steps") or {}).get(step.id) or {}
-        outputs = state.get("outputs") or {}
-        if state.get("status") != "succeeded" or not outputs.get("job") or not outputs.get("pid"):
-            continue
-        target = outputs.get("callback")
-        if (target and target in received) or (callback is not None and target != callback):
-            continue
-        found.append((step.id, outputs))
-    return found
 
 
 def close_connections() -> None:
