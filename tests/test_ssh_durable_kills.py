@@ -126,13 +126,21 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd):
 
 
 @pytest.fixture(autouse=True)
-def open_gate(gate: Gate, daemon: DaemonProcess):
-    """Every test starts with the gate open and the daemon up, whatever the last one left."""
+def open_gate(gate: Gate, daemon: DaemonProcess, sshd: Sshd):
+    """Every test starts with the gate open and the daemon up, and leaves no job running on the host."""
     gate.open()
     if daemon.process is None:
         daemon.start()
     yield
     gate.open()
+    for pid_file in (sshd.home / ".signoff" / "jobs").glob("*/pid"):  # a job's pid is its process group
+        kill_quietly_all([read_pid(pid_file)])
+
+
+def kill_quietly_all(pids: list[int | None]) -> None:
+    for pid in pids:
+        if pid:  # never 0: that would be the test run's own process group
+            kill_quietly(pid)
 
 
 def cancel(daemon: DaemonProcess, run_id: str) -> None:
@@ -180,15 +188,14 @@ def test_a_kill_asked_for_before_the_daemon_went_down_is_carried_out_when_it_sta
             gate.release()
             daemon.stop()
         assert pid_alive(sleeper) and pid_alive(outputs["pid"]), "nothing has killed the worker yet"
-        record = daemon.run_json(run["id"])
-        assert record["status"] == "cancelled"
-        assert record["kills"][Path(outputs["job"]).name]["done_at"] is None  # asked for, not done
-        assert (daemon.data / "kills" / run["id"]).exists()
+        asked = daemon.run_json(run["id"])
 
         gate.open()
         daemon.start()
         wait_pid_gone(sleeper)
         wait_pid_gone(outputs["pid"])
+        assert asked["status"] == "cancelled"
+        assert asked["kills"][Path(outputs["job"]).name]["done_at"] is None  # asked for with the end, not done
         done = wait_until(lambda: [e for e in events_of(daemon, run["id"], "detached_killed") if e["final"]],
                           what="the kill to be recorded")
         assert len(done) == 1 and done[0]["result"] in ("killed", "terminated")
@@ -204,10 +211,7 @@ def test_a_kill_asked_for_before_the_daemon_went_down_is_carried_out_when_it_sta
         daemon.restart()  # once done, never again
         assert len([e for e in events_of(daemon, run["id"], "detached_killed") if e["final"]]) == 1
     finally:
-        gate.open()
-        for pid in (read_pid(pid_file), outputs.get("pid")):
-            if pid:
-                kill_quietly(pid)
+        kill_quietly_all([read_pid(pid_file), outputs.get("pid")])
 
 
 def cut_short(daemon: DaemonProcess, gate: Gate, sshd: Sshd, flow: str, tmp_path: Path) -> tuple[dict, str, int]:
@@ -218,12 +222,18 @@ def cut_short(daemon: DaemonProcess, gate: Gate, sshd: Sshd, flow: str, tmp_path
     wait_until(gate.held, what="the step's job to reach the host")
     daemon.kill()
     gate.release()  # the job starts on the host, with nobody watching it
-    log = (daemon.data / "runs" / run["id"] / "events.jsonl").read_text().splitlines()
-    names = [e["name"] for e in map(json.loads, log) if e["type"] == "ssh_job_started"]
-    assert len(names) == 1, "the job is named on disk before it starts"
-    pid = wait_until(lambda: job_pid(sshd, names[0]), what="the job to start on the host")
+    jobs = sshd.home / ".signoff" / "jobs"
+    name = wait_until(lambda: next((p.name for p in jobs.glob(f"{run['id']}-*") if (p / "pid").exists()), None),
+                      what="the job to start on the host")
     wait_until(lambda: read_pid(tmp_path / "sleep.pid"), what="the worker's sleep to start")
-    return run, names[0], pid
+    return run, name, job_pid(sshd, name)
+
+
+def named_before_it_started(daemon: DaemonProcess, run_id: str, name: str) -> None:
+    """The job was recorded (`ssh_job_started`) before the crash, while it waited at the host's door."""
+    history = daemon.events(run_id)
+    crash = next(e["seq"] for e in history if e["type"] in ("step_interrupted", "step_finished"))
+    assert [e["seq"] for e in history if e["type"] == "ssh_job_started" and e["name"] == name][0] < crash
 
 
 def test_a_retried_detached_step_adopts_the_job_a_crash_cut_short(daemon, gate, sshd, tmp_path):
@@ -234,20 +244,19 @@ def test_a_retried_detached_step_adopts_the_job_a_crash_cut_short(daemon, gate, 
         daemon.start()
         waiting = daemon.wait_step(run["id"], "done", "waiting")
         step = waiting["steps"]["start"]
+        assert len(starts(tmp_path / "starts")) == 1  # one worker, not two
         assert step["attempts"] == 2 and step["outputs"]["adopted"] is True
         assert step["outputs"]["pid"] == pid and Path(step["outputs"]["job"]).name == name
-        assert len(starts(tmp_path / "starts")) == 1  # one worker, not two
         assert pid_alive(pid) and pid_alive(sleepers[0])
         assert step["job"]["state"] == "detached"
+        named_before_it_started(daemon, run["id"], name)
         daemon.assert_record_valid(run["id"])
         # the adopted job is the run's worker: a cancel kills it
         cancel(daemon, run["id"])
         wait_pid_gone(sleepers[0])
         wait_pid_gone(pid)
     finally:
-        for found in (*sleepers, *starts(tmp_path / "starts")):
-            if found:
-                kill_quietly(found)
+        kill_quietly_all(sleepers)
 
 
 def test_a_retried_command_kills_the_one_a_crash_cut_short_before_it_starts_again(daemon, gate, sshd, tmp_path):
@@ -264,12 +273,11 @@ def test_a_retried_command_kills_the_one_a_crash_cut_short_before_it_starts_agai
         assert len(starts(tmp_path / "starts")) == 2 and pid_alive(second)
         running = daemon.run(run["id"])["steps"]["start"]
         assert running["attempts"] == 2 and running["job"]["state"] == "starting"
+        named_before_it_started(daemon, run["id"], name)
         cancel(daemon, run["id"])
         wait_pid_gone(second)
     finally:
-        for found in (*sleepers, *starts(tmp_path / "starts")):
-            if found:
-                kill_quietly(found)
+        kill_quietly_all(sleepers)
 
 
 @pytest.mark.parametrize("mode", ["detached", "attached"])
@@ -288,8 +296,7 @@ def test_a_job_whose_step_a_crash_failed_is_killed(daemon, gate, sshd, tmp_path,
         types = event_types(daemon.events(run["id"]))
         assert types.index("detached_kill_requested") == types.index("step_finished") + 1  # in the step's end
         assert len(starts(tmp_path / "starts")) == 1
+        named_before_it_started(daemon, run["id"], name)
         daemon.assert_record_valid(run["id"])
     finally:
-        for found in (*sleepers, *starts(tmp_path / "starts")):
-            if found:
-                kill_quietly(found)
+        kill_quietly_all(sleepers)
