@@ -28,7 +28,8 @@ that blocks runs through `in_thread`.
 - Kills (`kill_job`): the job's whole process group gets SIGTERM, then SIGKILL,
   over a new connection (closing a channel kills nothing on the host). A kill
   that wins the race against the start leaves a marker that stops the job
-  from starting at all.
+  from starting at all. `claim_job` finds a detached job's pid after a
+  restart (or fences one that has not started), for a retry to adopt it.
 - Files: `upload` / `download` over sftp; `remote_path` is a path as sftp
   takes it.
 

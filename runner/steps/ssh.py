@@ -17,9 +17,12 @@ Output is spooled as in `shell` (tails inline, the rest to res://) and streamed
 to `ctx.on_output` as it arrives. `detach: true` starts the job with
 setsid/nohup, its output in the job's `log`, and returns at once with `pid`,
 `log`, `host`, `connection`, `job` and `callback`; `kill_detached` stops such
-a job later (a run's cancel, its callback's timeout) and `detached_workers`
-finds the ones a run may still have running. `upload` / `download` copy files
-over sftp before / after the command; downloads become resources.
+a job and `detached_workers` finds the ones a run may still have running.
+Every job is recorded (`ssh_job_started`) before it starts; what a run's end
+leaves running becomes durable kill requests, and a retry after a restart
+adopts or stops the job its cut-short attempt left (runner.sshjobs).
+`upload` / `download` copy files over sftp before / after the command;
+downloads become resources.
 `close_connections` closes the pooled idle connections (the daemon stops).
 """
 
