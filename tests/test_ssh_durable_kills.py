@@ -4,12 +4,14 @@ The real daemon (daemon_support.DaemonProcess) runs flows against a real OpenSSH
 server on loopback whose every command first passes a gate (an sshd
 `ForceCommand`): a test holds commands at the gate, lets them through or drops
 them, and kills the daemon (kill -9) or stops it (SIGTERM) at the exact moment
-between the daemon recording something and doing it on the host. The server runs
+between the daemon recording something and doing it on the host (and one test
+runs the engine alone, as `run --local` does). The server runs
 on this machine, so remote pids are pids here. Nothing is mocked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import textwrap
@@ -26,7 +28,9 @@ if not sshd_support.available():
                 allow_module_level=True)
 
 from daemon_support import DaemonProcess, event_types  # noqa: E402
-from support import kill_quietly, pid_alive, read_pid, wait_pid_gone, wait_until  # noqa: E402
+from runner import sshjobs  # noqa: E402
+from support import (harness_with_config, kill_quietly, pid_alive, read_pid, run_schema_errors,  # noqa: E402
+                     wait_pid_gone, wait_until)
 
 GATE_SCRIPT = """\
 #!/bin/sh
@@ -300,3 +304,41 @@ def test_a_job_whose_step_a_crash_failed_is_killed(daemon, gate, sshd, tmp_path,
         daemon.assert_record_valid(run["id"])
     finally:
         kill_quietly_all(sleepers)
+
+
+def test_a_run_that_fails_asks_for_the_kill_of_its_worker_in_the_write_of_its_end(tmp_path, sshd):
+    """Without a daemon (the engine alone, as `run --local`): the request is on disk, with what a kill needs."""
+    pid_file = tmp_path / "sleep.pid"
+    harness = harness_with_config(tmp_path, {"connections": {"vm": sshd.connection()}})
+    record = harness.run(f"""\
+name: fails-after-detaching
+steps:
+  - id: start
+    kind: ssh
+    connection: vm
+    detach: true
+    run: sleep 300 & echo $! > {pid_file}; wait
+  - id: broken
+    kind: shell
+    run: exit 3
+""")
+    outputs = record["steps"]["start"]["outputs"]
+    try:
+        assert record["status"] == "failed"
+        name = Path(outputs["job"]).name
+        assert record["steps"]["start"]["job"] == {"name": name, "connection": "vm", "host": sshd.host,
+                                                   "attempt": 1, "detach": True, "state": "detached"}
+        history = harness.history(record["id"])
+        types = [e["type"] for e in history]
+        assert types[-2:] == ["run_finished", "detached_kill_requested"]
+        assert (history[-1]["job"], history[-1]["pid"], history[-1]["step"]) == (name, outputs["pid"], "start")
+        assert record["kills"][name]["done_at"] is None
+        assert harness.store.runs_with_kills() == [record["id"]]
+        assert run_schema_errors(harness.snapshot(record["id"])) == []
+        sleeper = wait_until(lambda: read_pid(pid_file), what="the worker's sleep")
+        killed = asyncio.run(sshjobs.kill(harness.config, sshjobs.outstanding(record)[0], draft=True))
+        assert killed["result"] in ("killed", "terminated") and killed["final"] is True
+        wait_pid_gone(sleeper)
+        wait_pid_gone(outputs["pid"])
+    finally:
+        kill_quietly_all([read_pid(pid_file), outputs.get("pid")])
