@@ -220,6 +220,10 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
     run_id = engine.create_run(parsed, values, started_by=getpass.getuser(), draft=True, ref=source.ref,
                                commit=source.commit, dirty=source.dirty)
     record = asyncio.run(_advance_interruptibly(engine, run_id))
+    if record.get("kills"):  # workers its end left running on hosts: no daemon will stop them for us
+        from runner import sshjobs  # ssh's libraries load only for runs that used ssh
+
+        record = asyncio.run(sshjobs.carry_out(engine, run_id))
     emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == "succeeded" else 1)
 
 

@@ -26,7 +26,8 @@ The daemon carries each request out (`kill`) and records `detached_killed`;
 at start-up it sweeps that short list (`outstanding`), so a crash or a stop
 between the request and the kill loses nothing, and a kill is recorded once.
 A kill that cannot reach the host is recorded with `result: failed: ...` and
-tried again at the next start-up, MAX_KILL_TRIES in all.
+tried again at the next start-up, MAX_KILL_TRIES in all. `run --local` has
+no daemon: it carries its run's requests out itself as the run ends (`carry_out`).
 
 A retried ssh step first settles the job of the attempt a restart cut short
 (`cut_short`; the kind calls runner.sshsession.claim_job / kill_job): a
@@ -142,3 +143,16 @@ async def kill(config: Any, request: dict[str, Any], *, draft: bool) -> dict[str
     return {"step": request.get("step"), "job": request["job"], "host": request.get("host"),
             "pid": request.get("pid"), "result": result, "tries": tries, "final": final}
 
+
+async def carry_out(engine: Any, run_id: str) -> dict[str, Any]:
+    """Carry out the run's outstanding kill requests in this process (`run --local`, as its run ends).
+
+    The caller holds no lock on the run: each result is recorded as the daemon records it. The record after.
+    """
+    run = engine.store.read_run(run_id)
+    for request in outstanding(run):
+        killed = await kill(engine.config, request, draft=bool(run.get("draft")))
+        run = engine.note(run_id, "detached_killed", **killed)
+    if not outstanding(run):
+        engine.store.kills_settled(run_id)
+    return run

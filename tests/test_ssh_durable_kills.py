@@ -30,7 +30,7 @@ if not sshd_support.available():
 from daemon_support import DaemonProcess, event_types  # noqa: E402
 from runner import sshjobs  # noqa: E402
 from support import (harness_with_config, kill_quietly, pid_alive, read_pid, run_schema_errors,  # noqa: E402
-                     wait_pid_gone, wait_until)
+                     wait_pid_gone, wait_until, write_config)
 
 GATE_SCRIPT = """\
 #!/bin/sh
@@ -306,11 +306,7 @@ def test_a_job_whose_step_a_crash_failed_is_killed(daemon, gate, sshd, tmp_path,
         kill_quietly_all(sleepers)
 
 
-def test_a_run_that_fails_asks_for_the_kill_of_its_worker_in_the_write_of_its_end(tmp_path, sshd):
-    """Without a daemon (the engine alone, as `run --local`): the request is on disk, with what a kill needs."""
-    pid_file = tmp_path / "sleep.pid"
-    harness = harness_with_config(tmp_path, {"connections": {"vm": sshd.connection()}})
-    record = harness.run(f"""\
+FAILS_AFTER_DETACHING = """\
 name: fails-after-detaching
 steps:
   - id: start
@@ -321,7 +317,14 @@ steps:
   - id: broken
     kind: shell
     run: exit 3
-""")
+"""
+
+
+def test_a_run_that_fails_asks_for_the_kill_of_its_worker_in_the_write_of_its_end(tmp_path, sshd):
+    """Without a daemon (the engine alone, as `run --local`): the request is on disk, with what a kill needs."""
+    pid_file = tmp_path / "sleep.pid"
+    harness = harness_with_config(tmp_path, {"connections": {"vm": sshd.connection()}})
+    record = harness.run(FAILS_AFTER_DETACHING.format(pid_file=pid_file))
     outputs = record["steps"]["start"]["outputs"]
     try:
         assert record["status"] == "failed"
@@ -336,9 +339,29 @@ steps:
         assert harness.store.runs_with_kills() == [record["id"]]
         assert run_schema_errors(harness.snapshot(record["id"])) == []
         sleeper = wait_until(lambda: read_pid(pid_file), what="the worker's sleep")
-        killed = asyncio.run(sshjobs.kill(harness.config, sshjobs.outstanding(record)[0], draft=True))
-        assert killed["result"] in ("killed", "terminated") and killed["final"] is True
+        after = asyncio.run(sshjobs.carry_out(harness.engine, record["id"]))
+        assert after["kills"][name]["result"] in ("killed", "terminated") and after["kills"][name]["done_at"]
+        assert harness.store.runs_with_kills() == []
         wait_pid_gone(sleeper)
         wait_pid_gone(outputs["pid"])
+        assert run_schema_errors(harness.snapshot(record["id"])) == []
+    finally:
+        kill_quietly_all([read_pid(pid_file), outputs.get("pid")])
+
+
+def test_run_local_kills_the_worker_its_failed_run_left_on_the_host(repo, make_flow, git, cli, sshd, tmp_path):
+    pid_file = tmp_path / "sleep.pid"
+    make_flow("fails-after-detaching", FAILS_AFTER_DETACHING.format(pid_file=pid_file))
+    config = write_config(repo, {"connections": {"vm": sshd.connection()}})
+    git("add", "-A")
+    git("commit", "-q", "-m", "a flow that fails after detaching a worker")
+    result = cli(["run", "fails-after-detaching", "--local", "--json", "--config", config], cwd=repo)
+    outputs = (result.json or {}).get("steps", {}).get("start", {}).get("outputs", {})
+    try:
+        assert result.code == 1, result.err
+        assert result.json["status"] == "failed"
+        wait_pid_gone(outputs["pid"])  # killed by `run --local` itself: no daemon serves this data dir
+        kill = result.json["kills"][Path(outputs["job"]).name]
+        assert kill["result"] in ("killed", "terminated") and kill["done_at"]
     finally:
         kill_quietly_all([read_pid(pid_file), outputs.get("pid")])
