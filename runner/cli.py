@@ -24,7 +24,7 @@ from runner.config import ClientView, client_view, load_config
 from runner.engine import Engine
 from runner.errors import Interrupted, SignoffError, UsageError
 from runner.flowfile import check_bytes, check_file, expand_paths, find_flow_file, load_flow_bytes
-from runner.inputs import parse_pairs, resolve_inputs
+from runner.inputs import check_values, parse_pairs, resolve_inputs
 from runner.record import apply as apply_event
 from runner.status import RunStatus
 from runner.store import Store
@@ -80,7 +80,7 @@ class Body(click.ParamType):
         if isinstance(value, bytes):
             return value
         if not value.startswith("@"):
-            return value.encode()
+            return os.fsencode(value)  # the bytes given, even those that are not UTF-8
         if value == "@-":
             return click.get_binary_stream("stdin").read()
         try:
@@ -244,7 +244,7 @@ def _inputs_from(inputs_file, pairs: tuple[str, ...]) -> dict[str, Any]:
                              hint=INPUTS_FILE_HINT) from None
         given.update(values)
     given.update(parse_pairs(pairs))
-    return given
+    return check_values(given)
 
 
 def _follow(client: Client, record: dict, *, show: bool) -> dict:

@@ -15,8 +15,10 @@ from urllib.parse import urlparse
 
 import httpx
 
+from runner import jsonvalue
 from runner.auth import TOKEN_FILE
-from runner.errors import (Conflict, Forbidden, Invalid, NotFound, SignoffError, TooLarge, Unauthorized)
+from runner.errors import (Conflict, Forbidden, Invalid, NotFound, SignoffError, TooLarge, Unauthorized,
+                           UsageError)
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 BY_STATUS = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: TooLarge, 422: Invalid}
@@ -63,6 +65,10 @@ class Client:
         self.http.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        reason = jsonvalue.problem(kwargs.get("json"), "the request")
+        if reason is not None:  # NaN, or text that is not Unicode (from the command line, say)
+            raise UsageError(f"{reason}; it cannot be sent as JSON",
+                             hint="numbers must be finite, and text valid Unicode (UTF-8)")
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError:

@@ -14,7 +14,6 @@ import asyncio
 import gc
 import hashlib
 import heapq
-import json
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runner import liveops
+from runner import jsonvalue, liveops
 from runner.auth import (LIVE_CHANGE_ROLES, User, Users, flow_approvers, may_change_live,
                          may_see_run)
 from runner.config import Config
@@ -563,10 +562,7 @@ class Daemon:
         if secret is None:
             raise Forbidden(f"the webhook secret '{secret_name}' is not configured on this daemon")
         verify_signature(secret, body, signature)
-        try:
-            inputs = json.loads(body or b"{}")
-        except ValueError:
-            raise Invalid("the webhook body is not valid JSON") from None
+        inputs = jsonvalue.loads(body or b"{}", "the webhook body")
         if not isinstance(inputs, dict):
             raise Invalid("the webhook body must be a JSON object of inputs")
         values = resolve_inputs(origin.flow, inputs)

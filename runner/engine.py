@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from runner import record
+from runner import jsonvalue, record
 from runner.errors import Conflict, ExpressionError, FlowInvalid, IntegrityError, NotFound, StepFailed
 from runner.expressions import Evaluator
 from runner.flowfile import load_flow_bytes
@@ -669,7 +669,8 @@ class _Driver:
             event = dict(receipt.event)
             self.record(event.pop("type"), step=step.id, flush=False, **self.engine.masker.mask(event))
         if receipt.outcome:
-            self.record("step_finished", step=step.id, status=receipt.outcome, flush=False, error=None,
+            self.record("step_finished", step=step.id, status=receipt.outcome, flush=False,
+                        error=self.engine.masker.mask(receipt.error),
                         outputs=self.compact(step, self.engine.masker.mask(receipt.outputs)))
         if flush:
             self.flush()
@@ -690,6 +691,9 @@ class _Driver:
         return receipt
 
     def succeed(self, step: Step, result: Done, *, flush: bool = True) -> StepStatus:
+        reason = jsonvalue.problem(result.outputs, "outputs")
+        if reason is not None:  # NaN from `output: json`, say: the step fails; the run can still be written
+            raise StepFailed(f"{reason}; a step's outputs must be strict JSON", retryable=False)
         self.flush_output()
         outputs = self.compact(step, self.engine.masker.mask(result.outputs))
         self.record("step_finished", step=step.id, status=StepStatus.SUCCEEDED.value, outputs=outputs, flush=flush)

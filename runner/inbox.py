@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from runner import jsonvalue
 from runner.datadir import FILE_MODE, write_atomic
 from runner.errors import Conflict, StoreError
 from runner.secrets import Masker
@@ -209,14 +210,15 @@ def entry_for(store: Store, run_id: str, step_id: str, body: bytes, *, at: str,
               masker: Masker | None = None) -> dict[str, Any]:
     """The journal entry of a callback body; a large body is stored as a resource first (file I/O).
 
-    The journal keeps no more than the run's record will show: the raw body's sha256 (which tells
-    a replay from a different body) and the body with its secret values masked as the record masks
-    the payload.
+    The body was parsed by `runner.jsonvalue.loads` before this (strict UTF-8 JSON), so the text
+    kept reads back as what was acknowledged. The journal keeps no more than the run's record will
+    show: the raw body's sha256 (which tells a replay from a different body) and the body with its
+    secret values masked as the record masks the payload.
     """
     entry: dict[str, Any] = {"sha256": hashlib.sha256(body).hexdigest(), "at": at, "bytes": len(body)}
     kept = _as_recorded(body, masker)
     if len(body) <= INLINE_LIMIT:
-        entry["body"] = kept.decode("utf-8", "replace")
+        entry["body"] = kept.decode("utf-8")
     else:
         entry["resource"] = store.put_resource(kept, media_type="application/json", name=f"{step_id}.payload",
                                                run_id=run_id, step=step_id, created_at=at)
@@ -233,5 +235,4 @@ def _as_recorded(body: bytes, masker: Masker | None) -> bytes:
 
 
 def _line(key: Key, entry: dict[str, Any]) -> bytes:
-    return json.dumps({"run": key[0], "step": key[1], **entry}, separators=(",", ":"),
-                      ensure_ascii=False).encode() + b"\n"
+    return jsonvalue.dumps({"run": key[0], "step": key[1], **entry}) + b"\n"

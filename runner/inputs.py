@@ -1,13 +1,18 @@
-"""A run's inputs: parsed from `-i key=value`, defaulted and checked against the flow."""
+"""A run's inputs: parsed from `-i key=value`, defaulted and checked against the flow.
+
+Whatever their source (the API, a webhook, `-i`, `--inputs-file`), inputs are
+strict JSON values (`runner.jsonvalue`): a finite number, Unicode text.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from runner.errors import UsageError
+from runner import jsonvalue
+from runner.errors import Invalid, UsageError
 from runner.model import Flow
 
 
@@ -29,6 +34,9 @@ def coerce(name: str, kind: str, value: Any) -> Any:
             return int(value)
         if kind == "number":
             number = float(value)
+            if not math.isfinite(number):
+                raise UsageError(f"input {name}={value!r} is not a finite number",
+                                 hint="NaN and Infinity cannot be kept as JSON")
             return int(number) if number.is_integer() and "." not in value else number
         if kind == "boolean":
             lowered = value.lower()
@@ -38,7 +46,9 @@ def coerce(name: str, kind: str, value: Any) -> Any:
                 return False
             raise ValueError(value)
         if kind in ("object", "array"):
-            return json.loads(value)
+            return jsonvalue.loads(value, f"input {name}")
+    except Invalid as exc:
+        raise UsageError("; ".join([exc.message, *exc.reasons]), hint=exc.hint) from None
     except ValueError:
         raise UsageError(f"input {name}={value!r} is not a valid {kind}") from None
     return value
@@ -46,6 +56,7 @@ def coerce(name: str, kind: str, value: Any) -> Any:
 
 def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
     """Declared inputs only, with defaults applied and types checked."""
+    check_values(given)
     unknown = sorted(set(given) - set(flow.inputs))
     if unknown:
         known = ", ".join(flow.inputs) or "none"
@@ -67,4 +78,13 @@ def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
         error = errors[0]
         where = ".".join(str(p) for p in error.absolute_path)
         raise UsageError(f"input {where}: {error.message}")
-    return values
+    return check_values(values)
+
+
+def check_values(given: dict[str, Any], what: str = "inputs") -> dict[str, Any]:
+    """`given` if every value can be kept as strict JSON; else UsageError naming the input and why."""
+    reason = jsonvalue.problem(given, what)
+    if reason is not None:
+        raise UsageError(reason,
+                         hint="numbers must be finite, and text valid Unicode (UTF-8)")
+    return given

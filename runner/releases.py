@@ -20,6 +20,19 @@ from runner.errors import NotFound, SignoffError, UsageError
 FLOWS_DIR = "flows"
 
 
+def ref_problem(ref: str) -> str | None:
+    """Why `ref` cannot name a branch, tag or commit here (None if it may): see git-check-ref-format."""
+    if not ref or len(ref) > 255:
+        return "it must be 1 to 255 characters"
+    if ref.startswith("-"):
+        return "it may not start with '-'"
+    if any(ord(c) < 0x21 or c in "\x7f\\" for c in ref):
+        return "it may not hold spaces, control characters or backslashes"
+    if "@{" in ref:
+        return "reflog entries (@{...}) are this machine's history, not the repository's"
+    return None
+
+
 @dataclass
 class Source:
     """A flow file's bytes and where they came from."""
@@ -86,19 +99,23 @@ class FlowRepo:
         return found
 
     def resolve(self, ref: str) -> tuple[str, str]:
-        """`main`, `refs/heads/main`, `v1.2.0`, a sha -> (full ref name, commit). Branches before tags."""
+        """`main`, `refs/heads/main`, `v1.2.0`, a sha -> (full ref name, commit). Branches before tags.
+
+        git itself reads the name (GitPython's own rev-parse raises a different error for each odd
+        name); a name git would take as an option, or one of the daemon's own reflog, is refused.
+        """
+        problem = ref_problem(ref)
+        if problem:
+            raise UsageError(f"{ref[:80]!r} is not a branch, tag or commit name: {problem}",
+                             hint="name a branch (main), a tag (v1.2.0), a full ref (refs/heads/x) or a commit sha")
         candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}",
                                                              f"refs/remotes/{ref}"]
-        for name in candidates:
+        for name in [*candidates, ref]:
             try:
-                return name, self.repo.commit(name).hexsha
-            except (BadName, ValueError, GitCommandError):
+                return name, self.repo.git.rev_parse("--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}")
+            except GitCommandError:
                 continue
-        try:
-            return ref, self.repo.commit(ref).hexsha
-        except (BadName, ValueError, GitCommandError):
-            raise NotFound(f"no branch, tag or commit named {ref!r} in {self.path}",
-                           hint="list them with `git show-ref`") from None
+        raise NotFound(f"no branch, tag or commit named {ref!r} in {self.path}", hint="list them with `git show-ref`")
 
     def head(self) -> tuple[str | None, str | None]:
         """(current branch ref, HEAD commit), either None when unborn or detached."""

@@ -10,8 +10,9 @@ daemon has recorded what it acknowledges.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import math
+import re
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from runner import __version__
+from runner import __version__, jsonvalue
 from runner.auth import User
 from runner.daemon import Daemon
 from runner.errors import (Conflict, Forbidden, Invalid, NotFound, RunLocked, SignoffError, TooLarge,
@@ -27,10 +28,12 @@ from runner.errors import (Conflict, Forbidden, Invalid, NotFound, RunLocked, Si
 from runner.flowfile import FlowInvalid
 from runner.liveops import CHANGES as LIVE_CHANGES
 from runner.status import RunStatus
-from runner.steps.callback import MAX_DEPTH, json_depth
+from runner.store import RUN_ID
 
 log = logging.getLogger(__name__)
 BODY_LIMIT = 1024 * 1024
+INTEGER = re.compile(r"^-?[0-9]{1,18}$")
+NUMBER = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9})?$")
 STATUS = {Unauthorized: 401, Forbidden: 403, NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422,
           UsageError: 422, FlowInvalid: 422, RunLocked: 503}
 RETRY_AFTER = {RunLocked: "1"}  # the run is busy for a moment (another process has its log): ask again
@@ -60,12 +63,7 @@ async def read_json(request: Request, limit: int = BODY_LIMIT) -> dict[str, Any]
     body = await read_body(request, limit)
     if not body.strip():
         return {}
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise Invalid("the request body is not valid JSON") from None
-    if json_depth(data) > MAX_DEPTH:
-        raise Invalid(f"the request body is nested deeper than {MAX_DEPTH} levels")
+    data = jsonvalue.loads(body, "the request body")
     if not isinstance(data, dict):
         raise Invalid("the request body must be a JSON object")
     return data
@@ -80,6 +78,30 @@ def run_status(value: str | None) -> str | None:
                       [f"status must be one of: {', '.join(status.value for status in RunStatus)}"],
                       hint="leave status out to list runs of every status")
     return value
+
+
+def query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
+    """An integer query value in [low, high]; Invalid (422) for anything else."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not INTEGER.match(text) or not low <= int(text) <= high:
+        raise Invalid(f"{name} must be a whole number from {low} to {high:,}; got {text[:40]!r}")
+    return int(text)
+
+
+def query_seconds(request: Request, name: str, *, high: float) -> float:
+    """A number of seconds from 0 to `high` (more is capped at `high`); Invalid (422) for NaN, negatives, text."""
+    text = request.query_params.get(name)
+    if text is None:
+        return 0.0
+    try:
+        value = float(text) if NUMBER.match(text) else math.nan
+    except ValueError:  # pragma: no cover - the pattern admits only what float() reads
+        value = math.nan
+    if not 0 <= value:
+        raise Invalid(f"{name} must be a number of seconds from 0 to {high:g}; got {text[:40]!r}")
+    return min(value, high)
 
 
 def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
@@ -132,12 +154,11 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
     async def list_runs(request: Request) -> Response:
         user = user_of(request)
         query = request.query_params
-        try:
-            limit = max(1, min(int(query.get("limit", 50)), 1000))
-        except ValueError:
-            raise Invalid("limit must be a number") from None
+        limit = min(query_int(request, "limit", 50, low=1, high=10**9), 1000)  # more is capped
         draft = {"true": True, "false": False}.get(query.get("draft", ""), None)
         before = query.get("before")
+        if before is not None and not RUN_ID.match(before):
+            raise Invalid(f"before must be a run id (the `next` of the page before); got {before[:40]!r}")
         runs = daemon.visible_runs(user, flow=query.get("flow"), status=run_status(query.get("status")),
                                    draft=draft, limit=limit + 1, before=before)
         page, more = runs[:limit], len(runs) > limit
@@ -149,11 +170,8 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
     async def run_events(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         daemon.readable_run(run_id, user_of(request))
-        try:
-            after = int(request.query_params.get("after", -1))
-            wait = min(float(request.query_params.get("wait", 0)), 30.0)
-        except ValueError:
-            raise Invalid("after and wait must be numbers") from None
+        after = query_int(request, "after", -1, low=-1, high=10**18)
+        wait = query_seconds(request, "wait", high=30.0)
         events = await daemon.events_after(run_id, after, wait)
         return JSONResponse({"events": events, "next": events[-1]["seq"] if events else after})
 

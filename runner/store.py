@@ -37,7 +37,8 @@ RES_PREFIX = "res://"
 
 
 def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Strict JSON (NaN or Infinity: ValueError; a lone surrogate fails as it is encoded), before any write."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
 
 
 class EventLog:
@@ -91,14 +92,15 @@ class EventLog:
 
     def append(self, events: list[dict[str, Any]]) -> None:
         """Chain, write and (by default) fsync a batch of events in one write."""
-        lines = []
-        for event in events:
-            event["seq"] = self.count
-            event["prev"] = self.last_sha256
+        lines, count, last = [], self.count, self.last_sha256
+        for event in events:  # encoded first: a value that cannot be written leaves the chain as it was
+            event["seq"] = count
+            event["prev"] = last
             line = _dumps(event).encode()
-            self.last_sha256 = hashlib.sha256(line).hexdigest()
-            self.count += 1
+            last = hashlib.sha256(line).hexdigest()
+            count += 1
             lines.append(line + b"\n")
+        self.count, self.last_sha256 = count, last
         data = b"".join(lines)
         self._handle.write(data)
         self._handle.flush()

@@ -66,8 +66,9 @@ class Receipt:
     """What a kind made of an outside message (a decision, a callback).
 
     `event` is recorded (fsynced) as is; `outcome` (a final step status) and
-    `outputs`, when set, end the step. `duplicate` means nothing is recorded:
-    the same message was already accepted (`previous` is its event).
+    `outputs`, when set, end the step (`error` says why, for an outcome that is a
+    failure). `duplicate` means nothing is recorded: the same message was already
+    accepted (`previous` is its event).
     """
 
     event: dict[str, Any] | None = None
@@ -75,6 +76,7 @@ class Receipt:
     outputs: dict[str, Any] = field(default_factory=dict)
     duplicate: bool = False
     previous: dict[str, Any] | None = None
+    error: str | None = None
 
 
 class Mailbox(Protocol):

@@ -8,38 +8,24 @@ consumes it when it waits, whether it arrived early or on time.
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from runner import jsonvalue
 from runner.errors import Invalid
 from runner.steps import Expired, Park, Receipt, StepContext
 from runner.timeutil import rfc3339
 
-MAX_DEPTH = 64
-
-
-def json_depth(value: Any, level: int = 0) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((json_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((json_depth(v, level + 1) for v in value), default=level + 1)
-    return level
-
 
 def parse_payload(body: bytes, schema: dict | None) -> Any:
-    """JSON from the body, nesting capped, checked against the step's schema; Invalid with reasons."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise Invalid("the callback body is not valid JSON", [str(exc)[:200]]) from None
-    if json_depth(payload) > MAX_DEPTH:
-        raise Invalid(f"the callback body is nested deeper than {MAX_DEPTH} levels")
+    """Strict JSON from the body (runner.jsonvalue), checked against the step's schema; Invalid with reasons.
+
+    What passes here can always be recorded, so it is checked before the callback is acknowledged.
+    """
+    payload = jsonvalue.loads(body, "the callback body")
     if schema:
         try:
             errors = sorted(Draft202012Validator(schema).iter_errors(payload), key=lambda e: list(e.path))
@@ -73,15 +59,26 @@ class CallbackKind:
         if entry is None:
             return None
         event = received_event(entry, started=ctx.run["steps"][ctx.step.id].get("started_at"))
+        if "unreadable" in event:  # kept by a daemon that did not check bodies yet: never a wait forever
+            return Receipt(outcome="failed", error=f"the callback accepted at {entry['at']} could not be read "
+                                                   f"({event['unreadable']}); it is not recorded")
         return Receipt(event=event, outcome="succeeded",
                        outputs={"payload": event["payload"], "received_at": entry["at"]})
 
 
 def received_event(entry: dict[str, Any], *, started: str | None, unused: bool = False) -> dict[str, Any]:
-    """The `callback_received` event of an inbox entry; `unused` when its run ended before the step."""
-    payload: Any = json.loads(entry["body"]) if "body" in entry else entry["resource"]  # large: res://
-    event = {"type": "callback_received", "payload": payload, "sha256": entry["sha256"], "bytes": entry["bytes"],
-             "accepted_at": entry["at"], "early": entry["at"] < (started or "")}
+    """The `callback_received` event of an inbox entry; `unused` when its run ended before the step.
+
+    A body that does not read back as strict JSON (kept by a daemon that did not check bodies
+    yet) gives `payload: null` and says why in `unreadable`.
+    """
+    event = {"type": "callback_received", "payload": entry.get("resource"), "sha256": entry["sha256"],
+             "bytes": entry["bytes"], "accepted_at": entry["at"], "early": entry["at"] < (started or "")}
+    if "body" in entry:
+        try:
+            event["payload"] = jsonvalue.loads(entry["body"], "the callback body")
+        except Invalid as exc:
+            event["unreadable"] = "; ".join([exc.message, *exc.reasons])
     if unused:
         event["unused"] = True
     return event
