@@ -194,15 +194,18 @@ def test_a_webhook_with_nan_is_refused(daemon: GitOpsDaemon) -> None:
     assert started.status_code == 201, started.text
 
 
-def cli_run(daemon: GitOpsDaemon, *args: str | bytes) -> subprocess.CompletedProcess:
-    """`signoff run` against the daemon, with arguments that may be raw bytes (as a shell passes them)."""
+def signoff(daemon: GitOpsDaemon, *args: str | bytes, user: str = "alice") -> subprocess.CompletedProcess:
+    """The CLI against the daemon, with arguments that may be raw bytes (as a shell passes them)."""
     environ = clean_environ()
     environ["PYTHONPATH"] = str(PROJECT_ROOT)
-    environ.update({"SIGNOFF_SERVER": daemon.url, "SIGNOFF_TOKEN": daemon.tokens["alice"],
+    environ.update({"SIGNOFF_SERVER": daemon.url, "SIGNOFF_TOKEN": daemon.tokens[user],
                     "SIGNOFF_DATA": str(daemon.root / "cli-data")})
-    argv = [os.fsencode(sys.executable), b"-m", b"runner", b"run",
-            *(a if isinstance(a, bytes) else a.encode() for a in args)]
+    argv = [os.fsencode(sys.executable), b"-m", b"runner", *(a if isinstance(a, bytes) else a.encode() for a in args)]
     return subprocess.run(argv, cwd=daemon.root, env=environ, capture_output=True, timeout=60)
+
+
+def cli_run(daemon: GitOpsDaemon, *args: str | bytes) -> subprocess.CompletedProcess:
+    return signoff(daemon, "run", *args)
 
 
 @pytest.mark.parametrize("flow, step", [("nanout", "emit"), ("overflow", "big")])
@@ -232,6 +235,24 @@ def test_cli_inputs_that_json_cannot_carry_are_a_clear_error(daemon: GitOpsDaemo
     assert run_dirs(daemon) == before
     good = cli_run(daemon, "numbers", "-i", "n=2.5", "--json")
     assert good.returncode == 0, good.stderr
+
+
+@pytest.mark.parametrize("args", [("-i", "score=nan"), ("-i", b"score=1\xff"), ("--comment", b"ok \xed\xa0\x80")],
+                         ids=["nan", "not-utf8-input", "surrogate-comment"])
+def test_cli_decisions_that_json_cannot_carry_are_a_clear_error(daemon: GitOpsDaemon, args: tuple) -> None:
+    run = waiting(daemon, "gate", "review")
+    done = signoff(daemon, "approve", run["id"], "review", *args, user="bob")
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode != 0 and err.strip() and "Traceback" not in err, err
+    assert "decision" not in event_types(daemon.events(run["id"]))
+
+
+def test_cli_callback_data_that_is_not_utf8_is_refused_by_the_daemon_not_a_traceback(daemon: GitOpsDaemon) -> None:
+    run = waiting(daemon, "worker", "done")
+    done = signoff(daemon, "callback", daemon.callback_url(run, "done"), "--data", b'{"x": "\xff"}')
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode != 0 and "UTF-8" in err and "Traceback" not in err, err
+    assert daemon.run(run["id"])["steps"]["done"]["status"] == "waiting"
 
 
 # ---- item 9: lone surrogates, BOM, UTF-16 -------------------------------------------------------
