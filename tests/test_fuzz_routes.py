@@ -95,8 +95,8 @@ ROUTES = [
           weight=2),
     Route("GET", "/api/v1/runs/{run_id}", frozenset({200}), weight=2),
     Route("GET", "/api/v1/runs/{run_id}/events", frozenset({200, 422}), query=("after", "wait"), weight=3),
-    Route("POST", "/api/v1/runs/{run_id}/cancel", frozenset({200, 403, 409}), body="any", weight=2),
-    Route("POST", "/api/v1/runs/{run_id}/steps/{step_id}/decision", frozenset({200, 403, 409, 413, 422}),
+    Route("POST", "/api/v1/runs/{run_id}/cancel", frozenset({200, 403, 409, 503}), body="any", weight=2),
+    Route("POST", "/api/v1/runs/{run_id}/steps/{step_id}/decision", frozenset({200, 403, 409, 413, 422, 503}),
           body="decision", weight=5),
     Route("GET", "/api/v1/pending", frozenset({200})),
     Route("GET", "/api/v1/resources/{sha256}", frozenset({200}), weight=2),
@@ -104,6 +104,8 @@ ROUTES = [
     Route("POST", "/hooks/{flow}", frozenset({201, 403, 413, 422}), body="hook", weight=5),
     Route("POST", "/api/v1/git/webhook", frozenset({202, 403, 413, 422}), body="git", weight=2),
     Route("GET", "/metrics", frozenset({200})),
+    *(Route("POST", f"/api/v1/flows/{{flow}}/{change}", frozenset({200, 201, 403, 409, 413, 422}), body="any")
+      for change in ("release", "pin", "unpin", "yank", "unyank")),
 ]
 
 HUGE = b'{"x": "' + b"a" * (1024 * 1024 + 16) + b'"}'
