@@ -73,12 +73,26 @@ class Child:
 async def spawn(argv: list[str], *, cwd: Path, env: Mapping[str, str]) -> Child:
     """Start `argv` in a session of its own with only stdin, stdout and stderr; OSError if it cannot start."""
     loop = asyncio.get_running_loop()
-    popen = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
+    # the pipes are made here, so each read end has one owner (its transport): a file object that
+    # Popen also kept would be closed twice, and the second close could hit a descriptor number
+    # another thread has just been given (a run's log, say)
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    try:
+        popen = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out_write,
+                                 stderr=err_write, close_fds=True, start_new_session=True)
+    except BaseException:
+        for fd in (out_read, err_read):
+            os.close(fd)
+        raise
+    finally:
+        os.close(out_write)
+        os.close(err_write)
     transports: list[asyncio.BaseTransport] = []
     readers = []
     try:
-        for pipe in (popen.stdout, popen.stderr):
+        for fd in (out_read, err_read):
+            pipe = open(fd, "rb", buffering=0)
             reader = asyncio.StreamReader()
             transport, _ = await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
             transports.append(transport)
@@ -114,6 +128,8 @@ def _exit_future(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen) -> as
         return exited
 
     def ready() -> None:
+        if exited.done():
+            return  # a second wake-up of the same readiness: the pidfd is already closed
         loop.remove_reader(pidfd)
         os.close(pidfd)
         settle(popen.wait())

@@ -125,13 +125,24 @@ class Daemon:
                     run = self.engine.repair(found.run_id)
                 except RunLocked:  # a `run --local` process is advancing it: its record as it stands
                     run = self.store.read_run(found.run_id)
-                except (NotFound, IntegrityError, FlowInvalid) as exc:
+                except NotFound:  # no event at all: a crash before the run was created (nothing acknowledged)
+                    self._discard_unborn(found.run_id)
+                    continue
+                except (IntegrityError, FlowInvalid) as exc:
                     log.warning("run %s cannot be resumed: %s", found.run_id, getattr(exc, "message", exc),
                                 extra={"event": "run_unreadable", "run_id": found.run_id})
                     continue
             if run is not None and not is_terminal(run["status"]):
                 active.append(run)
         return active
+
+    def _discard_unborn(self, run_id: str) -> None:
+        try:
+            if self.store.discard_unborn(run_id):
+                log.info("removed run folder %s: a crash came before its run was created", run_id,
+                         extra={"event": "run_discarded", "run_id": run_id})
+        except (RunLocked, NotFound, OSError):
+            pass  # its creator is still at work, or it is gone already
 
     def _still_expected(self, run_id: str, step_id: str) -> bool:
         """Whether an accepted callback is still to be recorded by its run (inbox entries at start-up)."""

@@ -387,6 +387,24 @@ class Store:
             removed.append("work/")
         return removed
 
+    def discard_unborn(self, run_id: str) -> bool:
+        """Remove a run folder whose log holds no event (a crash before `run_created` was fsynced).
+
+        Nothing of it was acknowledged: its start answered no 201. Not while its creator still
+        holds its log (RunLocked).
+        """
+        folder = self.run_dir(run_id)
+        log = EventLog(folder / "events.jsonl", fsync=self.fsync)
+        try:
+            if log.size:
+                return False
+            shutil.rmtree(folder)
+        finally:
+            log.close()
+        if self.fsync:
+            fsync_dir(self.runs_dir)
+        return True
+
     def sweep_shared(self) -> list[str]:
         """Temp files of dead writers outside the run folders (resources, callback index, release state)."""
         removed = []

@@ -120,7 +120,12 @@ def test_start_up_removes_what_a_dead_writer_left(daemon: DaemonProcess) -> None
     (folder / "work" / "prepare-1" / "stdout").write_text("raw, unmasked output")
     (daemon.data / "resources").mkdir(exist_ok=True)
     (daemon.data / "resources" / f".incoming-abc.{dead_pid}.tmp").write_bytes(b"half a blob")
+    unborn = daemon.data / "runs" / "20260101t000000z-0000abcd"  # kill -9 before `run_created` was fsynced
+    unborn.mkdir()
+    (unborn / "flow.yaml").write_text("name: cb\n")
+    (unborn / "events.jsonl").write_bytes(b"")
     daemon.start()
+    assert not unborn.exists()
     assert not (folder / f".run.json.{dead_pid}.tmp").exists()
     assert not (folder / "work").exists()
     assert not list((daemon.data / "resources").glob(".incoming-*"))
