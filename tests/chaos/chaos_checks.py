@@ -21,7 +21,7 @@ from daemon_support import TERMINAL, run_schema_errors, wait_until
 from runner.store import Store
 from runner.timeutil import parse_rfc3339
 
-SETTLE_DEADLINE = 60.0
+SETTLE_DEADLINE = 30.0  # flows wait at most 3 s; a concurrency: 1 queue takes about 1 s a run
 TEMP_NAME = re.compile(r"^\..*\.tmp$|^\.incoming-")
 
 
@@ -77,6 +77,8 @@ class Verdict:
         for run_id in runs:
             self.events[run_id] = self.chaos.get(f"/api/v1/runs/{run_id}/events").json()["events"]
         self._check_listing()
+        self._check_pending()
+        self._check_concurrency()
 
     def _check_listing(self) -> None:
         """GET /api/v1/runs (what `runs list` and `pending` see) shows every run, with its final status."""
@@ -95,6 +97,31 @@ class Verdict:
             elif listed[run_id] != record["status"]:
                 self.problem(f"run {run_id} ({self.scenario_of(run_id)}): GET /api/v1/runs lists it "
                              f"{listed[run_id]}, its record says {record['status']} (a snapshot behind its log)")
+
+    def _check_pending(self) -> None:
+        """Once every run has ended, nobody has an approval pending."""
+        for user in ("bob", "carol"):
+            response = self.chaos.client(user).get("/api/v1/pending", timeout=10.0)
+            for item in response.json().get("pending", []) if response.status_code == 200 else []:
+                status = (self.runs.get(item["run"]) or {}).get("status")
+                self.problem(f"GET /api/v1/pending as {user} still shows run {item['run']} step {item['step']}, "
+                             f"which has ended {status}")
+
+    def _check_concurrency(self) -> None:
+        """A `concurrency: 1` flow never had two runs active at once (run_started to run_finished)."""
+        spans = []
+        for run_id, events in self.events.items():
+            if self.runs[run_id]["flow"] != "chaos-queue":
+                continue
+            started = [e["at"] for e in events if e["type"] == "run_started"]
+            if started:
+                ended = [e["at"] for e in events if e["type"] == "run_finished"] or ["9999"]
+                spans.append((started[0], ended[0], run_id))
+        spans.sort()
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+            if start < end:
+                self.problem(f"concurrency: 1 broken: run {second} started at {start} while run {first} was "
+                             f"active until {end}")
 
     # ---- what the client was told against what the runs recorded ----------------------------
 
@@ -249,7 +276,7 @@ class Verdict:
             told = (request.answer or {}).get("status")
             if told not in TERMINAL:
                 self.problem(f"cancel of run {request.run} ({self.scenario_of(request.run)}) was acknowledged with the "
-                             f"run still {told} ({request.describe()}); it ended {final}")
+                             f"run still {told} ({request.describe()}); its status at the end: {final}")
             elif told != final:
                 self.problem(f"cancel of run {request.run}: acknowledged with the run {told}, but it ended {final}")
         for run_id, record in self.runs.items():
