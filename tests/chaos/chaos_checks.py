@@ -35,7 +35,6 @@ class Verdict:
     acknowledged: Counter = field(default_factory=Counter)  # callbacks, decisions, cancels
     lost: int = 0
     duplicated: int = 0
-    unconsumed: int = 0  # acknowledged early callbacks whose run ended before reaching the step
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -127,7 +126,7 @@ class Verdict:
 
     def check_requests(self) -> None:
         for request in self.chaos.requests:
-            if request.status is not None and request.status >= 500:
+            if request.status is not None and request.status >= 500 and not request.busy:
                 self.problem(f"{request.describe()}: a 5xx is never an answer; body {str(request.answer)[:300]}")
         by_nonce: dict[str, list[Request]] = defaultdict(list)
         for request in self.chaos.requests:
@@ -166,20 +165,20 @@ class Verdict:
         count = len(recorded)
         if acked:
             self.acknowledged[kind] += 1
-            if count == 0:
+            if count == 0:  # even a run that ended before the step records what was accepted for it
                 record = self.runs.get(run_id) or {}
                 state = (record.get("steps") or {}).get(step) or {}
-                if kind == "callback" and not state.get("started_at") and record.get("status") in TERMINAL:
-                    self.unconsumed += 1  # accepted early; the run ended before it reached the step
-                else:
-                    self.lost += 1
-                    self.problem(f"LOST: {where}: acknowledged by {acked[0].describe()}, but no event of the run "
-                                 f"records it (run {record.get('status')}, step {state.get('status')}, "
-                                 f"{len(requests)} requests carried it)")
+                self.lost += 1
+                self.problem(f"LOST: {where}: acknowledged by {acked[0].describe()}, but no event of the run "
+                             f"records it (run {record.get('status')}, step {state.get('status')}, "
+                             f"{len(requests)} requests carried it)")
         if count > 1:
             self.duplicated += 1
             self.problem(f"DUPLICATED: {where} is recorded {count} times: events "
                          f"{[e['seq'] for _, e in recorded]}")
+        busy = [r for r in requests if r.busy]
+        if busy and count and not acked:
+            self.problem(f"{where} was answered 503 ({busy[0].describe()}) and yet the run recorded it")
         if not acked and count:
             if refused:
                 self.problem(f"{where} was refused ({refused[-1].describe()}: {_error(refused[-1])}) and yet the "
@@ -351,9 +350,8 @@ class Verdict:
         return (f"chaos seed {self.chaos.seed}: runs {len(self.runs)}, kills {self.chaos.kills}, "
                 f"callbacks acknowledged {self.acknowledged['callback']}, decisions acknowledged "
                 f"{self.acknowledged['decision']}, cancels acknowledged {self.acknowledged['cancel']}, "
-                f"requests {len(self.chaos.requests)}, lost {self.lost}, duplicated {self.duplicated}, "
-                f"early callbacks never consumed (run ended first) {self.unconsumed}, "
-                f"problems {len(self.problems) + len(self.chaos.problems)}")
+                f"requests {len(self.chaos.requests)} (503 run_locked {sum(r.busy for r in self.chaos.requests)}), lost {self.lost}, duplicated {self.duplicated}, "
+                                f"problems {len(self.problems) + len(self.chaos.problems)}")
 
 
 def _error(request: Request) -> str:

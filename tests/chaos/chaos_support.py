@@ -53,8 +53,14 @@ class Request:
         return self.status is not None and 200 <= self.status < 300
 
     @property
+    def busy(self) -> bool:
+        """503 run_locked: the run's log is held for a moment; the documented answer is "ask again"."""
+        return self.status == 503 and isinstance(self.answer, dict) and \
+            (self.answer.get("error") or {}).get("code") == "run_locked"
+
+    @property
     def refused(self) -> bool:
-        return self.status is not None and self.status >= 400
+        return self.status is not None and self.status >= 400 and not self.busy
 
     @property
     def undelivered(self) -> bool:
@@ -106,8 +112,17 @@ class Chaos:
         if not self.up.wait(UP_DEADLINE):
             raise AssertionError(f"the daemon was not back within {UP_DEADLINE:.0f}s")
 
-    def send(self, kind: str, label: str, path: str, *, user: str | None, body: Any, run: str | None = None,
-             step: str | None = None, nonce: str | None = None, timeout: float = 10.0) -> Request:
+    def send(self, *args: Any, **kwargs: Any) -> Request:
+        """One POST, recorded; asked again (a new request, recorded too) while the answer is 503 run_locked."""
+        for _ in range(10):
+            request = self._send(*args, **kwargs)
+            if not request.busy:
+                return request
+            time.sleep(0.2)  # Retry-After says 1 s; a shorter pause asks sooner, which a client may do
+        return request
+
+    def _send(self, kind: str, label: str, path: str, *, user: str | None, body: Any, run: str | None = None,
+              step: str | None = None, nonce: str | None = None, timeout: float = 10.0) -> Request:
         """One POST, recorded. JSON bodies are sent as given (the callback's bytes matter for replays)."""
         self.wait_up()
         with self.lock:
