@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chaos_flows import SHELL_ATTEMPTS
-from chaos_support import Chaos, Request, Scenario
+from chaos_support import EARLY_TIMEOUT, Chaos, Request, Scenario
 from daemon_support import TERMINAL, run_schema_errors, wait_until
 
 from runner.store import Store
@@ -51,10 +51,11 @@ class Verdict:
         on_disk = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
         for run_id in on_disk:
             self.chaos.open_gate(run_id)  # runs started by a request in doubt are held by a gate too
-        for run_id in on_disk:
-            if not (data / run_id / "events.jsonl").exists() or not (data / run_id / "events.jsonl").stat().st_size:
-                self.problem(f"run directory {run_id} has no events (a half-created run was left behind)")
-        runs = [r for r in on_disk if (data / r / "events.jsonl").exists() and (data / r / "events.jsonl").stat().st_size]
+        runs = [r for r in on_disk if _has_events(data / r)]
+        for run_id in sorted(set(on_disk) - set(runs)):
+            self.problem(f"run directory {run_id} has no events (a half-created run was left behind): "
+                         f"{sorted(p.name for p in (data / run_id).iterdir())}")
+
         def all_ended() -> bool:
             for run_id in runs:
                 if run_id not in self.runs:
@@ -212,9 +213,10 @@ class Verdict:
         if request.acknowledged:
             self.problem(f"{where}: sent while the run was held in step prep, it was acknowledged "
                          f"({request.describe()}); a decision for a step that is not waiting is 409")
-        elif request.status is None and request.error == "ReadTimeout" and request.kills_after == request.kills_before:
-            self.problem(f"{where}: sent while the run was held in step prep, it got no answer within 3 s "
-                         "(the daemon stayed up); a decision for a step that is not waiting is refused at once")
+        elif request.error == "ReadTimeout" and request.kills_after == request.kills_before:
+            self.problem(f"{where}: sent while the run was held in step prep, it got no answer within "
+                         f"{EARLY_TIMEOUT:.0f} s (the daemon stayed up); a decision for a step that is not waiting "
+                         "is refused at once")
         elif request.status is not None and request.status != 409:
             self.problem(f"{where}: sent while the run was held in step prep, answered {request.status} "
                          f"({_error(request)}); expected 409")
@@ -350,8 +352,14 @@ class Verdict:
         return (f"chaos seed {self.chaos.seed}: runs {len(self.runs)}, kills {self.chaos.kills}, "
                 f"callbacks acknowledged {self.acknowledged['callback']}, decisions acknowledged "
                 f"{self.acknowledged['decision']}, cancels acknowledged {self.acknowledged['cancel']}, "
-                f"requests {len(self.chaos.requests)} (503 run_locked {sum(r.busy for r in self.chaos.requests)}), lost {self.lost}, duplicated {self.duplicated}, "
-                                f"problems {len(self.problems) + len(self.chaos.problems)}")
+                f"requests {len(self.chaos.requests)} (503 run_locked {sum(r.busy for r in self.chaos.requests)}), "
+                f"lost {self.lost}, duplicated {self.duplicated}, "
+                f"problems {len(self.problems) + len(self.chaos.problems)}")
+
+
+def _has_events(folder) -> bool:
+    log = folder / "events.jsonl"
+    return log.exists() and log.stat().st_size > 0
 
 
 def _error(request: Request) -> str:

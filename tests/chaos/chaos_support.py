@@ -28,6 +28,7 @@ from daemon_support import TERMINAL, DaemonProcess, wait_until
 
 UP_DEADLINE = 60.0  # how long a driver waits for the daemon to be back
 STEP_DEADLINE = 30.0  # how long a driver waits for its run to reach a step
+EARLY_TIMEOUT = 5.0  # a decision for a step that is not waiting is refused at once: well within this
 
 
 @dataclass
@@ -344,7 +345,7 @@ def _review(chaos: Chaos, scenario: Scenario, run: dict) -> None:
     if scenario.variant == "race":
         # the run is held in `prep`: a decision now is for a step that is not waiting
         if chaos.wait_run(run_id, _step_is("prep", "running"), "step prep running"):
-            _decide(chaos, scenario, "bob", "approve", "early", timeout=3.0, delivered=False)
+            _decide(chaos, scenario, "bob", "approve", "early", timeout=EARLY_TIMEOUT, delivered=False)
     chaos.open_gate(run_id)
     waiting = chaos.wait_run(run_id, _step_is("review", "waiting"), "step review waiting")
     if waiting is None or waiting["status"] in TERMINAL:
