@@ -79,6 +79,8 @@ class Verdict:
         self._check_listing()
         self._check_pending()
         self._check_concurrency()
+        for run_id, events in self.events.items():
+            self._check_history(run_id, events)
 
     def _check_listing(self) -> None:
         """GET /api/v1/runs (what `runs list` and `pending` see) shows every run, with its final status."""
@@ -97,6 +99,29 @@ class Verdict:
             elif listed[run_id] != record["status"]:
                 self.problem(f"run {run_id} ({self.scenario_of(run_id)}): GET /api/v1/runs lists it "
                              f"{listed[run_id]}, its record says {record['status']} (a snapshot behind its log)")
+
+    def _check_history(self, run_id: str, events: list[dict]) -> None:
+        """One end per run and per step visit; a timer fires once, and never before its time."""
+        where = f"run {run_id} ({self.scenario_of(run_id)})"
+        ends = [e["seq"] for e in events if e["type"] == "run_finished"]
+        if len(ends) != 1:
+            self.problem(f"{where} has {len(ends)} run_finished events (seq {ends}); a run ends once")
+        visits, finished, wake_at = Counter(), Counter(), {}
+        for event in events:
+            step = event.get("step")
+            if event["type"] == "step_started" and event["attempt"] == 1:
+                visits[step] += 1
+            elif event["type"] in ("step_finished", "step_skipped"):
+                finished[step] += 1
+                if finished[step] > visits[step] and event["type"] == "step_finished":
+                    self.duplicated += 1
+                    self.problem(f"DUPLICATED: {where}: step {step} finished again (seq {event['seq']}, "
+                                 f"{event.get('status')}) in the same visit")
+                woke = (event.get("outputs") or {}).get("woke_at")
+                if woke and step in wake_at and woke < wake_at[step]:
+                    self.problem(f"{where}: wait {step} woke at {woke}, before its time {wake_at[step]}")
+            elif event["type"] == "step_waiting":
+                wake_at[step] = event["wake_at"]
 
     def _check_pending(self) -> None:
         """Once every run has ended, nobody has an approval pending."""

@@ -354,16 +354,21 @@ def _review(chaos: Chaos, scenario: Scenario, run: dict) -> None:
         barrier, answers = threading.Barrier(2), {}
 
         def one(user: str, decision: str) -> None:
-            barrier.wait(10)
-            answers[user] = _decide(chaos, scenario, user, decision, "race", delivered=False)
-            chaos.close_clients()
+            try:
+                barrier.wait(10)
+                answers[user] = _decide(chaos, scenario, user, decision, "race", delivered=False)
+            finally:
+                chaos.close_clients()
 
         threads = [threading.Thread(target=one, args=pair) for pair in (("bob", "approve"), ("carol", "reject"))]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(60)
-        scenario.races.append((answers["bob"], answers["carol"]))
+        if len(answers) == 2:
+            scenario.races.append((answers["bob"], answers["carol"]))
+        else:
+            chaos.problems.append(f"{scenario.describe()}: a racing decision was never sent ({sorted(answers)} were)")
     elif scenario.variant == "single":
         time.sleep(rng.uniform(0.0, 3.6))  # the chaos: some land after the 3 s deadline
         _decide(chaos, scenario, "carol", rng.choice(("approve", "reject")), "single")
