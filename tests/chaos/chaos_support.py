@@ -93,6 +93,7 @@ class Chaos:
         self.up.set()
         self.lock = threading.Lock()
         self.local = threading.local()
+        self.clients: list[httpx.Client] = []
         self.gates = daemon.root / "gates"
         self.gates.mkdir(exist_ok=True)
         self.side = daemon.root / "side-effects.log"
@@ -100,13 +101,22 @@ class Chaos:
     # ---- requests ------------------------------------------------------------------
 
     def client(self, user: str | None) -> httpx.Client:
+        """This thread's client for `user` (every client made is also kept, so `close_all` closes it)."""
         clients = self.local.__dict__.setdefault("clients", {})
         if user not in clients:
             clients[user] = self.daemon.new_client(user)
+            with self.lock:
+                self.clients.append(clients[user])
         return clients[user]
 
     def close_clients(self) -> None:
         for client in self.local.__dict__.pop("clients", {}).values():
+            client.close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            clients, self.clients = self.clients, []
+        for client in clients:
             client.close()
 
     def wait_up(self) -> None:

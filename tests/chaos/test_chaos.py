@@ -91,6 +91,7 @@ def test_kill_9_chaos_loses_nothing_acknowledged_and_applies_nothing_twice(tmp_p
     finally:
         for run_dir in (daemon.data / "runs").glob("*"):
             chaos.open_gate(run_dir.name)  # no gated shell outlives the test
+        chaos.close_all()
         daemon.close()
         record = root / "requests.jsonl"  # what the client sent and was told, for the post-mortem
         record.write_text("".join(json.dumps(vars(r), default=str) + "\n" for r in chaos.requests))
