@@ -242,6 +242,9 @@ class Chaos:
     def kill_and_restart(self) -> None:
         """kill -9 the daemon's process group, then start it again on the same data dir and port."""
         self.up.clear()
+        if self.daemon.process is not None and self.daemon.process.poll() is not None:
+            self.problems.append(f"the daemon exited by itself with {self.daemon.process.returncode} before kill "
+                                 f"{self.kills + 1}; its log ends:\n{self.daemon.log_tail(15)}")
         pid = self.daemon.pid
         if pid:
             try:
