@@ -134,11 +134,12 @@ def test_a_step_sees_a_clean_environment_never_the_daemons(daemon: DaemonProcess
     env = dict(entry.split("=", 1) for entry in entries)
     assert env["FLOW_VAR"] == "from-the-flow" and env["STEP_VAR"] == "from-the-step"
     assert env["SIGNOFF_RUN_ID"] == run["id"] and env["SIGNOFF_FLOW"] == "env-dump" and env["SIGNOFF_STEP"] == "dump"
+    assert env["SIGNOFF_ATTEMPT"] == "1"
     unexpected = {name for name in env if name not in PASSED | BASH_OWN | {"FLOW_VAR", "STEP_VAR"}
                   and not name.startswith(("LC_", "SIGNOFF_"))}
     assert not unexpected, f"the daemon's environment leaked into the step: {sorted(unexpected)}"
     assert set(n for n in env if n.startswith("SIGNOFF_")) == {
-        "SIGNOFF_RUN_ID", "SIGNOFF_FLOW", "SIGNOFF_STEP", "SIGNOFF_OUTPUT", "SIGNOFF_ARTIFACTS"}
+        "SIGNOFF_RUN_ID", "SIGNOFF_FLOW", "SIGNOFF_STEP", "SIGNOFF_ATTEMPT", "SIGNOFF_OUTPUT", "SIGNOFF_ARTIFACTS"}
     assert_nowhere(daemon, secret_values)
 
 

@@ -54,7 +54,7 @@ class ShellKind:
         output_file = work / "output"
         env = child_environment(ctx.env, {"SIGNOFF_OUTPUT": str(output_file), "SIGNOFF_ARTIFACTS": str(artifacts),
                                           "SIGNOFF_RUN_ID": ctx.run["id"], "SIGNOFF_FLOW": ctx.run["flow"],
-                                          "SIGNOFF_STEP": ctx.step.id})
+                                          "SIGNOFF_STEP": ctx.step.id, "SIGNOFF_ATTEMPT": str(ctx.attempt)})
         cwd = ctx.work_dir / ctx.spec["cwd"] if ctx.spec.get("cwd") else ctx.work_dir
         if not cwd.is_dir():
             raise StepFailed(f"cwd {cwd} is not a directory", retryable=False)
