@@ -394,3 +394,15 @@ def test_an_existing_loose_data_directory_is_made_private_by_the_daemon(tmp_path
     with Store(data).daemon_lock():
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
     shutil.rmtree(data)
+
+
+def test_a_shell_attempt_cut_short_leaves_no_work_folder(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    flow = harness.flow(textwrap.dedent("""
+        name: cut-short
+        steps:
+          - {id: slow, kind: shell, run: "echo partial; exec sleep 30", timeout: 300ms}
+        """))
+    run = harness.run(flow)
+    assert run["steps"]["slow"]["status"] == "timed_out"
+    assert not (harness.run_dir(run["id"]) / "work").exists() or not any((harness.run_dir(run["id"]) / "work").iterdir())

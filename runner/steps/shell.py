@@ -48,6 +48,13 @@ class ShellKind:
 
     async def execute(self, ctx: StepContext) -> Done:
         work = ctx.run_dir / "work" / f"{ctx.step.id}-{ctx.attempt}"
+        try:
+            return await self._attempt(ctx, work)
+        finally:
+            # however the attempt ends (done, failed, timed out, cancelled): its raw output goes with it
+            shutil.rmtree(work, ignore_errors=True)
+
+    async def _attempt(self, ctx: StepContext, work: Path) -> Done:
         shutil.rmtree(work, ignore_errors=True)
         artifacts = work / "artifacts"
         artifacts.mkdir(parents=True)
@@ -79,19 +86,16 @@ class ShellKind:
         outputs: dict[str, Any] = {"exit_code": code}
         for name, spool in spools.items():
             outputs.update(spool.outputs(name, ctx))
-        try:
-            outputs.update(parse_output_file(output_file))
-            stored = self._artifacts(artifacts, ctx, outputs)
-            if stored:
-                outputs["artifacts"] = stored
-            if code != 0:
-                last = spools["stderr"].tail.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-                reason = f"exit code {code}" if code > 0 else f"killed by signal {-code}"
-                raise StepFailed(f"{reason}{': ' + last[0][:300] if last[0] else ''}", outputs=outputs)
-            if ctx.spec.get("output") == "json":
-                outputs["json"] = stdout_json(spools["stdout"], outputs)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        outputs.update(parse_output_file(output_file))
+        stored = self._artifacts(artifacts, ctx, outputs)
+        if stored:
+            outputs["artifacts"] = stored
+        if code != 0:
+            last = spools["stderr"].tail.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            reason = f"exit code {code}" if code > 0 else f"killed by signal {-code}"
+            raise StepFailed(f"{reason}{': ' + last[0][:300] if last[0] else ''}", outputs=outputs)
+        if ctx.spec.get("output") == "json":
+            outputs["json"] = stdout_json(spools["stdout"], outputs)
         return Done(outputs)
 
     async def _pump(self, stream: asyncio.StreamReader, spool: Spool, name: str, ctx: StepContext) -> None:
