@@ -307,10 +307,7 @@ class Daemon:
                     self._spawn(self._fire_schedule(key, what))
             delay = self._timers[0][0] - now if self._timers else 3600.0
             self._timer_changed.clear()
-            try:
-                await asyncio.wait_for(self._timer_changed.wait(), timeout=min(delay, 60.0))
-            except TimeoutError:
-                pass
+            await self.clock.wait(self._timer_changed, min(delay, 60.0))
 
     # ---- people and systems -------------------------------------------------------
 
@@ -521,7 +518,18 @@ class Daemon:
         self._spawn(self._plan_schedules())
 
     async def _plan_schedules(self) -> None:
-        """Timers for the next slot of every schedule of every live flow (a slot fires once)."""
+        """Timers for the next slot of every schedule of every live flow (a slot fires once).
+
+        First the claims a crash cut short get their runs (see ScheduleState).
+        """
+        for name, index, slot, run_id in self.schedule_state.half_done():
+            try:
+                origin = await self.gitops.origin(name, None)
+            except NotFound:
+                origin = None
+            except Exception:
+                continue  # the repository cannot be read now: at the next plan
+            self._create_for_slot(name, index, slot, run_id, origin)
         now = self.clock.now()
         planned = []
         for name in self.gitops.live_flows():
@@ -549,15 +557,30 @@ class Daemon:
             return  # drafts never fire; the live version dropped this schedule
         following = next_slot(specs[index], slot)
         self._add_timer(following.timestamp(), name, f"schedule:{index}:{following.isoformat()}")
-        if not self.schedule_state.claim(name, index, slot):
+        run_id = self.store.new_run_id(self.clock.now())
+        if not self.schedule_state.claim(name, index, slot, run_id):
             return  # already fired (before a restart, or by an earlier plan)
+        self._create_for_slot(name, index, slot, run_id, origin)
+
+    def _create_for_slot(self, name: str, index: int, slot: datetime, run_id: str, origin: Any) -> None:
+        """Create the run a claimed slot names, once: a run already there is only resumed."""
+        if self.store.run_exists(run_id):
+            self.schedule_state.created(name, index)
+            self.schedule(run_id)
+            return
         try:
+            if origin is None or origin.draft or index not in dict(schedules(origin.flow)):
+                log.warning("the slot %s of %s is not fired: the flow or its schedule is no longer live",
+                            slot.isoformat(), name, extra={"event": "schedule_dropped"})
+                return
             values = resolve_inputs(origin.flow, {})
-            run_id = self.engine.create_run(origin.flow, values, started_by="schedule", draft=False,
-                                            ref=origin.ref, version=origin.version, commit=origin.commit)
+            self.engine.create_run(origin.flow, values, started_by="schedule", draft=False, ref=origin.ref,
+                                   version=origin.version, commit=origin.commit, run_id=run_id)
         except Exception:
             log.exception("schedule of %s could not start a run", name, extra={"event": "schedule_failed"})
             return
+        finally:
+            self.schedule_state.created(name, index)  # done, or reported: never retried into a second run
         self.metrics.runs_started.labels(flow=name, trigger="schedule").inc()
         self.schedule(run_id)
 

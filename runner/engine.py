@@ -79,12 +79,13 @@ class Engine:
 
     def create_run(self, flow: Flow, inputs: dict[str, Any], *, started_by: str, draft: bool = True,
                    ref: str | None = None, version: str | None = None, commit: str | None = None,
-                   dirty: bool = False) -> str:
+                   dirty: bool = False, run_id: str | None = None) -> str:
         """Make the run directory, keep the flow source, mint callback tokens, record `run_created`.
 
         `dirty`: the flow source differs from `commit` (a working tree with uncommitted changes).
+        `run_id`: an id chosen (and recorded) beforehand, as a schedule's claim does.
         """
-        run_id = self.store.create_run_dir(self.clock.now(), flow.source)
+        run_id = self.store.create_run_dir(self.clock.now(), flow.source, run_id)
         self._remember(flow)
         tokens = {s.id: random_tokens.token_urlsafe(32) for s in flow.steps if s.kind == "callback"}
         self.store.index_callbacks(run_id, tokens)

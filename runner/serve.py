@@ -17,7 +17,7 @@ from runner.daemon import Daemon
 from runner.gitops import GitOps
 from runner.server import create_app
 from runner.store import Store
-from runner.timeutil import parse_duration
+from runner.timeutil import Clock, parse_duration
 from runner.watcher import RepoSource
 
 
@@ -50,7 +50,8 @@ def settings(env: Any, *, host: str | None = None, port: int | None = None) -> S
     return Settings(config, host, port, base, data_dir, repo_spec, users, webhook_secret)
 
 
-def build(env: Any, *, host: str | None = None, port: int | None = None) -> tuple[Daemon, Any, str, int]:
+def build(env: Any, *, host: str | None = None, port: int | None = None,
+          clock: Clock | None = None) -> tuple[Daemon, Any, str, int]:
     found = settings(env, host=host, port=port)
     config, host, port, base = found.config, found.host, found.port, found.base
     data_dir, repo_spec, users, webhook_secret = found.data_dir, found.repo_spec, found.users, found.webhook_secret
@@ -69,7 +70,7 @@ def build(env: Any, *, host: str | None = None, port: int | None = None) -> tupl
     gitops = GitOps(source=source, data_dir=data_dir, config=config, webhook_secret=webhook_secret,
                     poll_interval=parse_duration(repo_spec.get("poll_interval", "15s")))
     daemon = Daemon(config=config, store=store, users=users, gitops=gitops, work_dir=work_dir,
-                    public_url=public_url)
+                    public_url=public_url, clock=clock)
     limits = config.limits
     app = create_app(daemon, body_limit=int(limits.get("body_max_bytes", 1024 * 1024)))
     return daemon, app, host, port

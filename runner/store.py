@@ -156,12 +156,15 @@ class Store:
         stamp = now.strftime("%Y%m%dt%H%M%Sz")
         return f"{stamp}-{now.microsecond:05x}{secrets.randbelow(16 ** 3):03x}"
 
-    def create_run_dir(self, now: datetime, flow_source: str) -> str:
+    def create_run_dir(self, now: datetime, flow_source: str, run_id: str | None = None) -> str:
+        """A new run directory holding the flow source; `run_id` when the id was chosen (and recorded) first."""
         try:
             make_dir(self.runs_dir, fsync=self.fsync)
         except OSError as exc:
             raise StoreError(f"cannot create {self.runs_dir}: {exc.strerror}",
                              hint="check the data directory (--data / SIGNOFF_DATA) is writable") from None
+        if run_id is not None:
+            return self._claim_run_dir(run_id, flow_source)
         for _ in range(100):
             run_id = self.new_run_id(now)
             try:
@@ -174,6 +177,30 @@ class Store:
                 fsync_dir(self.runs_dir)
             return run_id
         raise StoreError("could not allocate a run id")
+
+    def _claim_run_dir(self, run_id: str, flow_source: str) -> str:
+        """The directory of a run whose id was chosen earlier; one a crash left without `run_created` is reused."""
+        if not RUN_ID.match(run_id):
+            raise StoreError(f"{run_id!r} is not a run id")
+        if self.run_exists(run_id):
+            raise StoreError(f"run {run_id} exists already")
+        try:
+            os.mkdir(self.runs_dir / run_id, 0o700)
+        except FileExistsError:
+            pass
+        (self.runs_dir / run_id / "events.jsonl").unlink(missing_ok=True)  # a torn first line, never acknowledged
+        write_atomic(self.runs_dir / run_id / "flow.yaml", flow_source.encode(), fsync=self.fsync)
+        if self.fsync:
+            fsync_dir(self.runs_dir)
+        return run_id
+
+    def run_exists(self, run_id: str) -> bool:
+        """Whether the run's log holds its first event (`run_created`) whole."""
+        try:
+            with open(self.runs_dir / run_id / "events.jsonl", "rb") as handle:
+                return handle.readline().endswith(b"\n")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def run_dir(self, run_id: str) -> Path:
         if not RUN_ID.match(run_id or ""):

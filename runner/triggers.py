@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,42 +39,89 @@ def webhook_secret_name(flow: Flow) -> str | None:
 
 
 def next_slot(schedule: dict[str, Any], after: datetime) -> datetime:
-    """The first cron slot strictly after `after`, in the schedule's time zone."""
+    """The first cron slot strictly after `after`, in the schedule's time zone.
+
+    A slot is a wall-clock match: the hour a fall-back day repeats brings no new
+    slots (a daily `30 1 * * *` fires at the first 01:30 only), as in cron
+    implementations that skip the repeated hour.
+    """
     zone = ZoneInfo(schedule.get("timezone") or "UTC")
-    return croniter(schedule["cron"], after.astimezone(zone)).get_next(datetime)
+    moment = after.astimezone(zone)
+    while True:
+        moment = croniter(schedule["cron"], moment).get_next(datetime)
+        if not _repeated(moment):
+            return moment
 
 
 def previous_slot(schedule: dict[str, Any], at: datetime) -> datetime:
+    """The latest slot at or before `at`; a repeated wall-clock time is its first occurrence."""
     zone = ZoneInfo(schedule.get("timezone") or "UTC")
-    return croniter(schedule["cron"], at.astimezone(zone)).get_prev(datetime)
+    moment = croniter(schedule["cron"], at.astimezone(zone)).get_prev(datetime)
+    return moment.replace(fold=0) if _repeated(moment) else moment
+
+
+def _repeated(moment: datetime) -> bool:
+    """Whether this wall-clock time already happened earlier that day (the second pass of a fall-back)."""
+    first = moment.replace(fold=0)
+    return moment.fold == 1 and first.astimezone(timezone.utc) < moment.astimezone(timezone.utc)
 
 
 class ScheduleState:
-    """The last slot fired per (flow, trigger), so a slot fires once even across restarts."""
+    """The last slot claimed per (flow, trigger), so a slot fires exactly once, even across restarts.
+
+    `<data>/schedules.json` maps `flow#index` to `{"slot", "run", "creating"}`. A claim
+    names the run id it is about to create and is fsynced first (`creating: true`); once
+    the run exists the flag is cleared. A claim still `creating` at start-up was cut
+    short by a crash: `half_done()` lists it and the daemon creates its run then, under
+    the id the claim names, unless that run already exists (see `Daemon._plan_schedules`).
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / "schedules.json"
         try:
-            self.fired: dict[str, str] = json.loads(self.path.read_text())
+            loaded = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            self.fired = {}
+            loaded = {}
+        # an older file kept only the slot: {"flow#0": "<slot>"}
+        self.claims: dict[str, dict[str, Any]] = {
+            key: value if isinstance(value, dict) else {"slot": value, "run": None, "creating": False}
+            for key, value in (loaded.items() if isinstance(loaded, dict) else ())}
 
     def key(self, flow: str, index: int) -> str:
         return f"{flow}#{index}"
 
     def last(self, flow: str, index: int) -> datetime | None:
-        value = self.fired.get(self.key(flow, index))
-        return datetime.fromisoformat(value) if value else None
+        claim = self.claims.get(self.key(flow, index))
+        return datetime.fromisoformat(claim["slot"]) if claim and claim.get("slot") else None
 
-    def claim(self, flow: str, index: int, slot: datetime) -> bool:
-        """Record `slot` as fired; False if it (or a later one) already was."""
+    def claim(self, flow: str, index: int, slot: datetime, run_id: str) -> bool:
+        """Record (fsynced) that `slot` fires as run `run_id`; False if it (or a later one) already did."""
         last = self.last(flow, index)
         if last is not None and last >= slot:
             return False
-        self.fired[self.key(flow, index)] = slot.isoformat()
-        make_dir(self.path.parent)
-        write_atomic(self.path, json.dumps(self.fired, indent=1, sort_keys=True).encode())
+        self.claims[self.key(flow, index)] = {"slot": slot.isoformat(), "run": run_id, "creating": True}
+        self._write()
         return True
+
+    def created(self, flow: str, index: int) -> None:
+        """The claimed slot's run exists (or could not be made and was reported): nothing left to redo."""
+        claim = self.claims.get(self.key(flow, index))
+        if claim and claim.get("creating"):
+            claim["creating"] = False
+            self._write()
+
+    def half_done(self) -> list[tuple[str, int, datetime, str]]:
+        """(flow, index, slot, run id) of every claim whose run was not known to exist."""
+        found = []
+        for key, claim in self.claims.items():
+            flow, _, index = key.rpartition("#")
+            if claim.get("creating") and claim.get("run") and index.isdigit():
+                found.append((flow, int(index), datetime.fromisoformat(claim["slot"]), claim["run"]))
+        return found
+
+    def _write(self) -> None:
+        make_dir(self.path.parent)
+        write_atomic(self.path, json.dumps(self.claims, indent=1, sort_keys=True).encode())  # file and name fsynced
 
     def first_due(self, flow: str, index: int, schedule: dict[str, Any], now: datetime) -> datetime:
         """The slot to wait for: one missed while the daemon was down fires at once if it is

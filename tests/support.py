@@ -61,6 +61,43 @@ class FakeClock(Clock):
         await asyncio.sleep(0)
 
 
+class ManualClock(Clock):
+    """Wall time that moves only when the test moves it (`set`); whatever sleeps or waits on it wakes then.
+
+    For a daemon run in the test's own event loop: its timers fire when the test
+    moves the clock past them, never on their own.
+    """
+
+    def __init__(self, start: datetime) -> None:
+        self.current = start
+        self._moved: asyncio.Event | None = None
+
+    def now(self) -> datetime:
+        return self.current
+
+    def set(self, moment: datetime) -> None:
+        self.current = moment
+        if self._moved is not None:
+            self._moved.set()
+            self._moved = None
+
+    async def sleep(self, seconds: float) -> None:
+        await self.wait(asyncio.Event(), seconds)
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        deadline = self.current + timedelta(seconds=max(0.0, seconds))
+        while not event.is_set() and self.current < deadline:
+            if self._moved is None:
+                self._moved = asyncio.Event()
+            watchers = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._moved.wait())]
+            try:
+                await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for watcher in watchers:
+                    watcher.cancel()
+        return event.is_set()
+
+
 def clean_environ() -> dict[str, str]:
     """os.environ without anything that would point signoff or git elsewhere."""
     return {k: v for k, v in os.environ.items()
@@ -82,6 +119,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
             text = message() if callable(message) else (message or what)
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {text}")
         time.sleep(interval)
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "the condition") -> Any:
+    """wait_until for a test that runs its own event loop: let the loop (and its threads) work meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def pid_alive(pid: int) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from daemon_support import PROJECT_ROOT, DaemonProcess, event_types, free_port
+from support import eventually
 
 import runner.inbox
 from runner.inbox import Inbox
@@ -44,15 +45,6 @@ def journal(path: Path) -> list[dict]:
 
 def keys(path: Path) -> list[tuple[str, str]]:
     return [(line["run"], line["step"]) for line in journal(path)]
-
-
-async def eventually(predicate, timeout: float = 5.0, what: str = "the condition") -> None:
-    """Let the loop (and its worker threads) run until `predicate()` holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # ---- the journal on its own ------------------------------------------------------------------
