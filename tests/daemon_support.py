@@ -359,3 +359,51 @@ def _summary(run: dict | None) -> str:
 
 def event_types(events: list[dict], step: str | None = None) -> list[str]:
     return [e["type"] for e in events if step is None or e.get("step") == step]
+
+
+# ---- the daemon in the test's own event loop ---------------------------------------------
+
+
+class InProcessDaemon:
+    """The real daemon, built as `signoff serve` builds it, started and stopped in the test's event loop.
+
+    For what needs an injected clock (a ManualClock: its timers fire when the test
+    moves it). `lay_out(root, flows, tag=...)` makes repo/ (the flows committed,
+    released as `tag` if given), signoff.yaml (no users: the local user does
+    everything) and data/. No HTTP server: the test calls the daemon. Each
+    `async with` is a new daemon on the same data dir, so two in a row are a
+    restart.
+    """
+
+    def __init__(self, root: Path, clock: Any) -> None:
+        """On a `root` that `lay_out` prepared."""
+        self.root, self.clock = Path(root), clock
+        self.data = self.root / "data"
+        self.config_path = self.root / "signoff.yaml"
+        self.daemon: Any = None
+
+    @staticmethod
+    def lay_out(root: Path, flows: dict[str, str | dict], *, tag: str | None = None) -> Path:
+        repo = make_repo(Path(root) / "repo", flows)
+        if tag:
+            git(repo, "tag", tag)
+        (Path(root) / "signoff.yaml").write_text(flow_text({
+            "server": {"host": "127.0.0.1", "port": 8080}, "repo": {"path": str(repo), "poll_interval": "1h"},
+            "data": str(Path(root) / "data")}), encoding="utf-8")
+        return Path(root)
+
+    async def __aenter__(self) -> Any:
+        from runner.cli import Env
+        from runner.serve import build
+
+        self.daemon, _, _, _ = build(Env(None, str(self.root / "repo"), str(self.config_path)), clock=self.clock)
+        await self.daemon.start()
+        return self.daemon
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.daemon.stop()
+
+    @property
+    def user(self) -> Any:
+        """The local user (all roles), as the daemon knows it."""
+        return next(iter(self.daemon.users.by_hash.values()))

@@ -15,12 +15,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from daemon_support import flow_text, make_repo
-from gitops_support import simple_flow, tag
+from daemon_support import InProcessDaemon
+from gitops_support import simple_flow
 from support import ManualClock, eventually
 
-from runner.cli import Env
-from runner.serve import build
 from runner.store import Store
 from runner.triggers import ScheduleState, next_slot, previous_slot
 
@@ -38,31 +36,22 @@ def utc(*fields: int) -> datetime:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Path:
-    """A released flows repository with the nightly flow, and a config naming it and a data dir."""
-    repo = make_repo(tmp_path / "repo", {"nightly": NIGHTLY})
-    tag(repo, "v1.0.0")
-    (tmp_path / "signoff.yaml").write_text(flow_text({
-        "server": {"host": "127.0.0.1", "port": 8080}, "repo": {"path": str(repo), "poll_interval": "1h"},
-        "data": str(tmp_path / "data")}), encoding="utf-8")
-    return tmp_path
+    """A released flows repository with the nightly flow, a config naming it and a data dir."""
+    return InProcessDaemon.lay_out(tmp_path, {"nightly": NIGHTLY}, tag="v1.0.0")
 
 
-class InProcess:
-    """The real daemon, started and stopped in the caller's event loop, with an injected clock."""
+class InProcess(InProcessDaemon):
+    """The in-process daemon on `world`, entered once its schedule timer is planned."""
 
     def __init__(self, root: Path, clock: ManualClock) -> None:
-        self.clock = clock
-        self.daemon, _, _, _ = build(Env(None, str(root / "repo"), str(root / "signoff.yaml")), clock=clock)
-        self.store: Store = self.daemon.store
+        super().__init__(root, clock)
+        self.store = Store(self.data)
 
     async def __aenter__(self) -> "InProcess":
-        await self.daemon.start()
-        await eventually(lambda: any(w.startswith("schedule:") for _, _, w in self.daemon._timers), 10,
+        daemon = await super().__aenter__()
+        await eventually(lambda: any(w.startswith("schedule:") for _, _, w in daemon._timers), 10,
                          "the schedule's timer to be planned")
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.daemon.stop()
 
     def runs(self) -> list[dict]:
         return sorted(self.store.list_runs(flow="nightly", limit=1000), key=lambda run: run["created_at"])
