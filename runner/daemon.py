@@ -77,6 +77,7 @@ class Daemon:
         self._again: set[str] = set()
         self._timers: list[tuple[float, str, str]] = []
         self._timer_changed = asyncio.Event()
+        self._reminders: dict[tuple[str, str], str] = {}  # (run, step) -> the deadline its reminder timer is for
         self._side_tasks: set[asyncio.Task] = set()
         self._changed: dict[str, asyncio.Event] = {}
         self._monitor: asyncio.Task | None = None
@@ -289,6 +290,22 @@ class Daemon:
         state = run["steps"][run["current_step"]]
         if state.get("wake_at"):
             self._add_timer(parse_rfc3339(state["wake_at"]).timestamp(), run["id"], "wake")
+            self._plan_reminder(run, run["current_step"], state)
+
+    def _plan_reminder(self, run: dict[str, Any], step_id: str, state: dict[str, Any]) -> None:
+        """The reminder timer of a wait with `remind_before` that has not had its reminder (once per wait).
+
+        From every place a parked run is watched, start-up included, so a restart keeps it;
+        one whose time passed while the daemon was down fires at once (see `_remind`).
+        """
+        if state.get("reminded_at") or self._reminders.get((run["id"], step_id)) == state["wake_at"]:
+            return
+        spec = self.engine.flow_of(run["id"], run.get("flow_sha256")).step(step_id).spec
+        if not spec.get("remind_before"):
+            return
+        self._reminders[(run["id"], step_id)] = state["wake_at"]
+        when = parse_rfc3339(state["wake_at"]) - timedelta(seconds=parse_duration(spec["remind_before"]))
+        self._add_timer(when.timestamp(), run["id"], f"remind:{step_id}")
 
     def _add_timer(self, when: float, run_id: str, what: str) -> None:
         heapq.heappush(self._timers, (when, run_id, what))
@@ -745,21 +762,34 @@ class Daemon:
                            f"({event.get('error')}); {what}.")
 
     async def _remind(self, run_id: str, step_id: str) -> None:
+        """Send a wait's reminder once: recorded as notifications with `reminder: true` (the step's
+        `reminded_at`), so a restart does not send it again. One due while the daemon was down goes
+        out at start-up if the deadline is still ahead; after the deadline the timeout is the news."""
         run = self.store.read_run(run_id)
         state = run["steps"].get(step_id, {})
-        if state.get("status") != "waiting":
+        if state.get("status") != "waiting" or state.get("reminded_at") or not state.get("wake_at"):
+            self._reminders.pop((run_id, step_id), None)
             return
         spec = self._step_spec(run_id, step_id)
-        await self._notify(run, step_id, spec.get("notify") or [], f"{run['flow']}: reminder for {step_id}",
-                           f"Run {run_id} still waits at '{step_id}'; the deadline is {state.get('wake_at')}.")
+        deadline, now = parse_rfc3339(state["wake_at"]), self.clock.now()
+        if now < deadline - timedelta(seconds=parse_duration(spec["remind_before"])):
+            return  # the timer of an earlier wait of this step: the current one has its own
+        try:
+            if now < deadline:
+                await self._notify(run, step_id, spec.get("notify") or [], f"{run['flow']}: reminder for {step_id}",
+                                   f"Run {run_id} still waits at '{step_id}'; the deadline is {state['wake_at']}.",
+                                   reminder=True)
+        finally:
+            self._reminders.pop((run_id, step_id), None)
 
-    async def _notify(self, run: dict, step_id: str, channels: list[str], subject: str, text: str) -> None:
+    async def _notify(self, run: dict, step_id: str, channels: list[str], subject: str, text: str,
+                      **marks: Any) -> None:
         links = [*self._shown_links(run, step_id), {"title": "run", "url": self.run_url(run["id"])}]
         for channel in channels:
             message = Message(subject, text, links, run_id=run["id"], flow=run["flow"], step=step_id)
             delivery = await self.notifier.send(channel, message)
             self.metrics.notifications.labels(channel=channel, ok=str(delivery.ok).lower()).inc()
-            await self._note(run["id"], "notification", step=step_id, **delivery.to_dict())
+            await self._note(run["id"], "notification", step=step_id, **delivery.to_dict(), **marks)
 
     def _shown_links(self, run: dict, step_id: str) -> list[dict[str, str]]:
         """The links the waiting step shows its reviewer; a res:// one also gets its address in the API."""

@@ -100,7 +100,10 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
             kill.update({"tries": event.get("tries", kill["tries"] + 1), "result": event["result"]})
             if event.get("final", True):
                 kill["done_at"] = at
-    # other events (plain jumps, notification, cancel_requested) are history only
+    elif kind == "notification":
+        if event.get("reminder") and step is not None:
+            step["reminded_at"] = at  # the reminder of this wait went out: never again for it
+    # other events (plain jumps, the other notifications, cancel_requested) are history only
 
 
 def _job_seen_through(step: dict[str, Any], *, succeeded: bool = False, interrupted: bool = False) -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import httpx
-from support import clean_environ, pid_alive, run_schema_errors, wait_until  # noqa: F401  (re-exported for the daemon tests)
+from support import clean_environ, eventually, pid_alive, run_schema_errors, wait_until  # noqa: F401  (re-exported for the daemon tests)
 from yamlcompat import YAML
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -370,7 +370,7 @@ class InProcessDaemon:
     For what needs an injected clock (a ManualClock: its timers fire when the test
     moves it). `lay_out(root, flows, tag=...)` makes repo/ (the flows committed,
     released as `tag` if given), signoff.yaml (no users: the local user does
-    everything) and data/. No HTTP server: the test calls the daemon. Each
+    everything; one channel, `audit`, of kind log) and data/. No HTTP server: the test calls the daemon. Each
     `async with` is a new daemon on the same data dir, so two in a row are a
     restart.
     """
@@ -389,7 +389,7 @@ class InProcessDaemon:
             git(repo, "tag", tag)
         (Path(root) / "signoff.yaml").write_text(flow_text({
             "server": {"host": "127.0.0.1", "port": 8080}, "repo": {"path": str(repo), "poll_interval": "1h"},
-            "data": str(Path(root) / "data")}), encoding="utf-8")
+            "data": str(Path(root) / "data"), "channels": {"audit": {"kind": "log"}}}), encoding="utf-8")
         return Path(root)
 
     async def __aenter__(self) -> Any:
@@ -407,3 +407,9 @@ class InProcessDaemon:
     def user(self) -> Any:
         """The local user (all roles), as the daemon knows it."""
         return next(iter(self.daemon.users.by_hash.values()))
+
+    async def settled(self, timeout: float = 10.0) -> None:
+        """Every timer due on the clock has fired and what it set off has finished."""
+        daemon, now = self.daemon, self.clock.now().timestamp()
+        await eventually(lambda: not daemon._side_tasks and not daemon._tasks
+                         and all(when > now for when, _, _ in daemon._timers), timeout, "the due timers to fire")

@@ -9,17 +9,23 @@ be built from it, not from the address it listens on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 
-from daemon_support import DaemonProcess, free_port, wait_until
+from daemon_support import DaemonProcess, InProcessDaemon, free_port, run_schema_errors, wait_until
+from support import ManualClock, eventually
+
+from runner.store import Store
 
 PUBLIC_URL = "https://signoff.example.test"
 MAIL_FROM = "signoff@example.test"
@@ -345,3 +351,76 @@ def test_every_notification_of_a_wait_carries_the_steps_links(daemon: DaemonProc
     assert "ticket: https://tickets.example.test/OPS-11" in mails[0][1].get_content()
     final = daemon.wait_end(run_id)
     assert final["status"] == "rejected" and final["steps"]["review"]["status"] == "timed_out"
+
+
+# ---- reminders across restarts (the daemon in this process, on a manual clock) ---------------------
+
+REVIEW = """
+name: review-later
+steps:
+  - id: review
+    kind: approval
+    approvers: [someone-else]
+    notify: [audit]
+    remind_before: 10m
+    timeout: 1h
+    on_timeout: fail
+"""
+T0 = datetime(2030, 1, 2, 9, 0, tzinfo=timezone.utc)  # the wait begins; the reminder is due at 09:50
+
+
+def reminders(world: InProcessDaemon, run_id: str) -> list[dict]:
+    return [e for e in world.daemon.store.read_events(run_id) if e["type"] == "notification" and e.get("reminder")]
+
+
+async def park(world: InProcessDaemon) -> str:
+    """Start a review-later run and let it park at its approval: the run id."""
+    async with world as daemon:
+        run = await daemon.start_run("review-later", {}, world.user)
+        await eventually(lambda: daemon.store.read_run(run["id"])["status"] == "waiting", 10, "the wait")
+        return run["id"]
+
+
+@pytest.mark.parametrize("down_until", [T0 + timedelta(minutes=30), T0 + timedelta(minutes=55)],
+                         ids=["restarted before the reminder is due", "the reminder fell due while down"])
+def test_a_reminder_survives_a_restart_and_is_sent_once(tmp_path: Path, down_until: datetime) -> None:
+    clock = ManualClock(T0)
+    world = InProcessDaemon(InProcessDaemon.lay_out(tmp_path, {"review-later": REVIEW}), clock)
+
+    async def scenario() -> tuple[str, list[dict], list[dict]]:
+        run_id = await park(world)
+        clock.set(down_until)
+        async with world:
+            clock.set(max(down_until, T0 + timedelta(minutes=50)))
+            sent = await eventually(lambda: reminders(world, run_id), 10, "the reminder")
+            await world.settled()
+        clock.set(T0 + timedelta(minutes=58))
+        async with world:  # a restart after the reminder: it is not sent again
+            await world.settled()
+            again = reminders(world, run_id)
+        return run_id, sent, again
+
+    run_id, sent, again = asyncio.run(scenario())
+    assert len(sent) == 1 and sent[0]["ok"] is True and sent[0]["step"] == "review"
+    assert again == sent, "the reminder went out once"
+    run = Store(tmp_path / "data").read_run(run_id)
+    assert run["status"] == "waiting" and run["steps"]["review"]["reminded_at"] == sent[0]["at"]
+    assert run_schema_errors(run) == []
+
+
+def test_a_reminder_whose_deadline_passed_while_down_is_not_sent(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    world = InProcessDaemon(InProcessDaemon.lay_out(tmp_path, {"review-later": REVIEW}), clock)
+
+    async def scenario() -> tuple[str, dict]:
+        run_id = await park(world)
+        clock.set(T0 + timedelta(hours=2))
+        async with world as daemon:
+            ended = await eventually(lambda: (lambda r: r if r["status"] == "timed_out" else None)(
+                daemon.store.read_run(run_id)), 10, "the timeout")
+            await world.settled()
+        return run_id, ended
+
+    run_id, ended = asyncio.run(scenario())
+    assert ended["steps"]["review"]["status"] == "timed_out"
+    assert reminders(world, run_id) == [], "after the deadline the timeout is the news, not a reminder"
