@@ -8,8 +8,13 @@ the first one's commit and is then answered with it, so nobody is told "already
 accepted" about something that is not on disk yet.
 
 An entry stays in memory until its run records it (`callback_received`) or
-ends; the journal is rewritten without such entries when the daemon starts,
-when it stops, and when they make up most of the file.
+ends, its body only up to `MEMORY_BYTES` in all: beyond that, a body is read
+back from its journal line when asked for. The journal is rewritten without
+consumed entries when the daemon starts, when it stops, and once
+`COMPACT_AFTER` of them or `COMPACT_AFTER_BYTES` of their lines have piled up,
+whichever comes first; a start-up reads the journal line by line and keeps
+only the entries still wanted, so neither the file nor what is read of it
+grows with the callbacks already recorded.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner import jsonvalue
-from runner.datadir import FILE_MODE, write_atomic
+from runner.datadir import FILE_MODE, fsync_dir, tmp_name
 from runner.errors import Conflict, StoreError
 from runner.secrets import Masker
 from runner.store import Store
@@ -31,20 +36,27 @@ from runner.store import Store
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (run id, step id)
 INLINE_LIMIT = 64 * 1024  # bodies up to this size live in the journal; larger ones become res:// resources
-COMPACT_AFTER = 20_000  # consumed entries in the journal before it is rewritten
+COMPACT_AFTER = 20_000  # consumed entries in the journal before it is rewritten...
+COMPACT_AFTER_BYTES = 64 * 1024 * 1024  # ...or consumed bytes of it, whichever comes first
+MEMORY_BYTES = 64 * 1024 * 1024  # bodies held in memory; past this, a body stays on disk until asked for
 
 
 class Inbox:
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = path
         self.fsync = fsync
-        self._entries: dict[Key, dict[str, Any]] = {}  # durable, not yet consumed
+        self._entries: dict[Key, dict[str, Any]] = {}  # durable, not yet consumed (without body if spilled)
+        self._lines: dict[Key, tuple[int, int]] = {}  # (offset, length) of each entry's line in the journal
+        self._spilled: set[Key] = set()  # entries whose body is read back from the journal
+        self._held = 0  # characters of bodies in memory
         self._inflight: dict[Key, tuple[dict[str, Any], asyncio.Future]] = {}
         self._closed: set[Key] = set()  # steps that take no callback any more (timed out, run ended)
         self._batch: list[Key] = []
         self._committer: asyncio.Task | None = None
         self._consumed = 0  # journal lines whose entries are no longer needed
+        self._consumed_bytes = 0  # and their bytes
         self._fd: int | None = None
+        self._reader: int | None = None  # the journal, for reading spilled lines back
         self._loaded = False
 
     def __len__(self) -> int:
@@ -55,18 +67,26 @@ class Inbox:
     def load(self, wanted: Callable[[str, str], bool]) -> int:
         """Read the journal, keep the entries `wanted(run, step)` still needs, rewrite it with only those.
 
-        A torn last line (a crash in the middle of a write) was never acknowledged and is dropped.
+        Line by line: an entry no longer wanted is never held. A torn last line (a crash in
+        the middle of a write) was never acknowledged and is dropped.
         """
-        entries: dict[Key, dict[str, Any]] = {}
+        self._forget()
+        seen: set[Key] = set()
         if self.path.exists():
             with open(self.path, "rb") as handle:
+                offset = 0
                 for line in handle:
                     if not line.endswith(b"\n"):
                         break
                     entry = json.loads(line)
-                    entries.setdefault((entry.pop("run"), entry.pop("step")), entry)  # the first one won
-        self._entries = {key: entry for key, entry in entries.items() if wanted(*key)}
-        self._rewrite(self._entries)
+                    key = (entry.pop("run"), entry.pop("step"))
+                    if key not in seen:  # the first one won
+                        seen.add(key)
+                        if wanted(*key):
+                            self._keep(key, entry, offset, len(line))
+                    offset += len(line)
+        del seen
+        self._adopt(self._rewrite(self._copy()))
         self._loaded = True
         return len(self._entries)
 
@@ -76,14 +96,18 @@ class Inbox:
         Only once loaded: before that, the entries in memory are not all there is.
         """
         if self._loaded and not self._inflight and self._committer is None:
-            self._rewrite(self._entries)
+            self._adopt(self._rewrite(self._copy()))
         self._close_file()
+        self._close_reader()
 
     # ---- accepting and consuming -------------------------------------------------
 
     def get(self, run_id: str, step_id: str) -> dict[str, Any] | None:
         """The durable entry for a step, if one was accepted and the run has not recorded it yet."""
-        return self._entries.get((run_id, step_id))
+        key = (run_id, step_id)
+        if key in self._spilled:
+            return self._read_back(key)
+        return self._entries.get(key)
 
     def busy(self, run_id: str, step_id: str) -> bool:
         """Whether a callback for the step is being committed right now."""
@@ -97,7 +121,7 @@ class Inbox:
         """
         key = (run_id, step_id)
         if key in self._entries:
-            return False, self._entries[key]
+            return False, self.get(run_id, step_id)
         if key in self._inflight:
             first, committed = self._inflight[key]
             await asyncio.shield(committed)
@@ -126,29 +150,39 @@ class Inbox:
                 await asyncio.shield(self._inflight[key][1])
             except StoreError:
                 pass  # it was not written, and its sender was told so
-        return self._entries.get(key)
+        return self.get(run_id, step_id)
 
     def consumed(self, run_id: str, step_id: str) -> None:
         """The run recorded this callback (or ended): the entry is no longer needed."""
-        self._closed.discard((run_id, step_id))
-        if self._entries.pop((run_id, step_id), None) is not None:
+        key = (run_id, step_id)
+        self._closed.discard(key)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
             self._consumed += 1
-            if self._consumed >= COMPACT_AFTER and self._committer is None:
+            self._consumed_bytes += self._lines.pop(key)[1]
+            if key in self._spilled:
+                self._spilled.discard(key)
+            else:
+                self._held -= len(entry.get("body", ""))
+            if self._compaction_due() and self._committer is None:
                 self._committer = asyncio.create_task(self._commit(), name="inbox-commit")
+
+    def _compaction_due(self) -> bool:
+        return self._consumed >= COMPACT_AFTER or self._consumed_bytes >= COMPACT_AFTER_BYTES
 
     # ---- the journal ---------------------------------------------------------------
 
     async def _commit(self) -> None:
         """Write and fsync everything waiting, one batch at a time; compact between batches when due."""
         try:
-            while self._batch or self._consumed >= COMPACT_AFTER:
+            while self._batch or self._compaction_due():
                 if not self._batch:
                     await self._compact()
                     continue
                 keys, self._batch = self._batch, []
-                lines = b"".join(_line(key, self._inflight[key][0]) for key in keys)
+                lines = [_line(key, self._inflight[key][0]) for key in keys]
                 try:
-                    await asyncio.to_thread(self._append, lines)
+                    offset = await asyncio.to_thread(self._append, b"".join(lines))
                 except BaseException as exc:
                     failure = StoreError(f"could not record the callback in {self.path}: {exc}")
                     for key in keys:
@@ -158,9 +192,10 @@ class Inbox:
                     if not isinstance(exc, OSError):
                         raise
                     continue
-                for key in keys:
+                for key, line in zip(keys, lines):
                     entry, committed = self._inflight.pop(key)
-                    self._entries[key] = entry
+                    self._keep(key, entry, offset, len(line))
+                    offset += len(line)
                     committed.set_result(None)
         finally:
             self._committer = None
@@ -168,16 +203,59 @@ class Inbox:
                 self._committer = asyncio.create_task(self._commit(), name="inbox-commit")
 
     async def _compact(self) -> None:
-        consumed = self._consumed
+        consumed, consumed_bytes = self._consumed, self._consumed_bytes
         try:
-            await asyncio.to_thread(self._rewrite, dict(self._entries))
+            self._adopt(await asyncio.to_thread(self._rewrite, self._copy()))
         except OSError as exc:
             log.warning("could not compact %s: %s; trying again later", self.path, exc,
                         extra={"event": "inbox_compaction_failed"})
-        self._consumed -= consumed  # those consumed meanwhile count towards the next compaction
+        # those consumed meanwhile count towards the next compaction
+        self._consumed -= consumed
+        self._consumed_bytes -= consumed_bytes
 
-    def _append(self, lines: bytes) -> None:
-        """Append with plain writes, so a failed batch leaves nothing buffered to reach the file later."""
+    # ---- entries in memory, bodies on disk ----------------------------------------------
+
+    def _keep(self, key: Key, entry: dict[str, Any], offset: int, length: int) -> None:
+        """A durable entry, its line at `offset`; its body stays on disk once MEMORY_BYTES are held."""
+        self._lines[key] = (offset, length)
+        body = len(entry.get("body", ""))
+        if body and self._held + body > MEMORY_BYTES:
+            self._entries[key] = {name: value for name, value in entry.items() if name != "body"}
+            self._spilled.add(key)
+        else:
+            self._entries[key] = entry
+            self._held += body
+
+    def _read_back(self, key: Key) -> dict[str, Any]:
+        offset, length = self._lines[key]
+        if self._reader is None:
+            self._reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        entry = json.loads(os.pread(self._reader, length, offset))
+        del entry["run"], entry["step"]
+        return entry
+
+    def _copy(self) -> list[tuple[Key, dict[str, Any], tuple[int, int] | None]]:
+        """What a rewrite writes, taken on the loop: each entry, and where a spilled one's line is now."""
+        if self._spilled and self._reader is None:
+            self._reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # the file being replaced, kept open for the copy
+        return [(key, entry, self._lines[key] if key in self._spilled else None)
+                for key, entry in self._entries.items()]
+
+    def _adopt(self, lines: dict[Key, tuple[int, int]]) -> None:
+        """After a rewrite: the new file's line positions (of the entries still here), read from the new file."""
+        self._close_reader()
+        for key, where in lines.items():
+            if key in self._lines:
+                self._lines[key] = where
+
+    def _forget(self) -> None:
+        self._entries, self._lines, self._spilled, self._held = {}, {}, set(), 0
+
+    def _append(self, lines: bytes) -> int:
+        """Append with plain writes, so a failed batch leaves nothing buffered to reach the file later.
+
+        Returns the offset the batch starts at (this is the journal's one writer).
+        """
         fd = self._open()
         offset = os.fstat(fd).st_size
         try:
@@ -189,11 +267,35 @@ class Inbox:
         except OSError:
             os.ftruncate(fd, offset)  # no torn line in front of the next batch
             raise
+        return offset
 
-    def _rewrite(self, entries: dict[Key, dict[str, Any]]) -> None:
-        """Replace the journal with `entries`, a copy taken on the loop (tmp + fsync + rename)."""
+    def _rewrite(self, entries: list[tuple[Key, dict[str, Any], tuple[int, int] | None]]) -> dict[Key, tuple[int, int]]:
+        """Replace the journal with `entries` (a `_copy()`; tmp + fsync + rename); where each line now is.
+
+        A spilled entry's line is copied from the journal being replaced, one line at a time.
+        """
         self._close_file()
-        write_atomic(self.path, b"".join(_line(key, entry) for key, entry in entries.items()), fsync=self.fsync)
+        tmp = tmp_name(self.path)
+        written: dict[Key, tuple[int, int]] = {}
+        try:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE), "wb") as handle:
+                for key, entry, where in entries:
+                    line = _line(key, entry) if where is None else os.pread(self._reader, where[1], where[0])
+                    written[key] = (handle.tell(), len(line))
+                    handle.write(line)
+                handle.flush()
+                if self.fsync:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            try:
+                fsync_dir(self.path.parent)
+            except OSError as exc:  # either file holds every entry still wanted; the new one is in place
+                log.warning("could not fsync %s: %s", self.path.parent, exc, extra={"event": "inbox_fsync_failed"})
+        return written
 
     def _open(self) -> int:
         if self._fd is None:
@@ -204,6 +306,11 @@ class Inbox:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            os.close(self._reader)
+            self._reader = None
 
 
 def entry_for(store: Store, run_id: str, step_id: str, body: bytes, *, at: str,

@@ -204,6 +204,92 @@ def test_consumed_entries_are_compacted_away_while_running_and_later_callbacks_l
     assert reloaded.get("run-9", "done") == latest and reloaded.get("run-0", "done") is None
 
 
+def test_consumed_bytes_trigger_a_compaction_long_before_the_entry_count_does(
+        tmp_path: Path, open_inbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner.inbox, "COMPACT_AFTER_BYTES", 3 * 1024, raising=False)  # the count stays 20,000
+    path = tmp_path / "inbox.jsonl"
+    inbox = open_inbox(path)
+    inbox.load(lambda run, step: True)
+    entries = {(f"run-{n}", "done"): entry(json.dumps({"n": n, "pad": "x" * 1500})) for n in range(4)}
+
+    async def scenario() -> list[tuple[str, str]]:
+        await asyncio.gather(*(inbox.accept(run, step, e) for (run, step), e in entries.items()))
+        inbox.consumed("run-0", "done")  # about 1.6 kB of the journal no longer needed: not yet
+        assert len(keys(path)) == 4
+        inbox.consumed("run-1", "done")  # about 3.2 kB: over the bound
+        await eventually(lambda: len(keys(path)) == 2, what="the journal to be compacted by bytes")
+        return keys(path)
+
+    assert asyncio.run(scenario()) == [("run-2", "done"), ("run-3", "done")]
+
+
+def big_journal(path: Path, count: int, body_bytes: int, run: str = "old") -> int:
+    """A journal of `count` entries with bodies of about `body_bytes`; its size."""
+    with open(path, "ab") as handle:
+        for n in range(count):
+            handle.write(runner.inbox._line((f"{run}-{n}", "done"), entry(json.dumps({"n": n, "pad": "y" * body_bytes}))))
+    return path.stat().st_size
+
+
+def peak_memory_of(work) -> tuple[object, int]:
+    """(what `work()` returns, the peak of Python memory allocated while it ran, in bytes)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = work()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_start_up_load_holds_no_entry_it_does_not_keep(tmp_path: Path, open_inbox) -> None:
+    path = tmp_path / "inbox.jsonl"
+    size = big_journal(path, 200, 40_000)  # 8 MB of callbacks already recorded by their runs
+    kept = entry('{"still": "wanted"}')
+    with path.open("ab") as handle:
+        handle.write(json.dumps({"run": "new-1", "step": "done", **kept}).encode() + b"\n")
+    inbox = open_inbox(path)
+    count, peak = peak_memory_of(lambda: inbox.load(lambda run, step: run.startswith("new-")))
+    assert count == 1 and inbox.get("new-1", "done") == kept
+    assert peak < size / 8, f"loading a {size} byte journal peaked at {peak} bytes"
+    assert keys(path) == [("new-1", "done")]
+
+
+def test_bodies_past_the_memory_bound_are_read_back_from_the_journal_through_compactions_and_restarts(
+        tmp_path: Path, open_inbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner.inbox, "MEMORY_BYTES", 200_000, raising=False)
+    monkeypatch.setattr(runner.inbox, "COMPACT_AFTER", 5)
+    path = tmp_path / "inbox.jsonl"
+    size = big_journal(path, 60, 40_000, run="early")  # 2.4 MB accepted before a restart, none recorded yet
+    inbox = open_inbox(path)
+    count, peak = peak_memory_of(lambda: inbox.load(lambda run, step: True))
+    assert count == 60
+    assert peak < 1_000_000, f"loading {size} bytes of wanted entries held {peak} bytes (bound: 200 kB of bodies)"
+
+    def body(n: int, run: str = "early") -> dict:
+        return json.loads(inbox.get(f"{run}-{n}", "done")["body"])
+
+    assert [body(n)["n"] for n in range(60)] == list(range(60))
+    later = {n: entry(json.dumps({"n": n, "pad": "z" * 40_000})) for n in range(10)}
+
+    async def scenario() -> None:
+        await asyncio.gather(*(inbox.accept(f"late-{n}", "done", e) for n, e in later.items()))
+        assert inbox.get("late-9", "done") == later[9], "a body past the bound, read back"
+        for n in range(0, 60, 2):  # half of them recorded: compactions on the way
+            inbox.consumed(f"early-{n}", "done")
+        await eventually(lambda: len(keys(path)) == 40, what="the compactions")
+        assert [body(n)["n"] for n in range(1, 60, 2)] == list(range(1, 60, 2)), "read from the new journal"
+        assert all(inbox.get(f"late-{n}", "done") == e for n, e in later.items())
+        inbox.close()
+
+    asyncio.run(scenario())
+    again = open_inbox(path)
+    assert again.load(lambda run, step: True) == 40
+    assert all(json.loads(again.get(f"early-{n}", "done")["body"])["n"] == n for n in range(1, 60, 2))
+    assert all(again.get(f"late-{n}", "done") == e for n, e in later.items())
+
+
 # ---- write failures (a real EFBIG from RLIMIT_FSIZE, in a child process) --------------------------
 
 CHILD_PRELUDE = """
