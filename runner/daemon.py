@@ -300,7 +300,11 @@ class Daemon:
         """
         if state.get("reminded_at") or self._reminders.get((run["id"], step_id)) == state["wake_at"]:
             return
-        spec = self.engine.flow_of(run["id"], run.get("flow_sha256")).step(step_id).spec
+        try:
+            spec = self.engine.flow_of(run["id"], run.get("flow_sha256")).step(step_id).spec
+        except (SignoffError, OSError) as exc:  # its flow copy is unreadable: advancing it will say so
+            log.warning("no reminder for run %s: %s", run["id"], exc, extra={"run_id": run["id"]})
+            return
         if not spec.get("remind_before"):
             return
         self._reminders[(run["id"], step_id)] = state["wake_at"]
