@@ -31,6 +31,7 @@ Nothing is mocked: real git, real sockets, real processes.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -402,6 +403,7 @@ class InProcessDaemon:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.daemon.stop()
+        gc.unfreeze()  # what the daemon's start froze is the test process's own
 
     @property
     def user(self) -> Any:
