@@ -237,7 +237,8 @@ class Inbox:
     def _copy(self) -> list[tuple[Key, dict[str, Any], tuple[int, int] | None]]:
         """What a rewrite writes, taken on the loop: each entry, and where a spilled one's line is now."""
         if self._spilled and self._reader is None:
-            self._reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # the file being replaced, kept open for the copy
+            # the file being replaced, kept open for the copy
+            self._reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         return [(key, entry, self._lines[key] if key in self._spilled else None)
                 for key, entry in self._entries.items()]
 
@@ -278,7 +279,8 @@ class Inbox:
         tmp = tmp_name(self.path)
         written: dict[Key, tuple[int, int]] = {}
         try:
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE), "wb") as handle:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            with os.fdopen(fd, "wb") as handle:
                 for key, entry, where in entries:
                     line = _line(key, entry) if where is None else os.pread(self._reader, where[1], where[0])
                     written[key] = (handle.tell(), len(line))

@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import httpx
-from support import clean_environ, eventually, pid_alive, run_schema_errors, wait_until  # noqa: F401  (re-exported for the daemon tests)
+from support import (clean_environ, eventually, pid_alive, run_schema_errors,  # noqa: F401  (re-exported)
+                     wait_until)
 from yamlcompat import YAML
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -227,7 +227,8 @@ def big_journal(path: Path, count: int, body_bytes: int, run: str = "old") -> in
     """A journal of `count` entries with bodies of about `body_bytes`; its size."""
     with open(path, "ab") as handle:
         for n in range(count):
-            handle.write(runner.inbox._line((f"{run}-{n}", "done"), entry(json.dumps({"n": n, "pad": "y" * body_bytes}))))
+            body = json.dumps({"n": n, "pad": "y" * body_bytes})
+            handle.write(runner.inbox._line((f"{run}-{n}", "done"), entry(body)))
     return path.stat().st_size
 
 
