@@ -293,23 +293,17 @@ class Daemon:
             self._plan_reminder(run, run["current_step"], state)
 
     def _plan_reminder(self, run: dict[str, Any], step_id: str, state: dict[str, Any]) -> None:
-        """The reminder timer of a wait with `remind_before` that has not had its reminder (once per wait).
+        """The reminder timer of a wait with `remind_before` (its `remind_at`) not yet reminded, once per wait.
 
         From every place a parked run is watched, start-up included, so a restart keeps it;
         one whose time passed while the daemon was down fires at once (see `_remind`).
         """
-        if state.get("reminded_at") or self._reminders.get((run["id"], step_id)) == state["wake_at"]:
+        if not state.get("remind_at") or state.get("reminded_at"):
             return
-        try:
-            spec = self.engine.flow_of(run["id"], run.get("flow_sha256")).step(step_id).spec
-        except (SignoffError, OSError) as exc:  # its flow copy is unreadable: advancing it will say so
-            log.warning("no reminder for run %s: %s", run["id"], exc, extra={"run_id": run["id"]})
-            return
-        if not spec.get("remind_before"):
-            return
-        self._reminders[(run["id"], step_id)] = state["wake_at"]
-        when = parse_rfc3339(state["wake_at"]) - timedelta(seconds=parse_duration(spec["remind_before"]))
-        self._add_timer(when.timestamp(), run["id"], f"remind:{step_id}")
+        if self._reminders.get((run["id"], step_id)) == state["remind_at"]:
+            return  # its timer is in the heap already
+        self._reminders[(run["id"], step_id)] = state["remind_at"]
+        self._add_timer(parse_rfc3339(state["remind_at"]).timestamp(), run["id"], f"remind:{step_id}")
 
     def _add_timer(self, when: float, run_id: str, what: str) -> None:
         heapq.heappush(self._timers, (when, run_id, what))
@@ -744,9 +738,7 @@ class Daemon:
     async def _announce_wait(self, run: dict, event: dict) -> None:
         step_id = event["step"]
         spec = self._step_spec(run["id"], step_id)
-        state = event.get("state") or {}
-        if state.get("remind_at"):  # remind_before, rendered and checked when the wait began
-            self._add_timer(parse_rfc3339(state["remind_at"]).timestamp(), run["id"], f"remind:{step_id}")
+        state = event.get("state") or {}  # its reminder timer (remind_at) is set by _watch
         if spec["kind"] == "approval":
             text = (f"Run {run['id']} of {run['flow']} waits for approval of '{step_id}' by "
                     f"{', '.join(state.get('approvers', []))} until {event['wake_at']}.\n\n{state.get('context', '')}")
@@ -771,12 +763,13 @@ class Daemon:
         out at start-up if the deadline is still ahead; after the deadline the timeout is the news."""
         run = self.store.read_run(run_id)
         state = run["steps"].get(step_id, {})
-        if state.get("status") != "waiting" or state.get("reminded_at") or not state.get("wake_at"):
+        if (state.get("status") != "waiting" or state.get("reminded_at") or not state.get("remind_at")
+                or not state.get("wake_at")):
             self._reminders.pop((run_id, step_id), None)
             return
         spec = self._step_spec(run_id, step_id)
         deadline, now = parse_rfc3339(state["wake_at"]), self.clock.now()
-        if now < deadline - timedelta(seconds=parse_duration(spec["remind_before"])):
+        if now < parse_rfc3339(state["remind_at"]):
             return  # the timer of an earlier wait of this step: the current one has its own
         try:
             if now < deadline:
