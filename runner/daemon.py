@@ -77,7 +77,7 @@ class Daemon:
         self._again: set[str] = set()
         self._timers: list[tuple[float, str, str]] = []
         self._timer_changed = asyncio.Event()
-        self._reminders: dict[tuple[str, str], str] = {}  # (run, step) -> the deadline its reminder timer is for
+        self._reminders: dict[tuple[str, str], str] = {}  # (run, step) -> the remind_at its timer is for
         self._side_tasks: set[asyncio.Task] = set()
         self._changed: dict[str, asyncio.Event] = {}
         self._monitor: asyncio.Task | None = None
