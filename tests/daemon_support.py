@@ -31,7 +31,9 @@ Nothing is mocked: real git, real sockets, real processes.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import hashlib
 import json
 import os
 import secrets
@@ -374,7 +376,9 @@ class InProcessDaemon:
     released as `tag` if given), signoff.yaml (no users: the local user does
     everything; one channel, `audit`, of kind log) and data/. No HTTP server: the test calls the daemon. Each
     `async with` is a new daemon on the same data dir, so two in a row are a
-    restart.
+    restart. With `users=True` the config names the users of USERS (each one's
+    token is its own name), for tests of who may do what; `named(name)` is one.
+    `drain()` runs until no run is being advanced (arq's `run_check` idea).
     """
 
     def __init__(self, root: Path, clock: Any) -> None:
@@ -385,13 +389,18 @@ class InProcessDaemon:
         self.daemon: Any = None
 
     @staticmethod
-    def lay_out(root: Path, flows: dict[str, str | dict], *, tag: str | None = None) -> Path:
+    def lay_out(root: Path, flows: dict[str, str | dict], *, tag: str | None = None, users: bool = False) -> Path:
         repo = make_repo(Path(root) / "repo", flows)
         if tag:
             git(repo, "tag", tag)
-        (Path(root) / "signoff.yaml").write_text(flow_text({
+        config: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": 8080}, "repo": {"path": str(repo), "poll_interval": "1h"},
-            "data": str(Path(root) / "data"), "channels": {"audit": {"kind": "log"}}}), encoding="utf-8")
+            "data": str(Path(root) / "data"), "channels": {"audit": {"kind": "log"}}}
+        if users:
+            config["users"] = {name: {"token_sha256": hashlib.sha256(name.encode()).hexdigest(), **spec}
+                               for name, spec in USERS.items()}
+            config["groups"] = GROUPS
+        (Path(root) / "signoff.yaml").write_text(flow_text(config), encoding="utf-8")
         return Path(root)
 
     async def __aenter__(self) -> Any:
@@ -410,6 +419,16 @@ class InProcessDaemon:
     def user(self) -> Any:
         """The local user (all roles), as the daemon knows it."""
         return next(iter(self.daemon.users.by_hash.values()))
+
+    def named(self, name: str) -> Any:
+        """A user of USERS (laid out with `users=True`)."""
+        return self.daemon.users.authenticate(name)
+
+    async def drain(self, timeout: float = 20.0) -> None:
+        """Until no run is being advanced (bounded)."""
+        async with asyncio.timeout(timeout):
+            while self.daemon._tasks:
+                await asyncio.wait(list(self.daemon._tasks.values()))
 
     async def settled(self, timeout: float = 10.0) -> None:
         """Every timer due on the clock has fired and what it set off has finished."""

@@ -18,8 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from daemon_inprocess import InProcessDaemon
-from daemon_support import DaemonProcess, event_types, wait_until
+from daemon_support import DaemonProcess, InProcessDaemon, event_types, wait_until
 from support import FakeClock, Harness
 
 from runner.errors import Conflict, RunLocked
@@ -154,19 +153,16 @@ def _now() -> datetime:
 def test_a_decision_after_the_deadline_loses_to_the_timeout_even_before_the_timer_fires(tmp_path: Path) -> None:
     async def scenario() -> None:
         clock = FakeClock(_now())
-        harness = InProcessDaemon(tmp_path, {"one": QUEUE_FLOW}, clock=clock)
-        daemon = await harness.start()
-        try:
-            run = await daemon.start_run("one", {}, harness.user("alice"))
+        harness = InProcessDaemon(InProcessDaemon.lay_out(tmp_path, {"one": QUEUE_FLOW}, users=True), clock)
+        async with harness as daemon:
+            run = await daemon.start_run("one", {}, harness.named("alice"))
             await harness.drain()
             clock.offset += timedelta(hours=2)  # the deadline has passed; the timer has not run yet
             with pytest.raises(Conflict, match="deadline"):
-                await daemon.decide(run["id"], "ok", harness.user("bob"), {"decision": "approve"})
+                await daemon.decide(run["id"], "ok", harness.named("bob"), {"decision": "approve"})
             daemon.schedule(run["id"])
             await harness.drain()
             assert daemon.store.read_run(run["id"])["status"] == "timed_out"
-        finally:
-            await harness.stop()
 
     asyncio.run(scenario())
 
@@ -174,10 +170,9 @@ def test_a_decision_after_the_deadline_loses_to_the_timeout_even_before_the_time
 def test_a_callback_being_committed_when_the_deadline_fires_is_recorded_not_dropped(tmp_path: Path) -> None:
     async def scenario() -> None:
         clock = FakeClock(_now())
-        harness = InProcessDaemon(tmp_path, {"cb": CALLBACK_FLOW}, clock=clock)
-        daemon = await harness.start()
-        try:
-            run = await daemon.start_run("cb", {}, harness.user("alice"))
+        harness = InProcessDaemon(InProcessDaemon.lay_out(tmp_path, {"cb": CALLBACK_FLOW}, users=True), clock)
+        async with harness as daemon:
+            run = await daemon.start_run("cb", {}, harness.named("alice"))
             await harness.drain()
             posting = asyncio.create_task(daemon.callback(run["callbacks"]["done"], b'{"late": "but in time"}'))
             async with asyncio.timeout(10):
@@ -191,8 +186,6 @@ def test_a_callback_being_committed_when_the_deadline_fires_is_recorded_not_drop
             assert status == 202
             assert final["status"] == "succeeded", final
             assert final["callbacks_received"]["done"]["payload"] == {"late": "but in time"}
-        finally:
-            await harness.stop()
 
     asyncio.run(scenario())
 
@@ -200,17 +193,14 @@ def test_a_callback_being_committed_when_the_deadline_fires_is_recorded_not_drop
 def test_a_callback_after_the_wait_closed_is_409_and_never_journaled(tmp_path: Path) -> None:
     async def scenario() -> None:
         clock = FakeClock(_now())
-        harness = InProcessDaemon(tmp_path, {"cb": CALLBACK_FLOW}, clock=clock)
-        daemon = await harness.start()
-        try:
-            run = await daemon.start_run("cb", {}, harness.user("alice"))
+        harness = InProcessDaemon(InProcessDaemon.lay_out(tmp_path, {"cb": CALLBACK_FLOW}, users=True), clock)
+        async with harness as daemon:
+            run = await daemon.start_run("cb", {}, harness.named("alice"))
             await harness.drain()
             await daemon.inbox.close_step(run["id"], "done")  # the wait is over; its end not yet written
             with pytest.raises(Conflict, match="no longer waiting"):
                 await daemon.callback(run["callbacks"]["done"], b'{"too": "late"}')
             assert daemon.inbox.get(run["id"], "done") is None
-        finally:
-            await harness.stop()
 
     asyncio.run(scenario())
 
@@ -220,10 +210,9 @@ def test_a_callback_after_the_wait_closed_is_409_and_never_journaled(tmp_path: P
 
 def test_cancelling_a_run_whose_advance_has_not_started_cancels_it(tmp_path: Path) -> None:
     async def scenario() -> None:
-        harness = InProcessDaemon(tmp_path, {"cb": CALLBACK_FLOW})
-        daemon = await harness.start()
-        try:
-            alice = harness.user("alice")
+        harness = InProcessDaemon(InProcessDaemon.lay_out(tmp_path, {"cb": CALLBACK_FLOW}, users=True), None)
+        async with harness as daemon:
+            alice = harness.named("alice")
             run = await daemon.start_run("cb", {}, alice)  # its advance task is created, not yet started
             cancelled = await daemon.cancel(run["id"], alice)
             assert cancelled["status"] == "cancelled"
@@ -231,8 +220,6 @@ def test_cancelling_a_run_whose_advance_has_not_started_cancels_it(tmp_path: Pat
             again = await daemon.start_run("cb", {}, alice)
             await harness.drain()
             assert daemon.store.read_run(again["id"])["status"] == "waiting"
-        finally:
-            await harness.stop()
 
     asyncio.run(scenario())
 
@@ -284,15 +271,14 @@ def test_a_cancel_that_lands_while_the_park_is_written_cancels_the_run(tmp_path:
 
 def test_a_run_held_by_another_process_is_retried_and_answers_503_meanwhile(tmp_path: Path) -> None:
     async def scenario() -> None:
-        harness = InProcessDaemon(tmp_path, {"one": QUEUE_FLOW})
-        daemon = await harness.start()
-        try:
-            run = await daemon.start_run("one", {}, harness.user("alice"))
+        harness = InProcessDaemon(InProcessDaemon.lay_out(tmp_path, {"one": QUEUE_FLOW}, users=True), None)
+        async with harness as daemon:
+            run = await daemon.start_run("one", {}, harness.named("alice"))
             await harness.drain()
             held = daemon.store.open_log(run["id"])  # as a `run --local` process would hold it
             try:
                 with pytest.raises(RunLocked) as refused:
-                    await daemon.decide(run["id"], "ok", harness.user("bob"), {"decision": "approve"})
+                    await daemon.decide(run["id"], "ok", harness.named("bob"), {"decision": "approve"})
                 answer = error_response(refused.value)
                 assert answer.status_code == 503 and answer.headers["retry-after"]
                 daemon.schedule(run["id"])
@@ -300,23 +286,20 @@ def test_a_run_held_by_another_process_is_retried_and_answers_503_meanwhile(tmp_
                 assert daemon.store.read_run(run["id"])["status"] == "waiting"
             finally:
                 held.close()
-            await daemon.decide(run["id"], "ok", harness.user("alice"), {"decision": "approve"})
+            await daemon.decide(run["id"], "ok", harness.named("alice"), {"decision": "approve"})
             async with asyncio.timeout(10):
                 while daemon.store.read_run(run["id"])["status"] != "succeeded":
                     await harness.drain()
                     await asyncio.sleep(0.01)
-        finally:
-            await harness.stop()
 
     asyncio.run(scenario())
 
 
 def test_an_advance_deferred_by_another_process_happens_once_it_lets_go(tmp_path: Path) -> None:
     async def scenario() -> None:
-        harness = InProcessDaemon(tmp_path, {"cb": CALLBACK_FLOW})
-        daemon = await harness.start()
-        try:
-            alice = harness.user("alice")
+        harness = InProcessDaemon(InProcessDaemon.lay_out(tmp_path, {"cb": CALLBACK_FLOW}, users=True), None)
+        async with harness as daemon:
+            alice = harness.named("alice")
             run = await daemon.start_run("cb", {}, alice)
             held = daemon.store.open_log(run["id"])  # before its advance starts
             await harness.drain()
@@ -325,8 +308,6 @@ def test_an_advance_deferred_by_another_process_happens_once_it_lets_go(tmp_path
             async with asyncio.timeout(10):
                 while daemon.store.read_run(run["id"])["status"] != "waiting":
                     await asyncio.sleep(0.05)  # the retry's own timer: no work of ours to wait for
-        finally:
-            await harness.stop()
 
     asyncio.run(scenario())
 
