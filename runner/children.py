@@ -41,11 +41,51 @@ def child_environment(env: Mapping[str, str], signoff: Mapping[str, str], *,
     return {**base, **{str(k): str(v) for k, v in env.items()}, **signoff}
 
 
+class _PipeReader:
+    """The read end of a child's pipe fed into a StreamReader, closed exactly once, by us.
+
+    Not the loop's pipe transports: under uvloop they close a pipe's descriptor twice when
+    other threads start processes at the same time (a `git` in a worker thread then got EBADF
+    on its own, just-opened pipe).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop, self.fd = loop, fd
+        self.reader = asyncio.StreamReader()
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.reader.set_exception(exc)
+            self.close()
+            return
+        if data:
+            self.reader.feed_data(data)
+        else:
+            self.reader.feed_eof()
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            if not self.reader.at_eof():
+                self.reader.feed_eof()
+
+
 class Child:
     """A running command: `stdout`/`stderr` stream readers, `pid`, `returncode`, `wait()` and `close()`."""
 
     def __init__(self, popen: subprocess.Popen, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader,
-                 transports: list[asyncio.BaseTransport], exited: asyncio.Future) -> None:
+                 transports: list[_PipeReader], exited: asyncio.Future) -> None:
         self._popen = popen
         self.stdout = stdout
         self.stderr = stderr
@@ -88,22 +128,8 @@ async def spawn(argv: list[str], *, cwd: Path, env: Mapping[str, str]) -> Child:
     finally:
         os.close(out_write)
         os.close(err_write)
-    transports: list[asyncio.BaseTransport] = []
-    readers = []
-    try:
-        for fd in (out_read, err_read):
-            pipe = open(fd, "rb", buffering=0)
-            reader = asyncio.StreamReader()
-            transport, _ = await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
-            transports.append(transport)
-            readers.append(reader)
-    except BaseException:
-        for transport in transports:
-            transport.close()
-        popen.kill()
-        popen.wait()
-        raise
-    return Child(popen, readers[0], readers[1], transports, _exit_future(loop, popen))
+    pipes = [_PipeReader(loop, out_read), _PipeReader(loop, err_read)]
+    return Child(popen, pipes[0].reader, pipes[1].reader, pipes, _exit_future(loop, popen))
 
 
 def _exit_future(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen) -> asyncio.Future:

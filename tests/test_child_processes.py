@@ -8,6 +8,7 @@ the run's lock, and the job's open descriptors are stdin, stdout and stderr only
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -135,3 +136,51 @@ def test_a_child_gets_the_passed_variables_then_the_steps_env_then_signoffs() ->
 
 def test_a_child_of_a_bare_environment_still_has_a_path() -> None:
     assert child_environment({}, {}, parent={}) == {"PATH": os.defpath}
+
+
+def test_commands_started_on_the_loop_never_close_a_descriptor_another_thread_opened() -> None:
+    """Under uvloop, with git started from worker threads meanwhile (as the daemon's release reads do)."""
+    import subprocess
+    import threading
+
+    import uvloop
+
+    from runner.children import spawn
+    from runner.steps.shell import kill_group
+
+    errors: list[str] = []
+    done = threading.Event()
+
+    def start_processes() -> None:
+        while not done.is_set():
+            try:
+                subprocess.run(["true"], check=True)
+            except OSError as exc:  # EBADF on its own pipe: someone closed a descriptor twice
+                errors.append(repr(exc))
+
+    async def one(cut_short: bool) -> None:
+        child = await spawn(["/bin/sh", "-c", "exec sleep 5" if cut_short else "echo hi"], cwd=Path("/"),
+                            env={"PATH": os.defpath})
+        try:
+            if cut_short:
+                await kill_group(child)
+            else:
+                await asyncio.gather(child.stdout.read(), child.stderr.read())
+                await child.wait()
+        finally:
+            child.close()
+
+    async def main() -> None:
+        for _ in range(30):
+            await asyncio.gather(*(one(k % 4 == 0) for k in range(10)))
+
+    threads = [threading.Thread(target=start_processes) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        uvloop.run(main())
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[:3]
