@@ -88,10 +88,13 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True, durable_name: b
 
 
 def open_append(path: Path, *, fsync: bool = True):
-    """A private file opened for reading and appending; a new file's name is made durable first."""
-    created = not path.exists()
+    """A private file opened for reading and appending; a new file's name is made durable first.
+
+    "New" is read off the open file (empty), not asked before with a stat: an empty file that
+    already existed only costs one more directory fsync.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
-    if created and fsync:
+    if fsync and os.fstat(fd).st_size == 0:
         fsync_dir(path.parent)
     return os.fdopen(fd, "a+b")
 

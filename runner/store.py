@@ -214,12 +214,6 @@ class Store:
         """The run's log, to append to: holding it open is holding the run's writer lock."""
         return EventLog(self.run_dir(run_id) / "events.jsonl", fsync=self.fsync)
 
-    def log_size(self, run_id: str) -> int:
-        try:
-            return (self.run_dir(run_id) / "events.jsonl").stat().st_size
-        except FileNotFoundError:
-            return 0
-
     def daemon_lock(self) -> FileLock:
         """Held by the daemon serving this data dir: a second one would interleave the callback inbox."""
         make_dir(self.data_dir, fsync=self.fsync)
