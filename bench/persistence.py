@@ -12,7 +12,7 @@ step's end is written together with the run's end and the closing snapshot of
 the whole record, which is printed on its own. Snapshot writes are observed by wrapping the Store instance's
 `write_snapshot` (timing only; it still does the real write).
 
-The Flow is built with `runner.model.Flow.from_dict` (no validation at build
+The Flow is built with `runner.flows.model.Flow.from_dict` (no validation at build
 time), with `max_steps: 20000`. Note: this does NOT bypass the 1 MiB flow file
 limit: `Engine.advance` re-reads the run's flow copy (flow.yaml) through
 `load_flow_bytes`, which validates it in full and refuses files over 1 MiB. So
@@ -34,10 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.engine import Engine
-from runner.model import Flow
-from runner.store import Store
-from runner.yamldoc import MAX_FILE_BYTES
+from runner.runs.engine import Engine
+from runner.flows.model import Flow
+from runner.runs.store import Store
+from runner.flows.yamldoc import MAX_FILE_BYTES
 
 TARGET_RATIO = 1.5
 STEPS = 10_000

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from gitops_support import GitOpsDaemon, git, identify, run_cli, simple_flow  # noqa: E402
-from runner.live import Resolver  # noqa: E402
+from runner.releases.live import Resolver  # noqa: E402
 
 FLOWS = 500
 COMMITS = 100

@@ -7,7 +7,7 @@ disk's limit of one fsync per step).
 
 Each step is `n: ${{ steps.<previous>.outputs.n + 1 }}`, so every step
 evaluates a (distinct) expression on the previous step's output. The flow is
-written to a YAML file and built with `runner.flowfile.load_flow`; the run is
+written to a YAML file and built with `runner.flows.load.load_flow`; the run is
 created outside the timing, and only `asyncio.run(engine.advance(run_id))` is
 timed. The listener splits that time into "before the first event" (advance
 re-reads and re-validates the run's flow copy) and the step loop itself.
@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.engine import Engine
-from runner.flowfile import load_flow
-from runner.store import Store
+from runner.runs.engine import Engine
+from runner.flows.load import load_flow
+from runner.runs.store import Store
 
 TARGET_STEPS_PER_S = 1_000
 STEPS = 1_000
@@ -65,9 +65,11 @@ def fsync_loop(directory: Path, loops: int) -> float:
 
 def breakdown(steps: int) -> None:
     """Where the advance's time goes, measured piece by piece without a profiler."""
-    from runner import checks, schemas, yamldoc
-    from runner.expressions import Evaluator
-    from runner.model import Flow
+    from runner.flows import checks
+    from runner.flows import schemas
+    from runner.flows import yamldoc
+    from runner.flows.expressions import Evaluator
+    from runner.flows.model import Flow
 
     text = flow_yaml(steps)
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml as pyyaml
 
-from runner.flowfile import check_file, expand_paths
+from runner.flows.load import check_file, expand_paths
 
 TARGET_SECONDS = 5.0
 FLOWS = 500
@@ -178,8 +178,10 @@ def write_flows(directory: Path, count: int) -> tuple[int, int]:
 
 def breakdown(files: list[Path]) -> None:
     """Time the phases `check_file` goes through, separately, without a profiler's distortion."""
-    from runner import checks, schemas, yamldoc
-    from runner.model import Flow
+    from runner.flows import checks
+    from runner.flows import schemas
+    from runner.flows import yamldoc
+    from runner.flows.model import Flow
 
     phases = dict.fromkeys(["yaml: alias-count pass (yaml.parse)", "yaml: round-trip load (yaml.load)",
                             "yaml: to_plain", "schema (jsonschema)", "meaning (checks.semantic_problems)",

@@ -53,7 +53,7 @@ Run: .venv/bin/python bench/waits.py [--runs 10000] [--latency-runs 200] [--conc
   --profile-daemon  run the restarted daemon (the one that takes the callbacks) in a cProfile wrapper,
                     profile only the callbacks window (SIGUSR1 .. SIGUSR2) and print where its event
                     loop spent the time; the callbacks figures are then inflated and not judged
-  --split N         no HTTP: build the daemon in this process (runner.serve.build), park N runs, then
+  --split N         no HTTP: build the daemon in this process (runner.daemon.serve.build), park N runs, then
                     time Daemon.callback (the accept) and the advance it schedules, one callback at a
                     time, with fsync on (half the runs) and off (the other half), counting the file
                     system calls (os.fsync, open, os.replace, ...). Prints and stops.
@@ -108,7 +108,7 @@ def window(signum, frame):
         profiler.dump_stats(out)
 signal.signal(signal.SIGUSR1, window)
 signal.signal(signal.SIGUSR2, window)
-from runner.cli import main
+from runner.cli.app import main
 main()
 """
 
@@ -225,9 +225,9 @@ def _direct_worker(args: tuple[str, str, str, str, str, int]) -> list[dict]:
     """In a worker process: create and park `count` runs with the Engine on the (stopped) daemon's data dir."""
     config_path, data, repo, public_url, flow_name, count = args
     from runner.config import load_config
-    from runner.engine import Engine
-    from runner.flowfile import load_flow
-    from runner.store import Store
+    from runner.runs.engine import Engine
+    from runner.flows.load import load_flow
+    from runner.runs.store import Store
 
     engine = Engine(Store(data), work_dir=repo, config=load_config(config_path), public_url=public_url,
                     accepts_messages=True)
@@ -527,8 +527,8 @@ class _Timed:
 
 def split(daemon_files: DaemonProcess, count: int, workers: int) -> None:
     """Daemon.callback (the accept) and the advance task it schedules, timed one callback at a time."""
-    from runner.cli import Env
-    from runner.serve import build
+    from runner.cli.app import Env
+    from runner.daemon.serve import build
 
     runs = create_directly(daemon_files, "waits", count, workers)
     os.environ.update({f"{name.upper()}_TOKEN": token for name, token in daemon_files.tokens.items()})

@@ -404,8 +404,8 @@ class InProcessDaemon:
         return Path(root)
 
     async def __aenter__(self) -> Any:
-        from runner.cli import Env
-        from runner.serve import build
+        from runner.cli.app import Env
+        from runner.daemon.serve import build
 
         self.daemon, _, _, _ = build(Env(None, str(self.root / "repo"), str(self.config_path)), clock=self.clock)
         await self.daemon.start()

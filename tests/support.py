@@ -26,11 +26,11 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from runner.config import load_config
-from runner.engine import Engine
-from runner.flowfile import load_flow
-from runner.inputs import resolve_inputs
-from runner.model import Flow
-from runner.store import Store
+from runner.runs.engine import Engine
+from runner.flows.load import load_flow
+from runner.flows.inputs import resolve_inputs
+from runner.flows.model import Flow
+from runner.runs.store import Store
 from runner.timeutil import Clock
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import pytest
 from daemon_support import DaemonProcess, wait_until
 from runner.children import child_environment
 from runner.errors import RunLocked
-from runner.store import Store
+from runner.runs.store import Store
 from support import kill_quietly, pid_alive
 
 pytestmark = pytest.mark.usefixtures("running")

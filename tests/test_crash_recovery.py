@@ -22,8 +22,8 @@ from daemon_support import DaemonProcess, InProcessDaemon, event_types, wait_unt
 from support import FakeClock, Harness
 
 from runner.errors import Conflict, RunLocked
-from runner.server import error_response
-from runner.store import Store
+from runner.daemon.http import error_response
+from runner.runs.store import Store
 
 CALLBACK_FLOW = {"name": "cb", "steps": [
     {"id": "done", "kind": "callback", "timeout": "1h", "on_timeout": "fail"}]}

@@ -1,4 +1,4 @@
-"""runner.engine.Engine over a real Store: steps, retries, jumps, timeouts, outputs, waits, crashes, secrets.
+"""runner.runs.engine.Engine over a real Store: steps, retries, jumps, timeouts, outputs, waits, crashes, secrets.
 
 Flows are written as YAML and loaded with `load_flow`, as users write them.
 Time is a FakeClock (sleeps return at once and are recorded), except where a
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.engine import Engine
-from runner.store import Store
+from runner.runs.engine import Engine
+from runner.runs.store import Store
 from runner.timeutil import parse_rfc3339, rfc3339
 
 from support import (FakeClock, Harness, HttpServer, all_file_bytes, closed_port, harness_with_config, json_reply,

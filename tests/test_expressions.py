@@ -1,4 +1,4 @@
-"""runner.expressions: rendering, shell quoting, the sandbox, static references (DESIGN §2).
+"""runner.flows.expressions: rendering, shell quoting, the sandbox, static references (DESIGN §2).
 
 Shell quoting is also checked end to end: a hostile input goes through the
 real `signoff run --local` into a real bash, and the file it tries to create
@@ -12,7 +12,7 @@ import shlex
 import pytest
 
 from runner.errors import ExpressionError
-from runner.expressions import Evaluator, Raw, iter_expressions, make_environment, references
+from runner.flows.expressions import Evaluator, Raw, iter_expressions, make_environment, references
 
 CONTEXT = {
     "inputs": {"who": "world", "n": 3, "price": 2.5, "flag": True, "off": False, "nothing": None,

@@ -1,4 +1,4 @@
-"""runner.flowfile: reading, schema and meaning checks, located errors (DESIGN §2, §6, §8).
+"""runner.flows.load: reading, schema and meaning checks, located errors (DESIGN §2, §6, §8).
 
 Every bad flow is checked three ways: `check_file` on a real file,
 `check_bytes` on its bytes, and the real `signoff validate --json` in a
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.flowfile import check_bytes, check_file
-from runner.yamldoc import MAX_ALIASES, MAX_FILE_BYTES
+from runner.flows.load import check_bytes, check_file
+from runner.flows.yamldoc import MAX_ALIASES, MAX_FILE_BYTES
 
 PROJECT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((PROJECT / "flows").glob("*.yaml"))

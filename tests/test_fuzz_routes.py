@@ -422,7 +422,7 @@ def test_after_the_fuzzing_every_run_is_readable_and_its_record_valid(world: dic
 
 def test_the_route_table_covers_every_route_of_the_app() -> None:
     """A new route in runner/server.py must be added to the fuzzer's table (the app is built, never started)."""
-    from runner.server import create_app
+    from runner.daemon.http import create_app
 
     app = create_app(None)  # type: ignore[arg-type]  # the daemon is used only by requests
     assert {route.path for route in app.routes} == {route.path for route in ROUTES}

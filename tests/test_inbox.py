@@ -26,8 +26,8 @@ import pytest
 from daemon_support import PROJECT_ROOT, DaemonProcess, event_types, free_port
 from support import eventually
 
-import runner.inbox
-from runner.inbox import Inbox
+import runner.daemon.inbox
+from runner.daemon.inbox import Inbox
 
 
 def entry(body: str, at: str = "2030-01-02T03:04:05.000000Z") -> dict:
@@ -177,7 +177,7 @@ def test_an_entry_consumed_before_close_is_gone_from_the_journal(tmp_path: Path,
 
 def test_consumed_entries_are_compacted_away_while_running_and_later_callbacks_land_in_the_new_journal(
         tmp_path: Path, open_inbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner.inbox, "COMPACT_AFTER", 3)
+    monkeypatch.setattr(runner.daemon.inbox, "COMPACT_AFTER", 3)
     path = tmp_path / "inbox.jsonl"
     inbox = open_inbox(path)
     inbox.load(lambda run, step: True)
@@ -206,7 +206,7 @@ def test_consumed_entries_are_compacted_away_while_running_and_later_callbacks_l
 
 def test_consumed_bytes_trigger_a_compaction_long_before_the_entry_count_does(
         tmp_path: Path, open_inbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner.inbox, "COMPACT_AFTER_BYTES", 3 * 1024, raising=False)  # the count stays 20,000
+    monkeypatch.setattr(runner.daemon.inbox, "COMPACT_AFTER_BYTES", 3 * 1024, raising=False)  # the count stays 20,000
     path = tmp_path / "inbox.jsonl"
     inbox = open_inbox(path)
     inbox.load(lambda run, step: True)
@@ -228,7 +228,7 @@ def big_journal(path: Path, count: int, body_bytes: int, run: str = "old") -> in
     with open(path, "ab") as handle:
         for n in range(count):
             body = json.dumps({"n": n, "pad": "y" * body_bytes})
-            handle.write(runner.inbox._line((f"{run}-{n}", "done"), entry(body)))
+            handle.write(runner.daemon.inbox._line((f"{run}-{n}", "done"), entry(body)))
     return path.stat().st_size
 
 
@@ -259,8 +259,8 @@ def test_a_start_up_load_holds_no_entry_it_does_not_keep(tmp_path: Path, open_in
 
 def test_bodies_past_the_memory_bound_are_read_back_from_the_journal_through_compactions_and_restarts(
         tmp_path: Path, open_inbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner.inbox, "MEMORY_BYTES", 200_000, raising=False)
-    monkeypatch.setattr(runner.inbox, "COMPACT_AFTER", 5)
+    monkeypatch.setattr(runner.daemon.inbox, "MEMORY_BYTES", 200_000, raising=False)
+    monkeypatch.setattr(runner.daemon.inbox, "COMPACT_AFTER", 5)
     path = tmp_path / "inbox.jsonl"
     size = big_journal(path, 60, 40_000, run="early")  # 2.4 MB accepted before a restart, none recorded yet
     inbox = open_inbox(path)
@@ -296,9 +296,9 @@ def test_bodies_past_the_memory_bound_are_read_back_from_the_journal_through_com
 CHILD_PRELUDE = """
 import asyncio, hashlib, json, os, resource, signal, sys
 from pathlib import Path
-import runner.inbox
+import runner.daemon.inbox
 from runner.errors import StoreError
-from runner.inbox import Inbox
+from runner.daemon.inbox import Inbox
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), not a killed process
 SOFT, HARD = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -376,7 +376,7 @@ def test_after_a_crash_the_acknowledged_retry_stands_and_not_the_refused_callbac
 
 def test_a_callback_arriving_during_a_failed_compaction_is_still_answered(tmp_path: Path) -> None:
     result = run_child(tmp_path, """
-        runner.inbox.COMPACT_AFTER = 2
+        runner.daemon.inbox.COMPACT_AFTER = 2
 
         async def main():
             inbox = Inbox(PATH)

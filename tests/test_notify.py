@@ -25,7 +25,7 @@ from aiosmtpd.controller import Controller
 from daemon_support import DaemonProcess, InProcessDaemon, free_port, run_schema_errors, wait_until
 from support import ManualClock, eventually
 
-from runner.store import Store
+from runner.runs.store import Store
 
 PUBLIC_URL = "https://signoff.example.test"
 MAIL_FROM = "signoff@example.test"

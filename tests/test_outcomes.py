@@ -15,9 +15,9 @@ from datetime import timedelta
 
 import pytest
 
-from runner import record
+from runner.runs import events as record
 from runner.auth import User, Users
-from runner.engine import Engine
+from runner.runs.engine import Engine
 from runner.timeutil import parse_rfc3339
 
 from support import FakeClock, Harness, run_schema_errors

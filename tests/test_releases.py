@@ -4,7 +4,7 @@ Every test builds a `GitWorld`: a bare "remote", a clone `dev` where flows are
 committed, tagged and pushed, and a clone `ops` that fetches them, which is
 what `signoff --repo` reads. Tags travel between them with real `git push` and
 `git fetch`. The CLI runs as a subprocess (`python -m runner ... --repo --data`);
-`runner.live.Resolver` is used in-process where the JSON of the CLI would add
+`runner.releases.live.Resolver` is used in-process where the JSON of the CLI would add
 nothing.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gitops_support import GitWorld, broken_flow, commit, git, identify, run_cli, simple_flow
-from runner.live import Resolver
+from runner.releases.live import Resolver
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from daemon_support import InProcessDaemon
 from gitops_support import simple_flow
 from support import ManualClock, eventually
 
-from runner.store import Store
-from runner.triggers import ScheduleState, next_slot, previous_slot
+from runner.runs.store import Store
+from runner.daemon.triggers import ScheduleState, next_slot, previous_slot
 
 UTC = timezone.utc
 NEW_YORK = {"cron": "30 1 * * *", "timezone": "America/New_York"}

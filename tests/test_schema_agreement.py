@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from runner.flowfile import check_bytes
-from runner.schemas import _quickly_valid, validator
-from runner.yamldoc import read_file
+from runner.flows.load import check_bytes
+from runner.flows.schemas import _quickly_valid, validator
+from runner.flows.yamldoc import read_file
 
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "flows", "*.yaml")))
 ODD_VALUES = [None, 0, -1, 5, 1.5, True, "", "x", "5", "30s", "7d", [], ["a"], {}, {"a": 1}, "${{ inputs.x }}",

@@ -1,6 +1,6 @@
 """The `ssh` step against a real OpenSSH server on loopback (tests/sshd_support.py).
 
-Flows run through `runner.engine.Engine` over a real Store (support.Harness),
+Flows run through `runner.runs.engine.Engine` over a real Store (support.Harness),
 or through the real daemon (daemon_support.DaemonProcess). The server runs on
 this machine, so the tests look at remote processes and files directly: a pid
 written on the "host" is a pid here. Nothing is mocked.
@@ -31,8 +31,8 @@ if not sshd_support.available():
                 allow_module_level=True)
 
 from daemon_support import DaemonProcess  # noqa: E402
-from runner.sshsession import fingerprint  # noqa: E402
-from runner.steps.ssh import detached_workers, kill_detached  # noqa: E402
+from runner.steps.ssh.session import fingerprint  # noqa: E402
+from runner.steps.ssh.step import detached_workers, kill_detached  # noqa: E402
 from support import (Harness, harness_with_config, kill_quietly, pid_alive, read_pid, wait_pid_gone,  # noqa: E402
                      wait_until)
 
@@ -394,7 +394,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def test_a_pooled_connection_that_stopped_answering_is_replaced(tmp_path, sshd, caplog):
-    caplog.set_level(logging.INFO, logger="runner.sshsession")
+    caplog.set_level(logging.INFO, logger="runner.steps.ssh.session")
     harness = ssh_harness(tmp_path, sshd, quick=sshd.connection(connect_timeout="2s"))
     flow = harness.flow("""\
 name: ssh-pool

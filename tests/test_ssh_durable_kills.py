@@ -28,7 +28,7 @@ if not sshd_support.available():
                 allow_module_level=True)
 
 from daemon_support import DaemonProcess, event_types  # noqa: E402
-from runner import sshjobs  # noqa: E402
+from runner.steps.ssh import jobs as sshjobs  # noqa: E402
 from support import (harness_with_config, kill_quietly, pid_alive, read_pid, run_schema_errors,  # noqa: E402
                      wait_pid_gone, wait_until, write_config)
 

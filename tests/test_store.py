@@ -1,4 +1,4 @@
-"""runner.store: the hash-chained event log, run.json snapshots, run ids and resources (DESIGN §4)."""
+"""runner.runs.store: the hash-chained event log, run.json snapshots, run ids and resources (DESIGN §4)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import NotFound, RunLocked
-from runner.store import GENESIS, RUN_ID, Store
+from runner.runs.store import GENESIS, RUN_ID, Store
 
 from support import PROJECT, Harness, run_schema_errors
 
@@ -373,7 +373,7 @@ def test_a_run_held_by_another_process_is_refused_with_a_message_and_left_intact
     run_id = harness.start(harness.flow("name: held\nsteps:\n  - {id: a, kind: set, values: {n: 1}}\n"))
     before = (harness.store.run_dir(run_id) / "events.jsonl").read_bytes()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from runner.store import Store; "
+        [sys.executable, "-c", "import sys, time; from runner.runs.store import Store; "
          "log = Store(sys.argv[1]).open_log(sys.argv[2]); print('held', flush=True); time.sleep(30)",
          str(harness.store.data_dir), run_id], stdout=subprocess.PIPE, text=True, cwd=PROJECT)
     try:

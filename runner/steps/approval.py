@@ -15,9 +15,9 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from runner.errors import Conflict, Forbidden, Invalid, UsageError
-from runner.expressions import to_text
-from runner.inputs import coerce
-from runner.steps import Expired, Park, Receipt, StepContext
+from runner.flows.expressions import to_text
+from runner.flows.inputs import coerce
+from runner.steps.base import Expired, Park, Receipt, StepContext
 from runner.timeutil import rfc3339
 
 DECISIONS = ("approve", "reject", "request_changes")

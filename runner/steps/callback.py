@@ -2,7 +2,7 @@
 
 The URL (and its 256-bit token) exists from the run's start, so it can be
 handed to a worker before the run gets here. The daemon checks a payload
-(`parse_payload`) and accepts it into its inbox (`runner.inbox`); the step
+(`parse_payload`) and accepts it into its inbox (`runner.daemon.inbox`); the step
 consumes it when it waits, whether it arrived early or on time.
 """
 
@@ -16,7 +16,7 @@ from jsonschema.exceptions import SchemaError
 
 from runner import jsonvalue
 from runner.errors import Invalid
-from runner.steps import Expired, Park, Receipt, StepContext
+from runner.steps.base import Expired, Park, Receipt, StepContext
 from runner.timeutil import rfc3339
 
 

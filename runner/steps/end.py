@@ -8,8 +8,8 @@ outcome a rejection or timeout routed the run to.
 
 from __future__ import annotations
 
-from runner.expressions import to_text
-from runner.steps import Done, StepContext
+from runner.flows.expressions import to_text
+from runner.steps.base import Done, StepContext
 
 STATUSES = ("succeeded", "failed", "rejected", "cancelled")
 

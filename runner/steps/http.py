@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from runner.errors import StepFailed
-from runner.steps import Done, StepContext
+from runner.steps.base import Done, StepContext
 from runner.timeutil import parse_duration
 
 MAX_BODY = 16 * 1024 * 1024

@@ -4,7 +4,7 @@ a channel that keeps failing is recorded in the outputs (`delivered: false`)."""
 from __future__ import annotations
 
 from runner.notify import Message, Notifier
-from runner.steps import Done, StepContext
+from runner.steps.base import Done, StepContext
 
 
 class NotifyKind:

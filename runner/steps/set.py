@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.steps import Done, StepContext
+from runner.steps.base import Done, StepContext
 
 
 class SetKind:

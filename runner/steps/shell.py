@@ -1,6 +1,6 @@
 """`shell`: run a command locally in its own process group.
 
-Output is handled as for every command (`runner.commandoutput`): spooled to
+Output is handled as for every command (`runner.steps.output`): spooled to
 disk, large output as a res:// resource, `$SIGNOFF_OUTPUT` as outputs; files
 left in `$SIGNOFF_ARTIFACTS` become resources. On timeout or cancel the whole
 process group gets SIGTERM, then SIGKILL.
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.children import Child, child_environment, spawn
-from runner.commandoutput import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
+from runner.steps.output import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
 from runner.errors import StepFailed
-from runner.steps import Done, StepContext
+from runner.steps.base import Done, StepContext
 
 KILL_GRACE = 2.0
 GROUP_POLL = 0.05

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from runner.errors import StepFailed
-from runner.steps import Done, Park, StepContext
+from runner.steps.base import Done, Park, StepContext
 from runner.timeutil import parse_rfc3339, rfc3339
 
 

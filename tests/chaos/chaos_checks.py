@@ -18,7 +18,7 @@ from chaos_flows import SHELL_ATTEMPTS
 from chaos_support import EARLY_TIMEOUT, Chaos, Request, Scenario
 from daemon_support import TERMINAL, run_schema_errors, wait_until
 
-from runner.store import Store
+from runner.runs.store import Store
 from runner.timeutil import parse_rfc3339
 
 SETTLE_DEADLINE = 30.0  # flows wait at most 3 s; a concurrency: 1 queue takes about 1 s a run

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from runner import liveops
+from runner.releases import changes as liveops
 from runner.errors import NotFound
-from runner.flowfile import find_flow_file, load_flow_bytes
-from runner.live import Resolution, Resolver
-from runner.model import Flow
-from runner.releases import FlowRepo, Source, working_tree
+from runner.flows.load import find_flow_file, load_flow_bytes
+from runner.releases.live import Resolution, Resolver
+from runner.flows.model import Flow
+from runner.releases.repo import FlowRepo, Source, working_tree
 from runner.timeutil import Clock, rfc3339
-from runner.watcher import RepoSource, describe_git_error
+from runner.releases.mirror import RepoSource, describe_git_error
 
 log = logging.getLogger(__name__)
 FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")

@@ -12,7 +12,7 @@ from typing import Any
 from runner.status import RunStatus, StepStatus
 
 RUN_FIELDS = ("id", "flow", "draft", "ref", "version", "commit", "dirty", "inputs", "started_by", "flow_sha256")
-JOB_FIELDS = ("name", "connection", "host", "attempt", "detach")  # an ssh step's job (runner.sshjobs)
+JOB_FIELDS = ("name", "connection", "host", "attempt", "detach")  # an ssh step's job (runner.steps.ssh.jobs)
 KILL_FIELDS = ("step", "dir", "connection", "host", "pid", "detach", "reason")
 
 
@@ -107,7 +107,7 @@ def apply(run: dict[str, Any], event: dict[str, Any]) -> None:
 
 
 def _job_seen_through(step: dict[str, Any], *, succeeded: bool = False, interrupted: bool = False) -> None:
-    """The state of the step's ssh job (runner.sshjobs) once its attempt is over."""
+    """The state of the step's ssh job (runner.steps.ssh.jobs) once its attempt is over."""
     job = step.get("job")
     if not job or job["state"] != "starting":
         return  # no job, or one a restart cut short that the next attempt settles (or a kill request)

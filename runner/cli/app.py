@@ -18,17 +18,19 @@ from typing import Any, Callable
 
 import click
 
-from runner import __version__, render, releases
-from runner.client import Client
+from runner import __version__
+from runner.cli import render
+from runner.releases import repo as releases
+from runner.cli.client import Client
 from runner.config import ClientView, client_view, load_config
-from runner.engine import Engine
+from runner.runs.engine import Engine
 from runner.errors import Interrupted, SignoffError, UsageError
-from runner.flowfile import check_bytes, check_file, expand_paths, find_flow_file, load_flow_bytes
-from runner.inputs import check_values, parse_pairs, resolve_inputs
-from runner.record import apply as apply_event
+from runner.flows.load import check_bytes, check_file, expand_paths, find_flow_file, load_flow_bytes
+from runner.flows.inputs import check_values, parse_pairs, resolve_inputs
+from runner.runs.events import apply as apply_event
 from runner.status import RunStatus
-from runner.store import Store
-from runner.yamldoc import DocumentError, parse_bytes
+from runner.runs.store import Store
+from runner.flows.yamldoc import DocumentError, parse_bytes
 
 
 class Env:
@@ -221,7 +223,7 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
                                commit=source.commit, dirty=source.dirty)
     record = asyncio.run(_advance_interruptibly(engine, run_id))
     if record.get("kills"):  # workers its end left running on hosts: no daemon will stop them for us
-        from runner import sshjobs  # ssh's libraries load only for runs that used ssh
+        from runner.steps.ssh import jobs as sshjobs  # ssh's libraries load only for runs that used ssh
 
         record = asyncio.run(sshjobs.carry_out(engine, run_id))
     emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == "succeeded" else 1)
@@ -448,7 +450,7 @@ def cancel(run_id, server, data, repo, config, as_json) -> None:
 @common
 def serve(host, port, data, repo, config, as_json) -> None:
     """Run the daemon: the API, the engine, timers and notifications, until SIGTERM."""
-    from runner.serve import serve as run_daemon
+    from runner.daemon.serve import serve as run_daemon
 
     run_daemon(Env(data, repo, config), host=host, port=port)
 
@@ -510,5 +512,5 @@ def _fail(as_json: bool, document: dict, message: str, hint: str | None, code: i
     sys.exit(code)
 
 
-from runner import cli_releases  # noqa: E402,F401  (registers the release commands on `cli`)
-from runner import cli_setup  # noqa: E402,F401  (registers init and doctor)
+from runner.cli import releases as cli_releases  # noqa: E402,F401  (registers the release commands on `cli`)
+from runner.cli import setup as cli_setup  # noqa: E402,F401  (registers init and doctor)

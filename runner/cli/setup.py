@@ -12,11 +12,11 @@ from urllib.parse import urlparse
 
 import click
 
-from runner import render
-from runner.cli import Env, cli, common, emit
+from runner.cli import render
+from runner.cli.app import Env, cli, common, emit
 from runner.errors import SignoffError, UsageError
-from runner.flowfile import check_file, expand_paths
-from runner.schemas import SCHEMA_NAMES, schema_text
+from runner.flows.load import check_file, expand_paths
+from runner.flows.schemas import SCHEMA_NAMES, schema_text
 
 EXAMPLES = ("hello.yaml", "review-before-action.yaml")
 CONFIG = """\
@@ -76,7 +76,7 @@ def doctor(data, repo, config, as_json) -> None:
     loaded = {}
 
     def load() -> str:
-        from runner.serve import settings  # what `serve` checks before it starts: secrets, user tokens
+        from runner.daemon.serve import settings  # what `serve` checks before it starts: secrets, user tokens
 
         found = settings(env)
         loaded["config"] = found.config

@@ -18,9 +18,9 @@ from typing import Any
 import semver
 
 from runner.errors import Conflict, FlowInvalid, Invalid, NotFound, SignoffError, UsageError
-from runner.flowfile import check_bytes
-from runner.live import Resolver
-from runner.releases import FlowRepo
+from runner.flows.load import check_bytes
+from runner.releases.live import Resolver
+from runner.releases.repo import FlowRepo
 from runner.timeutil import Clock, rfc3339
 
 CHANGES = ("release", "pin", "unpin", "yank", "unyank")

@@ -1,6 +1,6 @@
 """SSH transport for the `ssh` step kind: connections, the job wrapper on the host, sftp.
 
-runner.steps.ssh decides what to run and what its result means; this module
+runner.steps.ssh.step decides what to run and what its result means; this module
 does the talking, all of it synchronous paramiko (over fabric), so every call
 that blocks runs through `in_thread`.
 
@@ -601,7 +601,7 @@ def kill_job(hops: list[Hop], dir_expr: str, remove: bool) -> str:
 def claim_job(hops: list[Hop], dir_expr: str) -> dict[str, str]:
     """Over a new connection: a detached job's `pid` and `job` (its directory) if it started, else {}.
 
-    A job that has not started is fenced: it never will (runner.sshjobs: a retry adopts or replaces).
+    A job that has not started is fenced: it never will (runner.steps.ssh.jobs: a retry adopts or replaces).
     """
     session = Session(hops).open()
     try:

@@ -22,13 +22,13 @@ from starlette.routing import Route
 
 from runner import __version__, jsonvalue
 from runner.auth import User
-from runner.daemon import Daemon
+from runner.daemon.core import Daemon
 from runner.errors import (Conflict, Forbidden, Invalid, NotFound, RunLocked, SignoffError, TooLarge,
                            Unauthorized, UsageError)
-from runner.flowfile import FlowInvalid
-from runner.liveops import CHANGES as LIVE_CHANGES
+from runner.flows.load import FlowInvalid
+from runner.releases.changes import CHANGES as LIVE_CHANGES
 from runner.status import RunStatus
-from runner.store import RUN_ID
+from runner.runs.store import RUN_ID
 
 log = logging.getLogger(__name__)
 BODY_LIMIT = 1024 * 1024

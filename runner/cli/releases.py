@@ -9,13 +9,14 @@ from typing import Any
 
 import click
 
-from runner import liveops, render
-from runner.cli import Env, cli, common, emit
-from runner.client import Client, address_of
+from runner.releases import changes as liveops
+from runner.cli import render
+from runner.cli.app import Env, cli, common, emit
+from runner.cli.client import Client, address_of
 from runner.errors import ConfigError, NotFound, SignoffError, Unauthorized
-from runner.live import Resolver
-from runner.releases import FlowRepo
-from runner.yamldoc import DocumentError, parse_bytes, read_file
+from runner.releases.live import Resolver
+from runner.releases.repo import FlowRepo
+from runner.flows.yamldoc import DocumentError, parse_bytes, read_file
 
 
 def daemon_option(func):

@@ -13,12 +13,12 @@ import uvicorn
 from runner import secrets
 from runner.auth import LOCAL_USER, TOKEN_FILE, Users, load_users
 from runner.config import Config, load_config
-from runner.daemon import Daemon
-from runner.gitops import GitOps
-from runner.server import create_app
-from runner.store import Store
+from runner.daemon.core import Daemon
+from runner.releases.service import GitOps
+from runner.daemon.http import create_app
+from runner.runs.store import Store
 from runner.timeutil import Clock, parse_duration
-from runner.watcher import RepoSource
+from runner.releases.mirror import RepoSource
 
 
 @dataclass

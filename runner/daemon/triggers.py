@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from runner.errors import Unauthorized
-from runner.model import Flow
+from runner.flows.model import Flow
 from runner.datadir import make_dir, write_atomic
 from runner.timeutil import parse_duration
 

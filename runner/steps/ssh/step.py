@@ -5,7 +5,7 @@ one, the daemon user's agent and default keys), `known_hosts` (default: the
 daemon user's `~/.ssh/known_hosts`), an optional `jump` connection and a
 `connect_timeout`. How hosts are reached and trusted, how the command is
 wrapped and killed on the host, and the connection pool are the transport's:
-runner.sshsession. This module is the step kind: it plans a step (checked
+runner.steps.ssh.session. This module is the step kind: it plans a step (checked
 before any I/O), runs or detaches it, and turns what came back into outputs.
 
 The command gets the step's env plus `SIGNOFF_RUN_ID`, `SIGNOFF_FLOW`,
@@ -20,7 +20,7 @@ setsid/nohup, its output in the job's `log`, and returns at once with `pid`,
 a job and `detached_workers` finds the ones a run may still have running.
 Every job is recorded (`ssh_job_started`) before it starts; what a run's end
 leaves running becomes durable kill requests, and a retry after a restart
-adopts or stops the job its cut-short attempt left (runner.sshjobs).
+adopts or stops the job its cut-short attempt left (runner.steps.ssh.jobs).
 `upload` / `download` copy files over sftp before / after the command;
 downloads become resources.
 `close_connections` closes the pooled idle connections (the daemon stops).
@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from runner import sshjobs
+from runner.steps.ssh import jobs as sshjobs
 from runner.errors import NotFound, StepFailed
-from runner.steps import Done, StepContext
-from runner.commandoutput import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
-from runner.sshjobs import detached_workers  # noqa: F401  (the run's detached jobs; kill_detached stops one)
-from runner.sshsession import (CONNECTIONS, MAX_OUTPUT_FILE, POLL_MS, Hop, Session, capture, claim_job, detach_script,
+from runner.steps.base import Done, StepContext
+from runner.steps.output import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
+from runner.steps.ssh.jobs import detached_workers  # noqa: F401  (the run's detached jobs; kill_detached stops one)
+from runner.steps.ssh.session import (CONNECTIONS, MAX_OUTPUT_FILE, POLL_MS, Hop, Session, capture, claim_job, detach_script,
                                download, in_thread, job_dir, kill_job, remote_path, route, run_command, run_script,
                                settled, upload)
 

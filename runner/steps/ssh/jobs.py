@@ -4,7 +4,7 @@ A detached job outlives its step by design, and any ssh job outlives a daemon
 that dies while its step runs: closing a connection kills nothing on the host.
 So the ssh step records each job before it starts it there (`ssh_job_started`:
 job name, connection, host, attempt, detach; fsynced), and the run's record
-(runner.record) keeps:
+(runner.runs.events) keeps:
 
 - `steps.<id>.job`: the step's latest job and its `state`: `starting` (its
   attempt is running), `interrupted` (a restart cut that attempt short, so
@@ -30,7 +30,7 @@ tried again at the next start-up, MAX_KILL_TRIES in all. `run --local` has
 no daemon: it carries its run's requests out itself as the run ends (`carry_out`).
 
 A retried ssh step first settles the job of the attempt a restart cut short
-(`cut_short`; the kind calls runner.sshsession.claim_job / kill_job): a
+(`cut_short`; the kind calls runner.steps.ssh.session.claim_job / kill_job): a
 detached job that started is adopted (the step returns its pid and log, with
 `adopted: true`) instead of starting a second one; one that never started is
 fenced so that it never does; a command that was not detached is killed.
@@ -44,7 +44,7 @@ import shlex
 from typing import Any
 
 from runner.errors import SignoffError
-from runner.sshsession import in_thread, job_dir, kill_job, route, settled
+from runner.steps.ssh.session import in_thread, job_dir, kill_job, route, settled
 
 MAX_KILL_TRIES = 3
 

@@ -24,26 +24,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runner import jsonvalue, liveops
+from runner import jsonvalue
+from runner.releases import changes as liveops
 from runner.auth import (LIVE_CHANGE_ROLES, User, Users, flow_approvers, may_change_live,
                          may_see_run)
 from runner.config import Config
-from runner.engine import SHUTDOWN, Engine
+from runner.runs.engine import SHUTDOWN, Engine
 from runner.errors import (Conflict, FlowInvalid, Forbidden, IntegrityError, Invalid, NotFound, RunLocked,
                            SignoffError, StoreError)
-from runner.flowfile import check_file, expand_paths
-from runner.gitops import GitOps
-from runner.inbox import INLINE_LIMIT, Inbox, entry_for
-from runner.inputs import resolve_inputs
-from runner.live import Resolution
-from runner.metrics import Metrics
+from runner.flows.load import check_file, expand_paths
+from runner.releases.service import GitOps
+from runner.daemon.inbox import INLINE_LIMIT, Inbox, entry_for
+from runner.flows.inputs import resolve_inputs
+from runner.releases.live import Resolution
+from runner.daemon.metrics import Metrics
 from runner.notify import Message, Notifier
 from runner.status import is_terminal
-from runner.steps import Receipt, load_kind
+from runner.steps.base import Receipt, load_kind
 from runner.steps.callback import parse_payload
-from runner.store import Store
+from runner.runs.store import Store
 from runner.timeutil import Clock, parse_rfc3339, rfc3339
-from runner.triggers import ScheduleState, next_slot, schedules, verify_signature, webhook_secret_name
+from runner.daemon.triggers import ScheduleState, next_slot, schedules, verify_signature, webhook_secret_name
 
 log = logging.getLogger(__name__)
 STEP_KINDS = ("shell", "ssh", "http", "set", "wait", "approval", "callback", "notify", "end")
@@ -181,8 +182,8 @@ class Daemon:
                 await asyncio.wait(pending, timeout=grace)
         for task in list(self._side_tasks):
             task.cancel()
-        if "runner.steps.ssh" in sys.modules:
-            sys.modules["runner.steps.ssh"].close_connections()
+        if "runner.steps.ssh.step" in sys.modules:
+            sys.modules["runner.steps.ssh.step"].close_connections()
         self.inbox.close()
 
     def _supervised(self, coroutine, name: str) -> asyncio.Task:
@@ -688,8 +689,8 @@ class Daemon:
             self._spawn(self._announce_wait(dict(run), event))
 
     async def _stop_detached(self, run_id: str, draft: bool, request: dict[str, Any]) -> None:
-        """Carry out a recorded kill request (runner.sshjobs): a worker left behind by a run that ended badly."""
-        from runner import sshjobs
+        """Carry out a recorded kill request (runner.steps.ssh.jobs): a worker left behind by a run that ended badly."""
+        from runner.steps.ssh import jobs as sshjobs
 
         key = (run_id, request["job"])
         if key in self._stopped:
@@ -710,7 +711,7 @@ class Daemon:
 
     def _sweep_kills(self) -> int:
         """At start-up: carry out the kill requests a crash or a stop left outstanding (each run's record says)."""
-        from runner import sshjobs
+        from runner.steps.ssh import jobs as sshjobs
 
         swept = 0
         for run_id in self.store.runs_with_kills():

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.checks import semantic_problems
+from runner.flows.checks import semantic_problems
 from runner.errors import FlowInvalid, NotFound
-from runner.model import Flow
-from runner.schemas import schema_problems
-from runner.yamldoc import MAX_FILE_BYTES, Document, DocumentError, Problem, parse_bytes, read_file
+from runner.flows.model import Flow
+from runner.flows.schemas import schema_problems
+from runner.flows.yamldoc import MAX_FILE_BYTES, Document, DocumentError, Problem, parse_bytes, read_file
 
 FLOW_SUFFIXES = (".yaml", ".yml")
 

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 
 from runner import jsonvalue
 from runner.errors import Invalid, UsageError
-from runner.model import Flow
+from runner.flows.model import Flow
 
 
 def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:

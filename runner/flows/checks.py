@@ -19,9 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from runner.errors import ExpressionError
-from runner.expressions import FUNCTIONS, ROOT_NAMES, has_expression, iter_expressions, make_environment, references
+from runner.flows.expressions import FUNCTIONS, ROOT_NAMES, has_expression, iter_expressions, make_environment, references
 from runner.timeutil import parse_duration, parse_rfc3339
-from runner.yamldoc import Document, Problem
+from runner.flows.yamldoc import Document, Problem
 
 JUMP_FIELDS = {"on_error": ("fail", "continue"), "on_timeout": ("reject", "fail"), "on_reject": (),
                "rewind_to": (), "callback": ()}

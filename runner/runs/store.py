@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from runner import record
+from runner.runs import events as record
 from runner.datadir import (FileLock, fsync_dir, is_leftover, make_dir, make_private, open_append, publish,
                             write_atomic)
 from runner.errors import IntegrityError, NotFound, RunLocked, StoreError
@@ -464,7 +464,7 @@ class Store:
             return None
         return entry["run"], entry["step"]
 
-    # ---- runs with kills of remote jobs still to carry out (runner.sshjobs) --------------
+    # ---- runs with kills of remote jobs still to carry out (runner.steps.ssh.jobs) --------------
 
     def note_kills(self, run_id: str) -> None:
         """Put the run on the short list the daemon's start-up sweeps (durably, before its requests are written)."""

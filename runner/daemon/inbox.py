@@ -31,7 +31,7 @@ from runner import jsonvalue
 from runner.datadir import FILE_MODE, fsync_dir, tmp_name
 from runner.errors import Conflict, StoreError
 from runner.secrets import Masker
-from runner.store import Store
+from runner.runs.store import Store
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (run id, step id)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import StepFailed
-from runner.steps import StepContext
+from runner.steps.base import StepContext
 
 THRESHOLD = 64 * 1024
 MAX_SPOOL = 64 * 1024 * 1024

@@ -1,7 +1,7 @@
 """The run state machine: pick the next step, run it, record the transition.
 
 Every change to a run is an event appended to its log (fsynced) and applied
-to the in-memory record by `runner.record`; the snapshot (run.json) is
+to the in-memory record by `runner.runs.events`; the snapshot (run.json) is
 rewritten when the run's status changes and at most every 200 ms in between,
 so one transition costs O(1) however long the run gets. No HTTP, git or CLI
 here: callers hand in a Store, a Clock, the config and the users.
@@ -24,16 +24,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from runner import jsonvalue, record
+from runner import jsonvalue
+from runner.runs import events as record
 from runner.errors import Conflict, ExpressionError, FlowInvalid, IntegrityError, NotFound, StepFailed
-from runner.expressions import Evaluator
-from runner.flowfile import load_flow_bytes
-from runner.model import Flow, Step
+from runner.flows.expressions import Evaluator
+from runner.flows.load import load_flow_bytes
+from runner.flows.model import Flow, Step
 from runner.secrets import Masker
 from runner.status import RunStatus, StepStatus, TERMINAL_STEP, is_terminal
-from runner.steps import Done, Expired, Mailbox, Park, Receipt, StepContext, load_kind
+from runner.steps.base import Done, Expired, Mailbox, Park, Receipt, StepContext, load_kind
 from runner.steps.callback import received_event
-from runner.store import EventLog, Store
+from runner.runs.store import EventLog, Store
 from runner.timeutil import Clock, format_duration, parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ class _Driver:
         return event
 
     def request_kills(self, event: dict) -> None:
-        """What `event` leaves running on hosts (runner.sshjobs) becomes kill requests in the same batch.
+        """What `event` leaves running on hosts (runner.steps.ssh.jobs) becomes kill requests in the same batch.
 
         The run goes on the store's list of outstanding kills first, so the daemon's start-up finds them.
         """

@@ -28,8 +28,8 @@ import semver
 
 from runner.datadir import FILE_MODE, make_dir, open_append, write_atomic
 from runner.errors import NotFound, UsageError
-from runner.flowfile import check_bytes
-from runner.releases import FlowRepo, Refs
+from runner.flows.load import check_bytes
+from runner.releases.repo import FlowRepo, Refs
 from runner.timeutil import Clock, rfc3339
 
 log = logging.getLogger(__name__)
