@@ -108,7 +108,7 @@ def window(signum, frame):
         profiler.dump_stats(out)
 signal.signal(signal.SIGUSR1, window)
 signal.signal(signal.SIGUSR2, window)
-from runner.cli.app import main
+from runner.cli import main
 main()
 """
 

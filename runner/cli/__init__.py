@@ -1,5 +1,27 @@
-"""The command line: `signoff` and its command families."""
+"""The command line: `signoff` put together from its command families."""
 
-from runner.cli.app import main
+from __future__ import annotations
 
-__all__ = ["main"]
+from typing import NoReturn
+
+import click
+
+from runner.cli import decisions, flows, releases, runs, setup
+from runner.cli.app import new_group, run_and_exit
+
+FAMILIES = (flows, runs, decisions, releases, setup)
+
+
+def build() -> click.Group:
+    """The `signoff` group with every family's commands (`--help` lists them by name)."""
+    group = new_group()
+    for family in FAMILIES:
+        family.register(group)
+    return group
+
+
+def main() -> NoReturn:
+    run_and_exit(build())
+
+
+__all__ = ["build", "main"]

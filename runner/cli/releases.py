@@ -11,7 +11,7 @@ import click
 
 from runner.releases import changes as liveops
 from runner.cli import render
-from runner.cli.app import Env, cli, common, emit
+from runner.cli.app import Env, common, emit
 from runner.cli.client import Client, address_of
 from runner.errors import ConfigError, NotFound, SignoffError, Unauthorized
 from runner.releases.live import Resolver
@@ -30,7 +30,7 @@ def _resolver(env: Env) -> Resolver:
     return Resolver(env.repo, env.data, config=cfg)
 
 
-@cli.command()
+@click.command()
 @click.option("--flow", help="Only this flow.")
 @common
 def releases(flow, data, repo, config, as_json) -> None:
@@ -50,61 +50,8 @@ def releases(flow, data, repo, config, as_json) -> None:
     for entry in document["flows"]:
         entry["drafts"] = drafts.get(entry["flow"], [])
         entry["history"] = history.get(entry["flow"], [])[-20:]
-    rows = []
-    for entry in document["flows"]:
-        live = entry["live"]
-        note = []
-        if entry["pinned"]:
-            note.append(f"PINNED {entry['pinned']}")
-        if entry["yanked"]:
-            note.append("yanked " + ",".join(entry["yanked"]))
-        if entry["refused"]:
-            note.append("refused " + ",".join(r["tag"] for r in entry["refused"]))
-        if entry["removed"]:
-            note.append("removed in the newest release")
-        if entry["drafts"]:
-            note.append("drafts: " + ",".join(d["branch"] for d in entry["drafts"]))
-        rows.append([entry["flow"], live["tag"] if live else "-", live["commit"][:12] if live else "",
-                     (live.get("tagger") or "").split(" <")[0] if live else "", (live.get("date") or "")[:10] if live
-                     else "", "; ".join(note)])
-    human = render.table(rows, ["FLOW", "LIVE", "COMMIT", "TAGGER", "DATE", "NOTES"]) if rows else "no flows released"
-    if not resolution.tagged:
-        human += "\n(no release tags yet: tag v1.0.0, or `signoff release FLOW 1.0.0`)"
-    for problem in resolution.problems:
-        human += f"\nwarning: {problem['message']}"
-    human += _refusals(document["flows"]) + _last_changes(document["flows"])
-    emit(as_json, document, human)
-
-
-def _last_changes(flows: list[dict[str, Any]]) -> str:
-    """Per flow, the latest change of what is live that someone made: what, who, how, when and why."""
-    lines = []
-    for entry in flows:
-        made = [h for h in entry["history"] if h.get("by") and ("override" in h or "released" in h)]
-        if not made:
-            continue
-        last = made[-1]
-        what = f"released {last['released']}" if "released" in last else \
-            f"{last['override']}{' ' + last['version'] if last.get('version') else ''}"
-        how = "through the daemon" if last.get("via") == "daemon" else "directly in the repository"
-        lines.append(f"\n{entry['flow']}: {what} by {last['by']} {how} at {last['at']}"
-                     + (f": {last['reason']}" if last.get("reason") else ""))
-    return "".join(lines)
-
-
-def _refusals(flows: list[dict]) -> str:
-    """Each refused tag once, with its first error: a whole-repository tag is refused for every flow at once."""
-    lines, seen = [], set()
-    for entry in flows:
-        for refused in entry["refused"]:
-            if (refused["tag"], refused["commit"]) in seen:
-                continue
-            seen.add((refused["tag"], refused["commit"]))
-            first = refused["errors"][0] if refused["errors"] else {}
-            scope = " (the whole repository)" if "/" not in refused["tag"] else ""
-            lines.append(f"\nrefused {refused['tag']}{scope}: {first.get('file', '')}:{first.get('line', '')}: "
-                         f"{first.get('message', '')}")
-    return "".join(lines)
+    emit(as_json, document, render.releases(document["flows"], tagged=resolution.tagged,
+                                            problems=resolution.problems))
 
 
 def _drafts(env: Env, live_commits: dict[str, str | None]) -> dict[str, list[dict[str, str]]]:
@@ -126,7 +73,7 @@ def _drafts(env: Env, live_commits: dict[str, str | None]) -> dict[str, list[dic
     return drafts
 
 
-@cli.command()
+@click.command()
 @click.argument("flow")
 @click.argument("version")
 @click.option("--ref", default="HEAD", show_default=True,
@@ -153,7 +100,7 @@ def release(flow, version, ref, message, rollback, server, data, repo, config, a
              + (f" (was {previous})" if previous else ""))
     if document.get("push_error"):
         human += f"\nwarning: {document['push_error']}"
-    emit(as_json, document, human + _how(document))
+    emit(as_json, document, human + render.how_changed(document))
 
 
 def _change_live(change: str, flow: str, body: dict[str, Any], env: Env, server: str | None) -> dict[str, Any]:
@@ -193,23 +140,16 @@ def _declared_config(env: Env) -> dict[str, Any]:
     return plain if isinstance(plain, dict) else {}
 
 
-def _how(document: dict[str, Any]) -> str:
-    """How the change was made, in words: through which daemon as whom, or on which files with no authorization."""
-    if document.get("via") == "daemon":
-        return f" (through the daemon at {document.get('server')}, as {document.get('by')})"
-    return (f" (directly in the repository {document.get('repository')} and data {document.get('data')}: no daemon "
-            f"configured, so no authorization; recorded as {document.get('by')})")
-
-
 def _override(kind: str, flow: str, version: str | None, reason: str | None, server: str | None, env: Env,
               as_json: bool) -> None:
     document = _change_live(kind, flow, {"version": version, "reason": reason}, env, server)
     live = document.get("live") or {}
     now = (live.get("live") or {}).get("tag") or "nothing"
-    emit(as_json, document, f"{kind} {flow}{' ' + version if version else ''}: live is now {now}" + _how(document))
+    emit(as_json, document,
+         f"{kind} {flow}{' ' + version if version else ''}: live is now {now}" + render.how_changed(document))
 
 
-@cli.command()
+@click.command()
 @click.argument("flow")
 @click.argument("version")
 @click.option("--reason", "-m", help="Why (kept in the history).")
@@ -222,7 +162,7 @@ def pin(flow, version, reason, server, data, repo, config, as_json) -> None:
     _override("pin", flow, version, reason, server, Env(data, repo, config), as_json)
 
 
-@cli.command()
+@click.command()
 @click.argument("flow")
 @click.option("--reason", "-m", help="Why (kept in the history).")
 @daemon_option
@@ -232,7 +172,7 @@ def unpin(flow, reason, server, data, repo, config, as_json) -> None:
     _override("unpin", flow, None, reason, server, Env(data, repo, config), as_json)
 
 
-@cli.command()
+@click.command()
 @click.argument("flow")
 @click.argument("version")
 @click.option("--undo", is_flag=True, help="Lift the yank.")
@@ -253,7 +193,7 @@ def step_summary(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str
             "changed": [s for s in after if s in before and after[s] != before[s]]}
 
 
-@cli.command()
+@click.command()
 @click.argument("flow")
 @click.option("--ref", help="The draft: a branch, tag or commit (default: the working tree).")
 @common
@@ -299,3 +239,6 @@ def _plain(data: bytes) -> dict[str, Any]:
     return plain if isinstance(plain, dict) else {}
 
 
+def register(group: click.Group) -> None:
+    for command in (releases, release, pin, unpin, yank, diff):
+        group.add_command(command)

@@ -1,4 +1,4 @@
-"""Human-readable output: tables, run summaries and live progress lines.
+"""Human-readable output: tables, run and release summaries, and live progress lines.
 
 Values are shown as JSON (a string as itself), never as Python reprs, and a
 `res://` reference is never cut: it is what `signoff resource get` takes.
@@ -10,9 +10,13 @@ import json
 import re
 import sys
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from runner.timeutil import format_duration, parse_rfc3339
+
+if TYPE_CHECKING:
+    from runner.flows.load import FlowReport
+    from runner.runs.store import Verification
 
 RESOURCE_REF = re.compile(r"res://[0-9a-f]{64}")
 MARKS = {"succeeded": "✓", "failed": "✗", "skipped": "–", "cancelled": "⊘", "timed_out": "⏱", "rejected": "✗",
@@ -50,6 +54,17 @@ def short(data: Any, width: int = 60) -> str:
         if ref.start() < cut < ref.end():
             cut = ref.end()
     return text if cut >= len(text) else text[:cut] + "…"
+
+
+def validation(reports: list[FlowReport]) -> str:
+    """Every error and warning of the flows checked, then how many were checked and how many are invalid."""
+    lines = []
+    for report in reports:
+        lines.extend(str(problem) for problem in report.errors + report.warnings)
+    bad = sum(not r.ok for r in reports)
+    lines.append(f"{len(reports)} flow{'s' if len(reports) != 1 else ''} checked: "
+                 + ("all valid" if not bad else f"{bad} invalid"))
+    return "\n".join(lines)
 
 
 def run_list(runs: list[dict]) -> str:
@@ -104,6 +119,17 @@ def run_detail(run: dict) -> str:
     return "\n".join(head) + table(rows, ["STEP", "STATUS", "TRIES", "TOOK", "NOTE"])
 
 
+def history(events: list[dict]) -> str:
+    """A run's events, one line each: sequence number, time, type and step."""
+    return "\n".join(f"{e['seq']:>5} {e['at']} {e['type']} {e.get('step', '')}" for e in events)
+
+
+def verification(run_id: str, result: Verification) -> str:
+    if result.ok:
+        return f"run {run_id}: {result.events} events, chain intact, run.json matches"
+    return f"run {run_id}: INTEGRITY PROBLEM\n" + "\n".join(f"  - {p}" for p in result.problems)
+
+
 def pending(user: str, items: list[dict]) -> str:
     """Approvals waiting for `user`: each with its quorum, what the reviewer fills in, and how to decide."""
     if not items:
@@ -144,6 +170,73 @@ def _field(name: str, spec: dict | None) -> str:
     if "default" in spec:
         facts.append(f"default {value(spec['default'])}")
     return f"{name} ({', '.join(facts)})" + (f": {spec['description']}" if spec.get("description") else "")
+
+
+def releases(flows: list[dict[str, Any]], *, tagged: bool, problems: list[dict[str, Any]]) -> str:
+    """What is live per flow, with its overrides, refusals and drafts; then warnings, refusals and last changes."""
+    rows = []
+    for entry in flows:
+        live = entry["live"]
+        note = []
+        if entry["pinned"]:
+            note.append(f"PINNED {entry['pinned']}")
+        if entry["yanked"]:
+            note.append("yanked " + ",".join(entry["yanked"]))
+        if entry["refused"]:
+            note.append("refused " + ",".join(r["tag"] for r in entry["refused"]))
+        if entry["removed"]:
+            note.append("removed in the newest release")
+        if entry["drafts"]:
+            note.append("drafts: " + ",".join(d["branch"] for d in entry["drafts"]))
+        rows.append([entry["flow"], live["tag"] if live else "-", live["commit"][:12] if live else "",
+                     (live.get("tagger") or "").split(" <")[0] if live else "", (live.get("date") or "")[:10] if live
+                     else "", "; ".join(note)])
+    human = table(rows, ["FLOW", "LIVE", "COMMIT", "TAGGER", "DATE", "NOTES"]) if rows else "no flows released"
+    if not tagged:
+        human += "\n(no release tags yet: tag v1.0.0, or `signoff release FLOW 1.0.0`)"
+    for problem in problems:
+        human += f"\nwarning: {problem['message']}"
+    return human + _refusals(flows) + _last_changes(flows)
+
+
+def _last_changes(flows: list[dict[str, Any]]) -> str:
+    """Per flow, the latest change of what is live that someone made: what, who, how, when and why."""
+    lines = []
+    for entry in flows:
+        made = [h for h in entry["history"] if h.get("by") and ("override" in h or "released" in h)]
+        if not made:
+            continue
+        last = made[-1]
+        what = f"released {last['released']}" if "released" in last else \
+            f"{last['override']}{' ' + last['version'] if last.get('version') else ''}"
+        how = "through the daemon" if last.get("via") == "daemon" else "directly in the repository"
+        lines.append(f"\n{entry['flow']}: {what} by {last['by']} {how} at {last['at']}"
+                     + (f": {last['reason']}" if last.get("reason") else ""))
+    return "".join(lines)
+
+
+def _refusals(flows: list[dict]) -> str:
+    """Each refused tag once, with its first error: a whole-repository tag is refused for every flow at once."""
+    lines, seen = [], set()
+    for entry in flows:
+        for refused in entry["refused"]:
+            if (refused["tag"], refused["commit"]) in seen:
+                continue
+            seen.add((refused["tag"], refused["commit"]))
+            first = refused["errors"][0] if refused["errors"] else {}
+            scope = " (the whole repository)" if "/" not in refused["tag"] else ""
+            lines.append(f"\nrefused {refused['tag']}{scope}: {first.get('file', '')}:{first.get('line', '')}: "
+                         f"{first.get('message', '')}")
+    return "".join(lines)
+
+
+def how_changed(document: dict[str, Any]) -> str:
+    """How a change of what is live was made, in words: through which daemon as whom, or on which files with no
+    authorization."""
+    if document.get("via") == "daemon":
+        return f" (through the daemon at {document.get('server')}, as {document.get('by')})"
+    return (f" (directly in the repository {document.get('repository')} and data {document.get('data')}: no daemon "
+            f"configured, so no authorization; recorded as {document.get('by')})")
 
 
 class Progress:

@@ -1,4 +1,4 @@
-"""CLI commands that set things up and check them: init, doctor."""
+"""CLI commands that set things up, check them and start the daemon: init, doctor, serve."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import click
 
 from runner.cli import render
-from runner.cli.app import Env, cli, common, emit
+from runner.cli.app import Env, common, emit
 from runner.errors import SignoffError, UsageError
 from runner.flows.load import check_file, expand_paths
 from runner.flows.schemas import SCHEMA_NAMES, schema_text
@@ -33,7 +33,7 @@ channels:
 """
 
 
-@cli.command()
+@click.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 @common
 def init(directory, data, repo, config, as_json) -> None:
@@ -52,7 +52,7 @@ def init(directory, data, repo, config, as_json) -> None:
          + f"\nnext: cd {directory} && signoff validate && signoff run hello --local")
 
 
-@cli.command()
+@click.command()
 @common
 def doctor(data, repo, config, as_json) -> None:
     """Check the config, the repository, the data directory and the connections.
@@ -114,6 +114,17 @@ def doctor(data, repo, config, as_json) -> None:
          exit_code=0 if ok else 1)
 
 
+@click.command()
+@click.option("--host", help="Address to listen on [default: config server.host or 127.0.0.1].")
+@click.option("--port", type=int, help="Port [default: config server.port or 8080].")
+@common
+def serve(host, port, data, repo, config, as_json) -> None:
+    """Run the daemon: the API, the engine, timers and notifications, until SIGTERM."""
+    from runner.daemon.serve import serve as run_daemon
+
+    run_daemon(Env(data, repo, config), host=host, port=port)
+
+
 def _lay_out(root: Path) -> list[str]:
     """Make what is missing under `root`; the paths made, relative to it."""
     root.mkdir(parents=True, exist_ok=True)
@@ -160,3 +171,8 @@ def _reach(spec: dict) -> str:
         host, port = spec["host"], int(spec.get("port", 22))
     with socket.create_connection((host, port), timeout=5):
         return f"{host}:{port} reachable"
+
+
+def register(group: click.Group) -> None:
+    for command in (init, doctor, serve):
+        group.add_command(command)

@@ -1,0 +1,254 @@
+"""CLI commands on runs: start (through the daemon or here) and follow, list, show, verify, cancel, resource get."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import signal
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from runner.cli import render
+from runner.cli.app import SERVER_HELP, Env, common, emit, server_option
+from runner.cli.client import Client
+from runner.errors import Interrupted, UsageError
+from runner.flows.inputs import check_values, parse_pairs, resolve_inputs
+from runner.flows.load import find_flow_file, load_flow_bytes
+from runner.flows.yamldoc import DocumentError, parse_bytes
+from runner.releases import repo as flow_sources
+from runner.runs.engine import Engine
+from runner.runs.events import apply as apply_event
+from runner.status import RunStatus
+
+
+@click.command()
+@click.argument("flow")
+@click.option("-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE", help="An input value (repeatable).")
+@click.option("--inputs-file", type=click.File("rb"), help="A JSON (or YAML) file of inputs.")
+@click.option("--ref", help="Run the flow as committed on this branch, tag or commit (a draft run).")
+@click.option("--local", is_flag=True, help="Run in this process, from the working tree (or --ref).")
+@click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL", help=SERVER_HELP)
+@click.option("--follow/--no-follow", default=True, help="Show steps live as they happen (default).")
+@common
+def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: bool, server: str | None,
+        follow: bool, data, repo, config, as_json: bool) -> None:
+    """Start a run of FLOW through the daemon (or in this process with --local).
+
+    With --follow (the default) it shows each step as it happens and waits for the
+    end. JSON: the final run record. Exit 0 if the run succeeded, 1 otherwise.
+    """
+    env = Env(data, repo, config)
+    if not local:
+        given = _inputs_from(inputs_file, pairs)
+        with env.client(server) as client:
+            _, record = client.call("POST", f"/api/v1/flows/{flow}/runs", json={"inputs": given, "ref": ref})
+            if follow:
+                record = _follow(client, record, show=not as_json)
+        emit(as_json, record, render.run_detail(record) if follow else f"started run {record['id']}",
+             exit_code=(0 if record["status"] == "succeeded" else 1) if follow else 0)
+        return
+    cfg = env.config()
+    path = find_flow_file(env.flows_dir, flow) if not ref else None
+    if ref:
+        relative = flow if flow.endswith((".yaml", ".yml")) else f"flows/{flow}.yaml"
+        source = flow_sources.at_ref(env.repo, ref, relative)
+        expect = Path(relative).stem
+    else:
+        source = flow_sources.working_tree(env.repo, path)
+        expect = path.stem
+    parsed = load_flow_bytes(source.data, source.label, expect_name=expect, config=cfg)
+    values = resolve_inputs(parsed, _inputs_from(inputs_file, pairs))
+    progress = render.Progress(show_output=follow and not as_json)
+    engine = Engine(env.store(), work_dir=env.repo, config=cfg, masker=cfg.masker,
+                    listener=progress if follow else None)
+    run_id = engine.create_run(parsed, values, started_by=getpass.getuser(), draft=True, ref=source.ref,
+                               commit=source.commit, dirty=source.dirty)
+    record = asyncio.run(_advance_interruptibly(engine, run_id))
+    if record.get("kills"):  # workers its end left running on hosts: no daemon will stop them for us
+        from runner.steps.ssh import jobs as sshjobs  # ssh's libraries load only for runs that used ssh
+
+        record = asyncio.run(sshjobs.carry_out(engine, run_id))
+    emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == "succeeded" else 1)
+
+
+INPUTS_FILE_HINT = "write a YAML or JSON mapping of input names to values"
+
+
+def _inputs_from(inputs_file: IO[bytes] | None, pairs: tuple[str, ...]) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    if inputs_file:
+        try:
+            values = parse_bytes(inputs_file.read(), inputs_file.name, limit=None).plain
+        except DocumentError as exc:
+            where = exc.problem
+            if where.rule == "not-a-mapping":
+                raise UsageError(f"--inputs-file: {inputs_file.name} is not a mapping of input names to values",
+                                 hint=INPUTS_FILE_HINT) from None
+            raise UsageError(f"--inputs-file: {where.file}:{where.line}:{where.column}: {where.message}",
+                             hint=INPUTS_FILE_HINT) from None
+        given.update(values)
+    given.update(parse_pairs(pairs))
+    return check_values(given)
+
+
+def _follow(client: Client, record: dict, *, show: bool) -> dict:
+    """Print the run's events as they happen (long-polling the daemon) until it ends; ^C stops only the watching."""
+    try:
+        return _follow_events(client, record, show=show)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped following run {record['id']}; the run goes on in the daemon",
+                          hint=f"follow it again with `signoff runs follow {record['id']}`, or see it with "
+                               f"`signoff runs show {record['id']}`") from None
+
+
+def _follow_events(client: Client, record: dict, *, show: bool) -> dict:
+    progress = render.Progress(show_output=show)
+    folded: dict = {}
+    seq = -1
+    while True:
+        _, page = client.call("GET", f"/api/v1/runs/{record['id']}/events", params={"after": seq, "wait": 20})
+        for event in page["events"]:
+            apply_event(folded, event)
+            if show:
+                progress(folded, event)
+            seq = event["seq"]
+        if folded.get("status") and folded["status"] not in ("queued", "running", "waiting"):
+            _, final = client.call("GET", f"/api/v1/runs/{record['id']}")
+            return final
+
+
+async def _advance_interruptibly(engine: Engine, run_id: str) -> dict:
+    """Advance the run; SIGINT/SIGTERM cancel it cleanly (recorded as cancelled)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(engine.advance(run_id))
+    for sig, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
+        loop.add_signal_handler(sig, lambda n=name: task.cancel(f"cancelled by {n}"))
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return engine.store.read_run(run_id)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+@click.group()
+def runs() -> None:
+    """Inspect recorded runs."""
+
+
+@runs.command("list")
+@click.option("--flow", help="Only runs of this flow.")
+@click.option("--status", type=click.Choice([status.value for status in RunStatus]), help="Only runs with this status.")
+@click.option("--draft/--live", default=None, help="Only draft runs, or only live ones.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@common
+def runs_list(flow, status, draft, limit, data, repo, config, as_json) -> None:
+    """Runs, newest first. JSON: {runs: [run record, ...]}."""
+    found = Env(data, repo, config).store().list_runs(flow=flow, status=status, draft=draft, limit=limit)
+    emit(as_json, {"runs": found}, render.run_list(found))
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--events", "with_events", is_flag=True, help="Include the event history.")
+@common
+def runs_show(run_id, with_events, data, repo, config, as_json) -> None:
+    """One run: its record, and with --events its history. JSON: the run record (+ events)."""
+    store = Env(data, repo, config).store()
+    record = store.read_run(run_id)
+    human = render.run_detail(record)
+    if with_events:
+        events = list(store.read_events(run_id))
+        record = {**record, "history": events}
+        human += "\n\n" + render.history(events)
+    emit(as_json, record, human)
+
+
+@runs.command("follow")
+@click.argument("run_id")
+@server_option
+@common
+def runs_follow(run_id, server, data, repo, config, as_json) -> None:
+    """Show a daemon run's steps live until it ends (^C stops watching, not the run).
+
+    JSON: the final run record. Exit 0 if the run succeeded, 1 otherwise.
+    """
+    with Env(data, repo, config).client(server) as client:
+        record = _follow(client, {"id": run_id}, show=not as_json)
+    emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == "succeeded" else 1)
+
+
+@runs.command("verify")
+@click.argument("run_id")
+@common
+def runs_verify(run_id, data, repo, config, as_json) -> None:
+    """Check a run's event chain and that run.json matches it. JSON: {run, ok, events, problems}."""
+    result = Env(data, repo, config).store().verify(run_id)
+    emit(as_json, result.to_dict(), render.verification(run_id, result), exit_code=0 if result.ok else 1)
+
+
+@click.command()
+@click.argument("run_id")
+@server_option
+@common
+def cancel(run_id, server, data, repo, config, as_json) -> None:
+    """Cancel a run (a running command's process group is killed). JSON: the run record."""
+    with Env(data, repo, config).client(server) as client:
+        _, record = client.call("POST", f"/api/v1/runs/{run_id}/cancel")
+    emit(as_json, record, f"run {run_id} is {record['status']}")
+
+
+class OutputFile(click.Path):
+    """A file to write: not a directory, and its directory must exist (the file need not)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, writable=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        parent = Path(path).parent
+        if not parent.is_dir():
+            self.fail(f"directory {str(parent)!r} does not exist.", param, ctx)
+        return path
+
+
+def open_output(path: str) -> IO[bytes]:
+    """A file named by -o, opened for writing; a failure is the user's to fix, with the reason."""
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}",
+                         hint="give -o a file in a directory that exists and that you may write") from None
+
+
+@click.group()
+def resource() -> None:
+    """Read stored resources (res://...)."""
+
+
+@resource.command("get")
+@click.argument("ref")
+@click.option("-o", "--output", type=OutputFile(), help="Write to FILE instead of stdout.")
+@common
+def resource_get(ref, output, data, repo, config, as_json) -> None:
+    """Print a resource's bytes (or save them with -o). JSON: its metadata."""
+    store = Env(data, repo, config).store()
+    meta = store.resource_meta(ref)
+    if as_json and not output:
+        emit(True, meta, "")
+        return
+    if output:
+        with open_output(output) as out:
+            store.copy_resource(ref, out)
+        emit(as_json, {**meta, "written_to": output}, f"wrote {meta['size']:,} bytes to {output}")
+    else:
+        store.copy_resource(ref, sys.stdout.buffer)
+
+
+def register(group: click.Group) -> None:
+    for command in (run, runs, cancel, resource):
+        group.add_command(command)
