@@ -31,7 +31,7 @@ if not sshd_support.available():
                 allow_module_level=True)
 
 from daemon_support import DaemonProcess  # noqa: E402
-from runner.steps.ssh.session import fingerprint  # noqa: E402
+from runner.steps.ssh.hosts import fingerprint  # noqa: E402
 from runner.steps.ssh.step import detached_workers, kill_detached  # noqa: E402
 from support import (Harness, harness_with_config, kill_quietly, pid_alive, read_pid, wait_pid_gone,  # noqa: E402
                      wait_until)

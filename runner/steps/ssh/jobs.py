@@ -30,11 +30,15 @@ tried again at the next start-up, MAX_KILL_TRIES in all. `run --local` has
 no daemon: it carries its run's requests out itself as the run ends (`carry_out`).
 
 A retried ssh step first settles the job of the attempt a restart cut short
-(`cut_short`; the kind calls runner.steps.ssh.session.claim_job / kill_job): a
+(`cut_short`; the kind calls `claim_job` / `kill_job`): a
 detached job that started is adopted (the step returns its pid and log, with
 `adopted: true`) instead of starting a second one; one that never started is
 fenced so that it never does; a command that was not detached is killed.
 Only then does the new attempt start a job of its own.
+
+`kill_job` and `claim_job` always talk to the host over a new connection (never
+a pooled one), with the scripts of runner.steps.ssh.scripts. The blocking calls
+run on the threads of the caller's SshPool.
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ import posixpath
 import shlex
 from typing import Any
 
-from runner.errors import SignoffError
-from runner.steps.ssh.session import in_thread, job_dir, kill_job, route, settled
+from runner.errors import SignoffError, StepFailed
+from runner.steps.ssh.hosts import Hop, route
+from runner.steps.ssh.pool import SshPool, fallback_pool, settled
+from runner.steps.ssh.scripts import claim_script, job_dir, kill_script
+from runner.steps.ssh.session import Session, capture
 
 MAX_KILL_TRIES = 3
 
@@ -124,19 +131,48 @@ def outstanding(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**kill, "job": name} for name, kill in (run.get("kills") or {}).items() if not kill.get("done_at")]
 
 
-async def kill(config: Any, request: dict[str, Any], *, draft: bool) -> dict[str, Any]:
+def kill_job(hops: list[Hop], dir_expr: str, remove: bool) -> str:
+    """Kill a job's process group over a new connection; what happened (killed, ended, not-started...)."""
+    session = Session(hops).open()
+    try:
+        code, out, err = capture(session, kill_script(dir_expr, remove=remove))
+    finally:
+        session.close()
+    if code != 0:
+        raise StepFailed(f"ssh {hops[-1].label}: killing the job failed ({code}): {err.strip()[:300]}")
+    return out.strip() or "unknown"
+
+
+def claim_job(hops: list[Hop], dir_expr: str) -> dict[str, str]:
+    """Over a new connection: a detached job's `pid` and `job` (its directory) if it started, else {}.
+
+    A job that has not started is fenced: it never will (a retry adopts or replaces, see above).
+    """
+    session = Session(hops).open()
+    try:
+        code, out, err = capture(session, claim_script(dir_expr))
+    finally:
+        session.close()
+    if code != 0:
+        raise StepFailed(f"ssh {hops[-1].label}: looking for the earlier job failed ({code}): {err.strip()[:300]}")
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+async def kill(config: Any, request: dict[str, Any], *, draft: bool,
+               pool: SshPool | None = None) -> dict[str, Any]:
     """Carry out a kill request over a new connection; the fields of its `detached_killed` event.
 
     `result` is what happened on the host (killed, terminated, gone, ended or
     not-started), or `failed: ...` when the host could not be reached; `final`
     says whether the request is settled (a failed one is tried again at the
-    next start-up, MAX_KILL_TRIES in all).
+    next start-up, MAX_KILL_TRIES in all). The blocking part runs on `pool`'s threads.
     """
+    pool = pool if pool is not None else fallback_pool()
     tries = int(request.get("tries") or 0) + 1
     try:
         hops = route(config, str(request["connection"]), draft=draft)
         where = shlex.quote(request["dir"]) if request.get("dir") else job_dir(shlex.quote(request["job"]))
-        result = await settled(in_thread(kill_job, hops, where, not request.get("detach", True)))
+        result = await settled(pool.in_thread(kill_job, hops, where, not request.get("detach", True)))
         final = True
     except SignoffError as exc:  # an unreachable host is recorded, never fatal
         result, final = f"failed: {exc.message}", tries >= MAX_KILL_TRIES
@@ -144,14 +180,14 @@ async def kill(config: Any, request: dict[str, Any], *, draft: bool) -> dict[str
             "pid": request.get("pid"), "result": result, "tries": tries, "final": final}
 
 
-async def carry_out(engine: Any, run_id: str) -> dict[str, Any]:
+async def carry_out(engine: Any, run_id: str, *, pool: SshPool | None = None) -> dict[str, Any]:
     """Carry out the run's outstanding kill requests in this process (`run --local`, as its run ends).
 
     The caller holds no lock on the run: each result is recorded as the daemon records it. The record after.
     """
     run = engine.store.read_run(run_id)
     for request in outstanding(run):
-        killed = await kill(engine.config, request, draft=bool(run.get("draft")))
+        killed = await kill(engine.config, request, draft=bool(run.get("draft")), pool=pool)
         run = engine.note(run_id, "detached_killed", **killed)
     if not outstanding(run):
         engine.store.kills_settled(run_id)

@@ -5,8 +5,10 @@ one, the daemon user's agent and default keys), `known_hosts` (default: the
 daemon user's `~/.ssh/known_hosts`), an optional `jump` connection and a
 `connect_timeout`. How hosts are reached and trusted, how the command is
 wrapped and killed on the host, and the connection pool are the transport's:
-runner.steps.ssh.session. This module is the step kind: it plans a step (checked
-before any I/O), runs or detaches it, and turns what came back into outputs.
+runner.steps.ssh.hosts, .session, .pool, .scripts and .sftp. This module is the
+step kind: it plans a step (checked before any I/O), runs or detaches it, and
+turns what came back into outputs. Its connections and threads are the owner's
+`SshPool` (the step context's `pools`).
 
 The command gets the step's env plus `SIGNOFF_RUN_ID`, `SIGNOFF_FLOW`,
 `SIGNOFF_STEP`, `SIGNOFF_OUTPUT` and, when the flow has a callback step for
@@ -23,7 +25,7 @@ leaves running becomes durable kill requests, and a retry after a restart
 adopts or stops the job its cut-short attempt left (runner.steps.ssh.jobs).
 `upload` / `download` copy files over sftp before / after the command;
 downloads become resources.
-`close_connections` closes the pooled idle connections (the daemon stops).
+`close_connections` closes the shared pool of callers that bring none.
 """
 
 from __future__ import annotations
@@ -41,14 +43,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.steps.ssh import jobs as sshjobs
 from runner.errors import NotFound, StepFailed
 from runner.steps.base import Done, StepContext
 from runner.steps.output import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
-from runner.steps.ssh.jobs import detached_workers  # noqa: F401  (the run's detached jobs; kill_detached stops one)
-from runner.steps.ssh.session import (CONNECTIONS, MAX_OUTPUT_FILE, POLL_MS, Hop, Session, capture, claim_job, detach_script,
-                               download, in_thread, job_dir, kill_job, remote_path, route, run_command, run_script,
-                               settled, upload)
+from runner.steps.ssh import jobs as sshjobs
+from runner.steps.ssh.hosts import Hop, route
+from runner.steps.ssh.jobs import claim_job, detached_workers, kill_job  # noqa: F401  (detached_workers: re-exported)
+from runner.steps.ssh.pool import SshPool, close_fallback_pool, fallback_pool, settled
+from runner.steps.ssh.scripts import detach_script, job_dir, run_script
+from runner.steps.ssh.session import MAX_OUTPUT_FILE, POLL_MS, Session, capture, run_command
+from runner.steps.ssh.sftp import download, remote_path, upload
 
 log = logging.getLogger(__name__)
 
@@ -190,36 +194,48 @@ class SshKind:
     instant = False
     shell_fields = ("run",)
     leftovers = staticmethod(sshjobs.leftovers)  # the engine asks: what an event leaves running on hosts
+    pending_kills = staticmethod(sshjobs.outstanding)  # the daemon asks: a run's kill requests not done yet
+
+    async def kill_leftover(self, config: Any, request: dict[str, Any], *, draft: bool,
+                            pool: SshPool | None = None) -> dict[str, Any]:
+        """Carry out one kill request of a run (runner.steps.ssh.jobs.kill); its `detached_killed` fields."""
+        return await sshjobs.kill(config, request, draft=draft, pool=pool)
+
+    async def after_run(self, engine: Any, run_id: str, *, pool: SshPool | None = None) -> dict[str, Any]:
+        """The kills a run's end requested, carried out and recorded in this process (`run --local`)."""
+        return await sshjobs.carry_out(engine, run_id, pool=pool)
 
     async def execute(self, ctx: StepContext) -> Done:
         plan = _Plan.build(ctx)
+        pool = _pool_of(ctx)
         earlier = sshjobs.cut_short(ctx.run["steps"][ctx.step.id])
         if earlier is not None:
-            adopted = await self._settle_earlier(ctx, plan, earlier)
+            adopted = await self._settle_earlier(ctx, pool, plan, earlier)
             if adopted is not None:
                 return adopted
-        session = await in_thread(CONNECTIONS.take, plan.hops, cleanup=CONNECTIONS.give)
+        session = await pool.in_thread(pool.take, plan.hops, cleanup=pool.give)
         clean = False
         try:
             if plan.uploads:
-                await in_thread(upload, session, plan.uploads)
+                await pool.in_thread(upload, session, plan.uploads)
             target = plan.hops[-1]
             # durable before the job exists: a restart that cuts this attempt short finds the job by its name
             ctx.record_event("ssh_job_started", name=plan.job, connection=target.name, host=target.host,
                              attempt=ctx.attempt, detach=plan.detach)
             if plan.detach:
-                result = await self._detach(ctx, plan, session)
+                result = await self._detach(pool, plan, session)
             else:
-                result = await self._run(ctx, plan, session)
+                result = await self._run(ctx, pool, plan, session)
             clean = True
             return result
         except StepFailed as exc:
             clean = "exit_code" in exc.outputs  # the command ran to its end: the connection is fine
             raise
         finally:
-            await settled(in_thread(CONNECTIONS.give if clean else Session.close, session))
+            await settled(pool.in_thread(pool.give if clean else Session.close, session))
 
-    async def _settle_earlier(self, ctx: StepContext, plan: _Plan, earlier: dict[str, Any]) -> Done | None:
+    async def _settle_earlier(self, ctx: StepContext, pool: SshPool, plan: _Plan,
+                              earlier: dict[str, Any]) -> Done | None:
         """The job of the attempt a restart cut short: adopt it (detached, started), or make sure it is gone.
 
         Over a new connection to where that job ran. Returns the adopted job's
@@ -228,11 +244,11 @@ class SshKind:
         hops = route(ctx.config, str(earlier["connection"]), draft=ctx.draft)
         where = job_dir(shlex.quote(str(earlier["name"])))
         if not (plan.detach and earlier.get("detach")):
-            result = await settled(in_thread(kill_job, hops, where, not earlier.get("detach")))
+            result = await settled(pool.in_thread(kill_job, hops, where, not earlier.get("detach")))
             log.info("ssh job %s on %s, cut short by a restart: %s", earlier["name"], hops[-1].label, result,
                      extra={"event": "ssh_job_killed"})
             return None
-        found = await settled(in_thread(claim_job, hops, where))
+        found = await settled(pool.in_thread(claim_job, hops, where))
         if not found.get("pid", "").isdigit() or not found.get("job"):
             return None  # it never started, and now it never will
         ctx.record_event("ssh_job_started", name=earlier["name"], connection=hops[-1].name, host=hops[-1].host,
@@ -242,43 +258,43 @@ class SshKind:
         return Done({"pid": int(found["pid"]), "log": f"{found['job']}/log", "host": hops[-1].host,
                      "connection": hops[-1].name, "job": found["job"], "callback": plan.callback, "adopted": True})
 
-    async def _remote(self, plan: _Plan, session: Session, command: str,
+    async def _remote(self, pool: SshPool, plan: _Plan, session: Session, command: str,
                       sink: Callable[[str, bytes], None]) -> int:
         """Run the job; on cancel (a timeout, a cancelled run) kill it on the host before letting go."""
         stop = threading.Event()
-        job = in_thread(run_command, session, command, sink, stop)
+        job = pool.in_thread(run_command, session, command, sink, stop)
         job.add_done_callback(lambda done: done.cancelled() or done.exception())  # never "not retrieved"
         try:
             code = await asyncio.shield(job)
         except asyncio.CancelledError:
             stop.set()
-            await self._kill_after(plan, "cancelled")
+            await self._kill_after(pool, plan, "cancelled")
             await asyncio.wait([job], timeout=POLL_MS / 1000 + 1)  # the reader sees `stop` and lets go
             raise
         if code == -1:
-            await self._kill_after(plan, "connection lost")
+            await self._kill_after(pool, plan, "connection lost")
             raise StepFailed(f"ssh {plan.hops[-1].label}: the connection was lost before the command ended")
         return code
 
-    async def _kill_after(self, plan: _Plan, why: str) -> None:
+    async def _kill_after(self, pool: SshPool, plan: _Plan, why: str) -> None:
         try:
-            result = await settled(in_thread(kill_job, plan.hops, job_dir(plan.job), not plan.detach))
+            result = await settled(pool.in_thread(kill_job, plan.hops, job_dir(plan.job), not plan.detach))
             log.info("ssh job %s on %s (%s): %s", plan.job, plan.hops[-1].label, why, result,
                      extra={"event": "ssh_job_killed"})
         except StepFailed as exc:
             log.warning("ssh job %s on %s (%s) may still run: %s", plan.job, plan.hops[-1].label, why, exc.message,
                         extra={"event": "ssh_kill_failed"})
 
-    async def _run(self, ctx: StepContext, plan: _Plan, session: Session) -> Done:
+    async def _run(self, ctx: StepContext, pool: SshPool, plan: _Plan, session: Session) -> Done:
         work = ctx.run_dir / "work" / f"{ctx.step.id}-{ctx.attempt}"
         cap = int((ctx.config.limits if ctx.config else {}).get("max_output_bytes", MAX_SPOOL))
-        spools = await in_thread(_prepare_work, work, cap)  # files stay off the loop's thread
+        spools = await pool.in_thread(_prepare_work, work, cap)  # files stay off the loop's thread
         try:
-            code = await self._remote(plan, session, run_script(plan.job, plan.run, plan.cwd, plan.env),
+            code = await self._remote(pool, plan, session, run_script(plan.job, plan.run, plan.cwd, plan.env),
                                       _Sink(asyncio.get_running_loop(), ctx, spools))
-            return Done(await in_thread(self._collect, ctx, plan, session, work, spools, code, cap))
+            return Done(await pool.in_thread(self._collect, ctx, plan, session, work, spools, code, cap))
         finally:
-            await settled(in_thread(_remove_work, work, spools))
+            await settled(pool.in_thread(_remove_work, work, spools))
 
     def _collect(self, ctx: StepContext, plan: _Plan, session: Session, work: Path, spools: dict[str, Spool],
                  code: int, cap: int) -> dict[str, Any]:
@@ -310,14 +326,14 @@ class SshKind:
             outputs["json"] = stdout_json(spools["stdout"], outputs)
         return outputs
 
-    async def _detach(self, ctx: StepContext, plan: _Plan, session: Session) -> Done:
+    async def _detach(self, pool: SshPool, plan: _Plan, session: Session) -> Done:
         out = {"stdout": bytearray(), "stderr": bytearray()}
-        code = await self._remote(plan, session, detach_script(plan.job, plan.run, plan.cwd, plan.env),
+        code = await self._remote(pool, plan, session, detach_script(plan.job, plan.run, plan.cwd, plan.env),
                                   lambda stream, data: out[stream].extend(data[:MAX_OUTPUT_FILE]))
         stdout, stderr = (out[k].decode("utf-8", "replace") for k in ("stdout", "stderr"))
         fields = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
         if code != 0 or not fields.get("pid", "").isdigit() or not fields.get("job"):
-            await self._kill_after(plan, "did not start")  # a late start must not leave a worker nobody knows
+            await self._kill_after(pool, plan, "did not start")  # a late start must not leave a worker nobody knows
             last = stderr.strip().splitlines()[-1:] or [f"exit code {code}"]
             raise StepFailed(f"ssh {plan.hops[-1].label}: the detached job did not start: {last[0][:300]}")
         target = plan.hops[-1]
@@ -332,23 +348,36 @@ KIND = SshKind()
 # ---- detached workers: the engine's clean-up ---------------------------------------
 
 
-async def kill_detached(ctx_or_config: Any, outputs: dict[str, Any], *, draft: bool | None = None) -> str:
+async def kill_detached(ctx_or_config: Any, outputs: dict[str, Any], *, draft: bool | None = None,
+                        pool: SshPool | None = None) -> str:
     """Kill a detached job's process group (its `outputs` from the ssh step) over a new connection.
 
     Returns what happened: killed, terminated, gone or ended (it had finished).
-    Raises StepFailed when the host cannot be reached.
+    Raises StepFailed when the host cannot be reached. The blocking part runs on
+    `pool`'s threads (given a step context: its pool).
     """
     if isinstance(ctx_or_config, StepContext):
         config, draft = ctx_or_config.config, ctx_or_config.draft if draft is None else draft
+        pool = pool if pool is not None else _pool_of(ctx_or_config)
     else:
         config = ctx_or_config
+    pool = pool if pool is not None else fallback_pool()
     for key in ("connection", "job", "pid"):
         if not outputs.get(key):
             raise StepFailed(f"these are not the outputs of a detached ssh step (no {key!r})", retryable=False)
     hops = route(config, str(outputs["connection"]), draft=bool(draft))
-    return await settled(in_thread(kill_job, hops, shlex.quote(str(outputs["job"])), False))
+    return await settled(pool.in_thread(kill_job, hops, shlex.quote(str(outputs["job"])), False))
+
+
+def _pool_of(ctx: StepContext) -> SshPool:
+    """The ssh pool of the step context's owner."""
+    pools = getattr(ctx, "pools", None)
+    return pools.get(SshPool) if pools is not None else fallback_pool()  # fallback: a context without pools
 
 
 def close_connections() -> None:
-    """Close the pooled idle connections (the daemon calls this when it stops)."""
-    CONNECTIONS.close_all()
+    """Close the shared pool's idle connections and threads (the daemon calls this when it stops).
+
+    Only callers that pass no pool of their own use that one; an owner closes its own SshPool.
+    """
+    close_fallback_pool()
