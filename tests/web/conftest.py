@@ -1,0 +1,5 @@
+"""Fixtures of the web page tests: a real headless Chromium (see browser.py)."""
+
+from __future__ import annotations
+
+from browser import browser, page  # noqa: F401 - fixtures, found by pytest by name
