@@ -22,7 +22,8 @@ def at(seconds: float) -> str:
 
 
 EVENTS = [
-    {"type": "run_created", "at": at(0), "run": {"id": "r1", "flow": "demo", "step_ids": ["build", "<script>", "review"]}},
+    {"type": "run_created", "at": at(0),
+     "run": {"id": "r1", "flow": "demo", "step_ids": ["build", "<script>", "review"]}},
     {"type": "step_started", "at": at(0), "step": "build", "attempt": 1},
     {"type": "step_retrying", "at": at(20), "step": "build", "attempt": 1, "error": "exit 1", "retry_at": at(30)},
     {"type": "step_started", "at": at(30), "step": "build", "attempt": 2},
@@ -35,7 +36,8 @@ RUN = {"id": "r1", "flow": "demo", "status": "waiting", "steps": {}}
 
 
 def page_html(body: str) -> str:
-    return f"<!doctype html><html lang=en><head><meta charset=utf-8><title>run r1</title></head><body>{body}</body></html>"
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>run r1</title></head>"
+            f"<body>{body}</body></html>")
 
 
 def app_with(body: str) -> Starlette:

@@ -155,7 +155,8 @@ def test_every_text_is_escaped_and_nothing_active_or_external_is_emitted():
 
 def test_the_same_run_always_gives_the_same_bytes():
     run = make_run("succeeded")
-    assert timeline_svg(run, RETRIED_THEN_APPROVED, at(2000)) == timeline_svg(run, list(RETRIED_THEN_APPROVED), at(2000))
+    once = timeline_svg(run, RETRIED_THEN_APPROVED, at(2000))
+    assert once == timeline_svg(run, [dict(e) for e in RETRIED_THEN_APPROVED], at(2000))
     other = timeline_svg(run, RETRIED_THEN_APPROVED, at(2000), id_prefix="run 2")
     assert 'id="run-2-hatch"' in other and "url(#run-2-hatch)" in other
 

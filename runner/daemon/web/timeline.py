@@ -231,7 +231,8 @@ class _Chart:
             elif entry in ("skipped", "decision", "callback", "jump"):
                 swatch = _symbol(entry, x + 7, y + 6 + (4 if entry == "decision" else 0), OTHER)
             else:
-                swatch = f'<rect x="{_n(x)}" y="{_n(y)}" width="14" height="12" rx="2" fill="{COLOURS.get(entry, OTHER)}"/>'
+                colour = COLOURS.get(entry, OTHER)
+                swatch = f'<rect x="{_n(x)}" y="{_n(y)}" width="14" height="12" rx="2" fill="{colour}"/>'
             parts.append(f'<g class="legend-entry" data-entry="{_e(entry)}">{swatch}<text x="{_n(x + 18)}" '
                          f'y="{_n(y + 10)}" fill="#424242" {FONT}>{_e(label)}</text></g>')
             x += 26 + 7 * len(label)
