@@ -33,8 +33,8 @@ from runner.flows.model import Flow
 from runner.runs.store import Store
 from runner.timeutil import Clock
 
-PROJECT = Path(__file__).resolve().parent.parent
-FLOWS = PROJECT / "flows"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FLOWS = PROJECT_ROOT / "flows"
 
 
 # ---- time ---------------------------------------------------------------------
@@ -252,7 +252,7 @@ def harness_with_config(tmp_path: Path, data: dict, **kwargs: Any) -> Harness:
 def _run_validator() -> Any:
     from jsonschema import Draft202012Validator
 
-    schema = json.loads((PROJECT / "schema" / "run.schema.json").read_text())
+    schema = json.loads((PROJECT_ROOT / "schema" / "run.schema.json").read_text())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
@@ -368,7 +368,7 @@ def make_repo(path: Path) -> Path:
     """A real git repository holding a copy of the project's flows/, committed on `main`."""
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, capture_output=True)
-    shutil.copytree(FLOWS, path / "flows")
+    shutil.copytree(PROJECT_FLOWS, path / "flows")
     git(path, "add", "-A")
     git(path, "commit", "-qm", "flows")
     return path

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from daemon_support import DaemonProcess
+from support import PROJECT_FLOWS
 
-PROJECT_FLOWS = Path(__file__).resolve().parent.parent / "flows"
 MISSING = "/nonexistent/signoff-test/dir"
 
 

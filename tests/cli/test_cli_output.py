@@ -22,10 +22,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from daemon_support import DaemonProcess, git, make_repo
-from support import run_schema_errors, wait_until
+from support import PROJECT_ROOT, run_schema_errors, wait_until
 from yamlcompat import YAML
 
-PROJECT = Path(__file__).resolve().parent.parent
 REF = re.compile(r"res://[0-9a-f]{64}(?![0-9a-f])")
 
 
@@ -112,7 +111,7 @@ def test_init_ships_the_schemas_the_new_files_point_at(cli, tmp_path):
         schema_path = (path.parent / first.split("$schema=", 1)[1]).resolve()
         assert schema_path.is_file(), f"{path} points at {schema_path}, which init did not create"
         schema = json.loads(schema_path.read_text())
-        assert schema_path.read_text() == (PROJECT / "schema" / schema_path.name).read_text()
+        assert schema_path.read_text() == (PROJECT_ROOT / "schema" / schema_path.name).read_text()
         document = YAML(typ="safe", pure=True).load(path.read_text())
         assert not list(Draft202012Validator(schema).iter_errors(document)), path
         pointed.append(schema_path.name)

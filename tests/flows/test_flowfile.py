@@ -16,8 +16,9 @@ import pytest
 from runner.flows.load import check_bytes, check_file
 from runner.flows.yamldoc import MAX_ALIASES, MAX_FILE_BYTES
 
-PROJECT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((PROJECT / "flows").glob("*.yaml"))
+from support import PROJECT_FLOWS, PROJECT_ROOT
+
+EXAMPLES = sorted(PROJECT_FLOWS.glob("*.yaml"))
 PROBLEM_KEYS = {"file", "line", "column", "path", "rule", "message", "hint"}
 
 GOOD = """\
@@ -445,7 +446,7 @@ def test_every_example_flow_is_valid(example):
 
 
 def test_cli_validate_agrees_with_check_file_on_the_examples(cli):
-    code, _, _, doc = cli(["validate", "--json"], cwd=PROJECT)
+    code, _, _, doc = cli(["validate", "--json"], cwd=PROJECT_ROOT)
     in_process = {p.name: check_file(p) for p in EXAMPLES}
     by_name = {Path(f["file"]).name: f for f in doc["flows"]}
     assert set(by_name) == set(in_process)

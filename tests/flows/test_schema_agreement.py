@@ -1,7 +1,6 @@
 """The quick per-kind flow check must accept exactly what the full schema accepts."""
 
 import copy
-import glob
 import json
 import os
 from types import SimpleNamespace
@@ -12,7 +11,9 @@ from runner.flows.load import check_bytes
 from runner.flows.schemas import _quickly_valid, validator
 from runner.flows.yamldoc import read_file
 
-EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "flows", "*.yaml")))
+from support import PROJECT_FLOWS
+
+EXAMPLES = sorted(str(path) for path in PROJECT_FLOWS.glob("*.yaml"))
 ODD_VALUES = [None, 0, -1, 5, 1.5, True, "", "x", "5", "30s", "7d", [], ["a"], {}, {"a": 1}, "${{ inputs.x }}",
               "group:ops", "fail"]
 

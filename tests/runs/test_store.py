@@ -16,7 +16,7 @@ import pytest
 from runner.errors import NotFound, RunLocked
 from runner.runs.store import GENESIS, RUN_ID, Store
 
-from support import PROJECT, Harness, run_schema_errors
+from support import PROJECT_ROOT, Harness, run_schema_errors
 
 FLOW = """\
 name: chain
@@ -348,7 +348,7 @@ def test_list_runs_skips_stray_entries_and_an_absent_data_dir(tmp_path, several_
 
 def test_run_json_of_a_real_run_validates_against_the_run_schema(finished, tmp_path):
     harness, run_id = finished
-    assert (PROJECT / "schema" / "run.schema.json").is_file(), "schema/run.schema.json is missing (DESIGN §4)"
+    assert (PROJECT_ROOT / "schema" / "run.schema.json").is_file(), "schema/run.schema.json is missing (DESIGN §4)"
     records = [harness.snapshot(run_id)]
     second = Harness(tmp_path / "second")  # a failed run, a skipped step and a live run with git fields
     records.append(second.run(BETA))
@@ -375,7 +375,7 @@ def test_a_run_held_by_another_process_is_refused_with_a_message_and_left_intact
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from runner.runs.store import Store; "
          "log = Store(sys.argv[1]).open_log(sys.argv[2]); print('held', flush=True); time.sleep(30)",
-         str(harness.store.data_dir), run_id], stdout=subprocess.PIPE, text=True, cwd=PROJECT)
+         str(harness.store.data_dir), run_id], stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLocked) as refused:
