@@ -13,43 +13,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
 import pytest
-from daemon_support import git as run_git
-from support import clean_environ
-from yamlcompat import YAML
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CLI_TIMEOUT = 120  # a safety net against a hung child, not a performance check
-
-
-def write_flow(root: Path, name: str, content: dict | str | bytes, *, suffix: str = ".yaml") -> Path:
-    """Write flows/<name><suffix> under `root`.
-
-    A dict is dumped as block YAML; a str is dedented and one leading newline
-    dropped (so triple-quoted YAML keeps its line numbers from 1); bytes are
-    written as they are.
-    """
-    path = Path(root) / "flows" / f"{name}{suffix}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif isinstance(content, str):
-        text = textwrap.dedent(content)
-        path.write_text(text[1:] if text.startswith("\n") else text, encoding="utf-8")
-    else:
-        yaml = YAML(typ="safe", pure=True)
-        yaml.default_flow_style = False
-        with path.open("w", encoding="utf-8") as handle:
-            yaml.dump(content, handle)
-    return path
+from support import CliResult, init_repo, run_cli, write_flow
+from support import git as run_git
 
 
 @pytest.fixture
@@ -65,12 +35,7 @@ def make_flow(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """tmp_path as a fresh git repository on branch main, with a flows/ dir."""
-    run_git(tmp_path, "init", "-q", "-b", "main")
-    for key, value in (("user.name", "Test Author"), ("user.email", "author@example.com"),
-                       ("commit.gpgsign", "false"), ("tag.gpgsign", "false")):
-        run_git(tmp_path, "config", key, value)
-    (tmp_path / "flows").mkdir(exist_ok=True)
-    return tmp_path
+    return init_repo(tmp_path)
 
 
 @pytest.fixture
@@ -81,13 +46,6 @@ def git(tmp_path: Path) -> Callable[..., str]:
         return run_git(cwd or tmp_path, *args)
 
     return call
-
-
-class CliResult(NamedTuple):
-    code: int
-    out: str
-    err: str
-    json: Any
 
 
 @pytest.fixture
@@ -105,20 +63,7 @@ def cli(tmp_path: Path, signoff_data: Path) -> Callable[..., CliResult]:
     """
 
     def run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
-        environ = clean_environ()
-        environ["SIGNOFF_DATA"] = str(signoff_data)
-        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-        environ.update(env or {})
-        done = subprocess.run([sys.executable, "-m", "runner", *map(str, args)], cwd=cwd or tmp_path, env=environ,
-                              capture_output=True, text=True, timeout=CLI_TIMEOUT)
-        document = None
-        if "--json" in args and done.stdout.strip():
-            try:
-                document = json.loads(done.stdout)
-            except ValueError as exc:
-                pytest.fail(f"--json output is not one JSON document ({exc}):\nstdout:\n{done.stdout}\n"
-                            f"stderr:\n{done.stderr}")
-        return CliResult(done.returncode, done.stdout, done.stderr, document)
+        return run_cli(args, cwd=cwd or tmp_path, env={"SIGNOFF_DATA": str(signoff_data), **(env or {})})
 
     return run
 

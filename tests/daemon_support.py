@@ -35,25 +35,18 @@ import asyncio
 import gc
 import hashlib
 import json
-import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import httpx
-from support import (clean_environ, eventually, pid_alive, run_schema_errors,  # noqa: F401  (re-exported)
-                     wait_until)
-from yamlcompat import YAML
+from support import eventually, flow_text, free_port, git, make_repo, run_schema_errors, signoff_env, wait_until
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FLOWS = PROJECT_ROOT / "flows"
+REPO_MESSAGE = "flows for the daemon tests"
 START_DEADLINE = 15.0
 STOP_DEADLINE = 10.0
 TERMINAL = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
@@ -73,55 +66,6 @@ GROUPS: dict[str, dict[str, Any]] = {
 }
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now (bind port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def git(repo: Path, *args: str) -> str:
-    """git in `repo` with a clean environment (the repo's own config gives the identity); stdout, stripped."""
-    done = subprocess.run(["git", *args], cwd=repo, env=clean_environ(), capture_output=True, text=True,
-                          timeout=120)
-    if done.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-    return done.stdout.strip()
-
-
-def flow_text(content: str | dict) -> str:
-    if isinstance(content, dict):
-        from io import StringIO
-
-        yaml = YAML(typ="safe", pure=True)
-        yaml.default_flow_style = False
-        buffer = StringIO()
-        yaml.dump(content, buffer)
-        return buffer.getvalue()
-    text = textwrap.dedent(content)
-    return text[1:] if text.startswith("\n") else text
-
-
-def make_repo(path: Path, flows: dict[str, str | dict], *, copy: Iterable[str] = ()) -> Path:
-    """A real git repository at `path` with flows/<name>.yaml committed on branch main.
-
-    `flows` maps names to YAML text (dedented) or dicts; `copy` names flows to copy
-    from the project's own flows/ directory.
-    """
-    (path / "flows").mkdir(parents=True, exist_ok=True)
-    git(path, "init", "-q", "-b", "main")
-    for key, value in (("user.name", "Test Author"), ("user.email", "author@example.com"),
-                       ("commit.gpgsign", "false"), ("tag.gpgsign", "false")):
-        git(path, "config", key, value)
-    for name in copy:
-        shutil.copy(FLOWS / f"{name}.yaml", path / "flows" / f"{name}.yaml")
-    for name, content in flows.items():
-        (path / "flows" / f"{name}.yaml").write_text(flow_text(content), encoding="utf-8")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "flows for the daemon tests")
-    return path
-
-
 class DaemonProcess:
     """One real daemon (a subprocess) over its own repo, data dir, config and port."""
 
@@ -130,7 +74,7 @@ class DaemonProcess:
                  limits: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.repo = make_repo(self.root / "repo", flows or {}, copy=copy)
+        self.repo = make_repo(self.root / "repo", flows or {}, copy=copy, message=REPO_MESSAGE)
         self.data = self.root / "data"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -159,9 +103,7 @@ class DaemonProcess:
     # ---- lifecycle ------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        environ = clean_environ()
-        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-        environ.update({f"{name.upper()}_TOKEN": token for name, token in self.tokens.items()})
+        environ = signoff_env(**{f"{name.upper()}_TOKEN": token for name, token in self.tokens.items()})
         environ.update(self.extra_env)
         return environ
 
@@ -333,8 +275,7 @@ class DaemonProcess:
 
     def cli_env(self, user: str | None = "alice", env: dict[str, str | None] | None = None) -> dict[str, str]:
         """The CLI's environment: SIGNOFF_SERVER, SIGNOFF_TOKEN of `user`; `env` adds to it (None removes)."""
-        environ = clean_environ()
-        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+        environ = signoff_env()
         environ["SIGNOFF_SERVER"] = self.url
         environ["SIGNOFF_DATA"] = str(self.root / "cli-data")  # never the daemon's token file
         if user:
@@ -390,7 +331,7 @@ class InProcessDaemon:
 
     @staticmethod
     def lay_out(root: Path, flows: dict[str, str | dict], *, tag: str | None = None, users: bool = False) -> Path:
-        repo = make_repo(Path(root) / "repo", flows)
+        repo = make_repo(Path(root) / "repo", flows, message=REPO_MESSAGE)
         if tag:
             git(repo, "tag", tag)
         config: dict[str, Any] = {

@@ -21,46 +21,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets as random_secrets
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 from yamlcompat import YAML
 
-from daemon_support import DaemonProcess, clean_environ, flow_text, wait_until
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-IDENTITY = (("user.name", "Test Author"), ("user.email", "author@example.com"),
-            ("commit.gpgsign", "false"), ("tag.gpgsign", "false"), ("init.defaultBranch", "main"))
-
-
-def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
-    environ = clean_environ()
-    environ.update(env or {})
-    done = subprocess.run(["git", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=60)
-    if check and done.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} in {cwd} failed ({done.returncode}):\n{done.stderr}")
-    return done.stdout.strip()
-
-
-def identify(path: Path, name: str = "Test Author", email: str = "author@example.com") -> None:
-    for key, value in IDENTITY:
-        git(path, "config", key, value)
-    git(path, "config", "user.name", name)
-    git(path, "config", "user.email", email)
-
-
-def set_flow(repo: Path, name: str, content: str | dict) -> Path:
-    path = repo / "flows" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(flow_text(content), encoding="utf-8")
-    return path
+from daemon_support import DaemonProcess
+from support import (flow_text, git, identify, run_cli, simple_flow,  # noqa: F401  (bench/releases.py imports them here)
+                     wait_until, write_flow)
 
 
 def commit(repo: Path, message: str, *, flows: dict[str, str | dict | None] | None = None,
@@ -70,7 +41,7 @@ def commit(repo: Path, message: str, *, flows: dict[str, str | dict | None] | No
         if content is None:
             git(repo, "rm", "-q", f"flows/{name}.yaml")
         else:
-            set_flow(repo, name, content)
+            write_flow(repo, name, content)
     git(repo, "add", "-A")
     env = {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date} if date else None
     git(repo, "commit", "-q", "--allow-empty", "-m", message, env=env)
@@ -83,18 +54,6 @@ def tag(repo: Path, name: str, ref: str = "HEAD", *, message: str | None = None,
     args = ["tag"] + (["-f"] if force else []) + (["-a", "-m", message] if message is not None else [])
     env = {"GIT_COMMITTER_DATE": date} if date else None
     git(repo, *args, name, ref, env=env)
-
-
-def simple_flow(name: str, marker: str = "one", *, extra: str = "") -> str:
-    """A valid flow whose single `set` step outputs `marker` (so a run shows which content it ran)."""
-    return (f"name: {name}\ndescription: test flow {name}\n{extra}steps:\n"
-            f"  - id: mark\n    kind: set\n    values: {{marker: {marker}}}\n")
-
-
-def broken_flow(name: str) -> str:
-    """A flow that parses but fails validation (a jump to an unknown step, an unknown kind)."""
-    return (f"name: {name}\nsteps:\n  - id: mark\n    kind: set\n    values: {{marker: broken}}\n"
-            f"    on_error: nowhere\n  - id: bad\n    kind: teleport\n")
 
 
 class GitWorld:
@@ -241,28 +200,3 @@ class GitOpsDaemon(DaemonProcess):
 
 def _env_name(secret_name: str) -> str:
     return "HOOK_" + secret_name.upper().replace("-", "_")
-
-
-# ---- the CLI as a subprocess ----------------------------------------------------------
-
-
-def run_cli(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None
-            ) -> tuple[int, str, str, Any]:
-    """`python -m runner ARGS` as a subprocess: (exit code, stdout, stderr, parsed JSON or None)."""
-    environ = clean_environ()
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-    environ.update(env or {})
-    done = subprocess.run([sys.executable, "-m", "runner", *map(str, args)], cwd=cwd or PROJECT_ROOT,
-                          env=environ, capture_output=True, text=True, timeout=120)
-    document = None
-    if "--json" in args and done.stdout.strip():
-        document = json.loads(done.stdout)
-    return done.returncode, done.stdout, done.stderr, document
-
-
-def poll(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    return wait_until(predicate, timeout, interval=0.05, message=what)
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support import free_port
+
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 START_DEADLINE = 15.0
@@ -38,12 +40,6 @@ STOP_DEADLINE = 10.0
 
 def available() -> bool:
     return os.access(SSHD, os.X_OK) and os.access(SSH_KEYGEN, os.X_OK)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def keygen(path: Path) -> str:

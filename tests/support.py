@@ -1,28 +1,43 @@
-"""Helpers shared by the store, engine, http-step and CLI tests.
+"""The one module of helpers the tests share (the daemon, GitOps and sshd helpers build on it).
 
 Plain functions and classes (no fixtures), so each test module states what it
 uses. Everything here is a real part: files in temp dirs, a real git, a real
 HTTP server on loopback, real subprocesses. The one stand-in is `FakeClock`,
 the injectable clock the engine is designed to take.
+
+- the project: `PROJECT_ROOT`, `PROJECT_FLOWS` (its flows/ directory)
+- processes: `clean_environ()`, `signoff_env(**extra)` (plus the project on
+  PYTHONPATH), `run_cli(args, cwd=, env=)` -> `CliResult`, `free_port()`
+- git: `git(cwd, *args)`, `identify(repo)`, `init_repo(path)`,
+  `make_repo(path, flows, copy=...)`
+- flow files: `flow_text(content)`, `write_flow(root, name, content)`,
+  `load_test_flow(tmp_path, text)` (a `Flow`); factories over copy-pasted YAML:
+  `simple_flow`, `broken_flow` (text), `flow_doc` with `set_step`,
+  `approval_step`, `callback_step` (dicts)
+- engine and store: `FakeClock`, `ManualClock`, `Harness`, `harness_with_config`
+- waiting: `wait_until` (threads), `eventually` (the test's own event loop)
+- a real HTTP server: `HttpServer`, `Request`, `json_reply`
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from runner.config import load_config
@@ -32,6 +47,7 @@ from runner.flows.inputs import resolve_inputs
 from runner.flows.model import Flow
 from runner.runs.store import Store
 from runner.timeutil import Clock
+from yamlcompat import YAML
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FLOWS = PROJECT_ROOT / "flows"
@@ -174,20 +190,6 @@ def read_pid(path: Path) -> int | None:
 # ---- flows, engine, store --------------------------------------------------------
 
 
-def write_flow(directory: Path, text: str, name: str | None = None) -> Path:
-    """Write a flow file (its name taken from the `name:` line unless given) and return its path."""
-    if name is None:
-        name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("name:"))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.yaml"
-    path.write_text(text)
-    return path
-
-
-def make_flow(tmp_path: Path, text: str, *, config: Any = None) -> Flow:
-    return load_flow(write_flow(tmp_path / "flows", text), config=config)
-
-
 def write_config(tmp_path: Path, data: dict) -> Path:
     """A signoff.yaml; JSON is valid YAML, so the dict is written as JSON."""
     path = tmp_path / "signoff.yaml"
@@ -221,7 +223,7 @@ class Harness:
             self.outputs.append((event["step"], event["stream"], event["text"]))
 
     def flow(self, text: str) -> Flow:
-        return make_flow(self.tmp_path, text, config=self.config)
+        return load_test_flow(self.tmp_path, text, config=self.config)
 
     def start(self, flow: Flow, inputs: dict | None = None, *, draft: bool = True) -> str:
         """Create a run as the CLI does: inputs defaulted and checked by `resolve_inputs` first."""
@@ -344,37 +346,52 @@ class HttpServer:
         self._thread.join(timeout=5)
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
+def free_port() -> int:
+    """A loopback port nobody listens on right now (bind port 0, read it, release it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-# ---- git and the CLI ----------------------------------------------------------------
+# ---- the CLI as a subprocess ----------------------------------------------------------
 
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "Test",
-           "GIT_COMMITTER_EMAIL": "test@example.com", "GIT_CONFIG_NOSYSTEM": "1"}
+def signoff_env(**extra: str) -> dict[str, str]:
+    """A clean environment with the project on PYTHONPATH, for `python -m runner`; `extra` is added."""
+    environ = clean_environ()
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    environ.update(extra)
+    return environ
 
 
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
-                          env={**os.environ, **GIT_ENV, "HOME": str(repo)})
-    return done.stdout.strip()
+class CliResult(NamedTuple):
+    code: int
+    out: str
+    err: str
+    json: Any
 
 
-def make_repo(path: Path) -> Path:
-    """A real git repository holding a copy of the project's flows/, committed on `main`."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, capture_output=True)
-    shutil.copytree(PROJECT_FLOWS, path / "flows")
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "flows")
-    return path
+def run_cli(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> CliResult:
+    """`python -m runner ARGS` as a subprocess in `signoff_env(**env)` (cwd: the project).
+
+    `json` is the parsed stdout when `--json` was passed, else None; it unpacks as
+    `code, out, err, doc = run_cli([...])`.
+    """
+    done = subprocess.run(signoff_cmd(*map(str, args)), cwd=cwd or PROJECT_ROOT, env=signoff_env(**(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+    document = None
+    if "--json" in args and done.stdout.strip():
+        try:
+            document = json.loads(done.stdout)
+        except ValueError as exc:
+            raise AssertionError(f"--json output is not one JSON document ({exc}):\nstdout:\n{done.stdout}\n"
+                                 f"stderr:\n{done.stderr}") from None
+    return CliResult(done.returncode, done.stdout, done.stderr, document)
 
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment for `run_signoff`: no inherited SIGNOFF_*, SIGNOFF_DATA, unbuffered output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
     env.update({"SIGNOFF_DATA": str(data_dir), "PYTHONUNBUFFERED": "1"})
     env.update(extra)
@@ -385,6 +402,127 @@ def signoff_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "runner", *args]
 
 
-def run_cli(cwd: Path, env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_signoff(cwd: Path, env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m runner ARGS` in exactly `env` (see `cli_env`), the completed process as it is."""
     return subprocess.run(signoff_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
+
+# ---- git ----------------------------------------------------------------------------
+
+
+IDENTITY = (("user.name", "Test Author"), ("user.email", "author@example.com"),
+            ("commit.gpgsign", "false"), ("tag.gpgsign", "false"), ("init.defaultBranch", "main"))
+ALL_PROJECT_FLOWS = tuple(sorted(path.stem for path in PROJECT_FLOWS.glob("*.yaml")))
+
+
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+    """git in `cwd` with a clean environment (`env` added; the repo's own config gives the identity); stdout, stripped.
+
+    Fails the test when git fails, unless `check=False`.
+    """
+    environ = clean_environ()
+    environ.update(env or {})
+    done = subprocess.run(["git", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=120)
+    if check and done.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} in {cwd} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout.strip()
+
+
+def identify(path: Path, name: str = "Test Author", email: str = "author@example.com") -> None:
+    """A committer identity (and no signing) in the repository's own config."""
+    for key, value in IDENTITY:
+        git(path, "config", key, value)
+    git(path, "config", "user.name", name)
+    git(path, "config", "user.email", email)
+
+
+def init_repo(path: Path) -> Path:
+    """`path` as a fresh git repository on branch main, with an identity and a flows/ dir; nothing committed."""
+    (path / "flows").mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    identify(path)
+    return path
+
+
+def make_repo(path: Path, flows: dict[str, str | dict] | None = None, *, copy: Iterable[str] = (),
+              message: str = "flows") -> Path:
+    """A real git repository at `path` with flows/<name>.yaml committed on branch main.
+
+    `flows` maps names to YAML text (dedented) or dicts; `copy` names flows to copy
+    from the project's own flows/ directory (`ALL_PROJECT_FLOWS`: every one).
+    """
+    init_repo(path)
+    for name in copy:
+        shutil.copy(PROJECT_FLOWS / f"{name}.yaml", path / "flows" / f"{name}.yaml")
+    for name, content in (flows or {}).items():
+        write_flow(path, name, content)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", message)
+    return path
+
+
+# ---- flow files -----------------------------------------------------------------------
+
+
+def flow_text(content: str | dict) -> str:
+    """YAML text: a dict dumped as block YAML; a str dedented, one leading newline dropped (lines count from 1)."""
+    if isinstance(content, dict):
+        buffer = io.StringIO()
+        YAML(typ="safe", pure=True).dump(content, buffer)
+        return buffer.getvalue()
+    text = textwrap.dedent(content)
+    return text[1:] if text.startswith("\n") else text
+
+
+def write_flow(root: Path, name: str, content: str | dict | bytes, *, suffix: str = ".yaml") -> Path:
+    """Write root/flows/<name><suffix> from `flow_text(content)` (bytes as they are); returns its path."""
+    path = Path(root) / "flows" / f"{name}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(flow_text(content), encoding="utf-8")
+    return path
+
+
+def flow_name(text: str) -> str:
+    """The `name:` of a flow's YAML text."""
+    return next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("name:"))
+
+
+def load_test_flow(tmp_path: Path, text: str, *, config: Any = None) -> Flow:
+    """Write tmp_path/flows/<its name>.yaml and load it as the engine does: a `Flow`."""
+    return load_flow(write_flow(tmp_path, flow_name(text), text), config=config)
+
+
+def simple_flow(name: str, marker: str = "one", *, extra: str = "") -> str:
+    """A valid flow whose single `set` step outputs `marker` (so a run shows which content it ran)."""
+    return (f"name: {name}\ndescription: test flow {name}\n{extra}steps:\n"
+            f"  - id: mark\n    kind: set\n    values: {{marker: {marker}}}\n")
+
+
+def broken_flow(name: str) -> str:
+    """A flow that parses but fails validation (a jump to an unknown step, an unknown kind)."""
+    return (f"name: {name}\nsteps:\n  - id: mark\n    kind: set\n    values: {{marker: broken}}\n"
+            f"    on_error: nowhere\n  - id: bad\n    kind: teleport\n")
+
+
+def flow_doc(name: str, *steps: dict, inputs: dict | None = None, **fields: Any) -> dict:
+    """A flow as a dict (what `make_repo` and `write_flow` take): name, inputs, other fields, steps."""
+    return {"name": name, **({"inputs": inputs} if inputs else {}), **fields, "steps": list(steps)}
+
+
+def set_step(step_id: str, values: dict, **fields: Any) -> dict:
+    return {"id": step_id, "kind": "set", **fields, "values": values}
+
+
+def approval_step(step_id: str = "review", *, approvers: tuple[str, ...] = ("group:ops",), timeout: str = "1h",
+                  on_timeout: str = "fail", **fields: Any) -> dict:
+    """An approval step that fails its run if nobody decides within `timeout`."""
+    return {"id": step_id, "kind": "approval", "approvers": list(approvers), **fields, "timeout": timeout,
+            "on_timeout": on_timeout}
+
+
+def callback_step(step_id: str = "done", *, timeout: str = "1h", on_timeout: str = "fail", **fields: Any) -> dict:
+    """A callback step that fails its run if no callback comes within `timeout`."""
+    return {"id": step_id, "kind": "callback", **fields, "timeout": timeout, "on_timeout": on_timeout}

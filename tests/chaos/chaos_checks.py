@@ -16,7 +16,8 @@ from typing import Any
 
 from chaos_flows import SHELL_ATTEMPTS
 from chaos_support import EARLY_TIMEOUT, Chaos, Request, Scenario
-from daemon_support import TERMINAL, run_schema_errors, wait_until
+from daemon_support import TERMINAL
+from support import run_schema_errors, wait_until
 
 from runner.runs.store import Store
 from runner.timeutil import parse_rfc3339

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
-from daemon_support import TERMINAL, DaemonProcess, wait_until
+from daemon_support import TERMINAL, DaemonProcess
+from support import wait_until
 
 UP_DEADLINE = 60.0  # how long a driver waits for the daemon to be back
 STEP_DEADLINE = 30.0  # how long a driver waits for its run to reach a step

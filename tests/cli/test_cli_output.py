@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from daemon_support import DaemonProcess, git, make_repo
-from support import PROJECT_ROOT, run_schema_errors, wait_until
+from daemon_support import DaemonProcess
+from support import PROJECT_ROOT, git, make_repo, run_schema_errors, wait_until
 from yamlcompat import YAML
 
 REF = re.compile(r"res://[0-9a-f]{64}(?![0-9a-f])")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from support import (cli_env, closed_port, git, kill_quietly, make_repo, pid_alive, read_pid, run_cli,
-                     run_schema_errors, signoff_cmd, wait_pid_gone, wait_until, write_config)
+from support import (ALL_PROJECT_FLOWS, cli_env, free_port, git, kill_quietly, make_repo, pid_alive, read_pid,
+                     run_schema_errors, run_signoff, signoff_cmd, wait_pid_gone, wait_until, write_config)
 
 FAILING = """\
 name: fails
@@ -44,7 +44,7 @@ steps:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo")
+    return make_repo(tmp_path / "repo", copy=ALL_PROJECT_FLOWS)
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def cli(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    done = run_cli(repo, env, *args)
+    done = run_signoff(repo, env, *args)
     assert "Traceback" not in done.stderr, done.stderr
     assert "Traceback" not in done.stdout, done.stdout
     return done
@@ -108,7 +108,7 @@ def test_a_failing_flow_exits_1_with_the_error_in_its_record(repo, env):
 
 def test_a_missing_required_input_exits_2_with_a_clear_message(repo, env, tmp_path):
     config = write_config(tmp_path, {"connections": {"status-api": {"kind": "http",
-                                                                    "base_url": f"http://127.0.0.1:{closed_port()}"}}})
+                                                                    "base_url": f"http://127.0.0.1:{free_port()}"}}})
     done = cli(repo, env, "run", "api-health", "--local", "--config", str(config))
     assert done.returncode == 2
     assert "needs input 'service'" in done.stderr
@@ -142,7 +142,7 @@ def test_an_unknown_flow_exits_non_zero_with_a_hint(repo, env):
 
 
 def test_run_without_local_and_no_daemon_fails_with_a_hint(repo, env):
-    done = cli(repo, {**env, "SIGNOFF_SERVER": f"http://127.0.0.1:{closed_port()}"}, "run", "hello")
+    done = cli(repo, {**env, "SIGNOFF_SERVER": f"http://127.0.0.1:{free_port()}"}, "run", "hello")
     assert done.returncode != 0
     assert "hint:" in done.stderr
     hint = done.stderr.split("hint:", 1)[1]

@@ -15,7 +15,8 @@ import json
 import httpx
 import pytest
 
-from daemon_support import DaemonProcess, event_types, wait_until
+from daemon_support import DaemonProcess, event_types
+from support import wait_until
 
 pytestmark = pytest.mark.usefixtures("running")  # a daemon left down by a failed test is started again
 

@@ -21,8 +21,9 @@ import sys
 import httpx
 import pytest
 
-from daemon_support import PROJECT_ROOT, clean_environ, event_types
+from daemon_support import event_types
 from gitops_support import GitOpsDaemon, signature
+from support import PROJECT_ROOT, clean_environ
 
 pytestmark = pytest.mark.usefixtures("running")
 

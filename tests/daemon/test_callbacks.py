@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from daemon_support import DaemonProcess, event_types, wait_until
+from daemon_support import DaemonProcess, event_types
+from support import wait_until
 
 pytestmark = pytest.mark.usefixtures("running")  # a daemon left down by a failed test is started again
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon_support import DaemonProcess, event_types, git, pid_alive, wait_until
+from daemon_support import DaemonProcess, event_types
+from support import git, pid_alive, wait_until
 
 pytestmark = pytest.mark.usefixtures("running")  # a daemon left down by a failed test is started again
 

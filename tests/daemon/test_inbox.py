@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from daemon_support import PROJECT_ROOT, DaemonProcess, event_types, free_port
-from support import eventually
+from daemon_support import DaemonProcess, event_types
+from support import PROJECT_ROOT, eventually, free_port
 
 import runner.daemon.inbox
 from runner.daemon.inbox import Inbox

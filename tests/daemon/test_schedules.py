@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from daemon_support import InProcessDaemon
-from gitops_support import simple_flow
-from support import ManualClock, eventually
+from support import ManualClock, eventually, simple_flow
 
 from runner.runs.store import Store
 from runner.daemon.triggers import ScheduleState, next_slot, previous_slot

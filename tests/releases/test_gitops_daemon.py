@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon_support import wait_until
-from gitops_support import GitOpsDaemon, broken_flow, git, run_cli, signature, simple_flow
+from gitops_support import GitOpsDaemon, signature
+from support import broken_flow, git, run_cli, simple_flow, wait_until
 
 
 def gated(name: str, marker: str, *, extra: str = "") -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gitops_support import GitOpsDaemon, git, run_cli, simple_flow
+from gitops_support import GitOpsDaemon
+from support import git, run_cli, simple_flow
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gitops_support import GitWorld, broken_flow, commit, git, identify, run_cli, simple_flow
+from gitops_support import GitWorld, commit
+from support import broken_flow, git, identify, run_cli, simple_flow
 from runner.releases.live import Resolver
 
 

@@ -18,8 +18,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from daemon_support import DaemonProcess, InProcessDaemon, event_types, wait_until
-from support import FakeClock, Harness
+from daemon_support import DaemonProcess, InProcessDaemon, event_types
+from support import FakeClock, Harness, wait_until
 
 from runner.errors import Conflict, RunLocked
 from runner.daemon.http import error_response

@@ -23,8 +23,9 @@ from runner.runs.engine import Engine
 from runner.runs.store import Store
 from runner.timeutil import parse_rfc3339, rfc3339
 
-from support import (FakeClock, Harness, HttpServer, all_file_bytes, closed_port, harness_with_config, json_reply,
-                     kill_quietly, pid_alive, read_pid, signoff_cmd, wait_pid_gone, wait_until, write_flow)
+from support import (FakeClock, Harness, HttpServer, all_file_bytes, flow_name, free_port, harness_with_config,
+                     json_reply, kill_quietly, pid_alive, read_pid, signoff_cmd, wait_pid_gone, wait_until,
+                     write_flow)
 
 
 def events_of(harness: Harness, run_id: str, kind: str, step: str | None = None) -> list[dict]:
@@ -607,7 +608,7 @@ def _crash_mid_step(tmp_path: Path, flow_text: str) -> tuple[Store, str, int]:
 
     Returns the store, the run id and the pid of the (orphaned, then killed) sleep.
     """
-    write_flow(tmp_path / "flows", flow_text)
+    write_flow(tmp_path, flow_name(flow_text), flow_text)
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
     env["SIGNOFF_DATA"] = str(data)
@@ -715,7 +716,7 @@ def _secret_config(tmp_path: Path, monkeypatch, **kwargs) -> Harness:
     (tmp_path / "work" / "secrets.sh").write_text(f"SIGNOFF_TEST_TOK='{TOKEN}'\nSIGNOFF_TEST_HDR='{HEADER}'\n")
     return harness_with_config(tmp_path, {
         "secrets": {"tok": {"env": "SIGNOFF_TEST_TOK"}},
-        "connections": {"api": {"kind": "http", "base_url": f"http://127.0.0.1:{closed_port()}",
+        "connections": {"api": {"kind": "http", "base_url": f"http://127.0.0.1:{free_port()}",
                                 "headers": {"Authorization": {"env": "SIGNOFF_TEST_HDR"}}}},
     }, **kwargs)
 

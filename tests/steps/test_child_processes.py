@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon_support import DaemonProcess, wait_until
+from daemon_support import DaemonProcess
 from runner.children import child_environment
 from runner.errors import RunLocked
 from runner.runs.store import Store
-from support import kill_quietly, pid_alive
+from support import kill_quietly, pid_alive, wait_until
 
 pytestmark = pytest.mark.usefixtures("running")
 

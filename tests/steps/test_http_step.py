@@ -8,7 +8,7 @@ import pytest
 
 from runner.status import StepStatus
 
-from support import HttpServer, Request, all_file_bytes, closed_port, harness_with_config, json_reply
+from support import HttpServer, Request, all_file_bytes, free_port, harness_with_config, json_reply
 
 SECRET = "Bearer s3cr3t-api-token-5d1e"
 
@@ -46,9 +46,9 @@ def harness(tmp_path, monkeypatch, api):
         "api": {"kind": "http", "base_url": api.url,
                 "headers": {"Authorization": {"env": "API_TOKEN"}, "X-Static": "static-value"}},
         "prod": {"kind": "http", "base_url": api.url, "live_only": True},
-        "prod-with-stand-in": {"kind": "http", "base_url": f"http://127.0.0.1:{closed_port()}", "live_only": True,
+        "prod-with-stand-in": {"kind": "http", "base_url": f"http://127.0.0.1:{free_port()}", "live_only": True,
                                "draft_replacement": "api"},
-        "gone": {"kind": "http", "base_url": f"http://127.0.0.1:{closed_port()}"},
+        "gone": {"kind": "http", "base_url": f"http://127.0.0.1:{free_port()}"},
     }})
 
 

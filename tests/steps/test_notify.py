@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from daemon_support import DaemonProcess, InProcessDaemon, free_port, run_schema_errors, wait_until
-from support import ManualClock, eventually
+from daemon_support import DaemonProcess, InProcessDaemon
+from support import ManualClock, eventually, free_port, run_schema_errors, wait_until
 
 from runner.runs.store import Store
 

@@ -33,8 +33,8 @@ if not sshd_support.available():
 from daemon_support import DaemonProcess  # noqa: E402
 from runner.steps.ssh.hosts import fingerprint  # noqa: E402
 from runner.steps.ssh.step import detached_workers, kill_detached  # noqa: E402
-from support import (Harness, harness_with_config, kill_quietly, pid_alive, read_pid, wait_pid_gone,  # noqa: E402
-                     wait_until)
+from support import (Harness, free_port, harness_with_config, kill_quietly, pid_alive, read_pid,  # noqa: E402
+                     wait_pid_gone, wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +314,7 @@ steps:
 
 
 def test_a_refused_connection_is_retried(tmp_path, sshd):
-    closed = sshd_support.free_port()
+    closed = free_port()
     harness = ssh_harness(tmp_path, sshd, down=sshd.connection(port=closed))
     record = harness.run("""\
 name: ssh-down
