@@ -23,7 +23,7 @@ import pytest
 
 from daemon_support import event_types
 from gitops_support import GitOpsDaemon, signature
-from support import PROJECT_ROOT, clean_environ
+from support import PROJECT_ROOT, approval_step, callback_step, clean_environ, flow_doc, set_step
 
 pytestmark = pytest.mark.usefixtures("running")
 
@@ -39,28 +39,8 @@ FLOWS = {
             kind: set
             values: {n: "${{ inputs.n }}", who: "${{ inputs.who }}"}
         """,
-    "gate": """
-        name: gate
-        steps:
-          - id: review
-            kind: approval
-            approvers: [group:ops]
-            inputs:
-              score: {type: number}
-            timeout: 1h
-            on_timeout: fail
-        """,
-    "worker": """
-        name: worker
-        steps:
-          - id: done
-            kind: callback
-            timeout: 1h
-            on_timeout: fail
-          - id: report
-            kind: set
-            values: {got: "${{ steps.done.outputs.payload }}"}
-        """,
+    "gate": flow_doc("gate", approval_step(inputs={"score": {"type": "number"}})),
+    "worker": flow_doc("worker", callback_step(), set_step("report", {"got": "${{ steps.done.outputs.payload }}"})),
     "nanout": """
         name: nanout
         steps:

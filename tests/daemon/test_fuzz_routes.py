@@ -30,34 +30,15 @@ from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 
 from gitops_support import GitOpsDaemon, signature
+from support import approval_step, callback_step, flow_doc
 
 EXAMPLES = int(os.environ.get("SIGNOFF_FUZZ_EXAMPLES", "400"))
 SEED = os.environ.get("SIGNOFF_FUZZ_SEED")
 
 FLOWS = {
-    "gate": """
-        name: gate
-        inputs:
-          who: {type: string, default: you}
-        steps:
-          - id: review
-            kind: approval
-            approvers: [group:ops]
-            allow_self_approval: true
-            inputs:
-              score: {type: number}
-            timeout: 1h
-            on_timeout: fail
-        """,
-    "worker": """
-        name: worker
-        steps:
-          - id: done
-            kind: callback
-            max_bytes: 200000
-            timeout: 1h
-            on_timeout: fail
-        """,
+    "gate": flow_doc("gate", approval_step(allow_self_approval=True, inputs={"score": {"type": "number"}}),
+                     inputs={"who": {"type": "string", "default": "you"}}),
+    "worker": flow_doc("worker", callback_step(max_bytes=200000)),
     "numbers": """
         name: numbers
         inputs:
