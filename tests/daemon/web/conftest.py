@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from browser import browser, page  # noqa: F401 - fixtures, found by pytest by name
+from browser_support import browser, page  # noqa: F401 - fixtures, found by pytest by name

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from runner.daemon.web.timeline import timeline_svg
 from runner.timeutil import rfc3339
 
-from browser import STRICT_CSP, serve_app
+from browser_support import STRICT_CSP, serve_app
 
 T0 = datetime(2030, 1, 2, 3, 0, 0, tzinfo=timezone.utc)
 
