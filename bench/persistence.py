@@ -36,7 +36,7 @@ from pathlib import Path
 
 from runner.runs.engine import Engine
 from runner.flows.model import Flow
-from runner.runs.store import Store
+from runner.runs.files import FileStore
 from runner.flows.yamldoc import MAX_FILE_BYTES
 
 TARGET_RATIO = 1.5
@@ -84,7 +84,7 @@ def main() -> int:
             elif event["type"] == "run_started":
                 started.append(time.perf_counter())
 
-        store = Store(tmp / "data")
+        store = FileStore(tmp / "data")
         assert store.fsync, "the bench must run with fsync on"
         snapshots: list[tuple[int, float, float]] = []  # (steps finished before it, start, seconds)
         real_write_snapshot = store.write_snapshot

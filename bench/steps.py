@@ -32,7 +32,7 @@ from pathlib import Path
 
 from runner.runs.engine import Engine
 from runner.flows.load import load_flow
-from runner.runs.store import Store
+from runner.runs.files import FileStore
 
 TARGET_STEPS_PER_S = 1_000
 STEPS = 1_000
@@ -112,7 +112,7 @@ def run_once(steps: int, tmp: Path, profile: bool = False) -> dict:
         if event["type"] in ("run_started", "run_finished"):
             marks[event["type"]] = time.perf_counter()
 
-    engine = Engine(Store(tmp / "data"), work_dir=tmp, listener=listener)  # Store fsyncs by default
+    engine = Engine(FileStore(tmp / "data"), work_dir=tmp, listener=listener)  # Store fsyncs by default
     assert engine.store.fsync, "the bench must run with fsync on"
     run_id = engine.create_run(flow, {}, started_by="bench")
 

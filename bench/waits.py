@@ -227,9 +227,9 @@ def _direct_worker(args: tuple[str, str, str, str, str, int]) -> list[dict]:
     from runner.config import load_config
     from runner.runs.engine import Engine
     from runner.flows.load import load_flow
-    from runner.runs.store import Store
+    from runner.runs.files import FileStore
 
-    engine = Engine(Store(data), work_dir=repo, config=load_config(config_path), public_url=public_url,
+    engine = Engine(FileStore(data), work_dir=repo, config=load_config(config_path), public_url=public_url,
                     accepts_messages=True)
     flow = load_flow(Path(repo) / "flows" / f"{flow_name}.yaml")
 

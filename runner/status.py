@@ -1,11 +1,15 @@
-"""Run and step statuses: stored and printed as these lowercase strings."""
+"""Run and step statuses and the types of run events: stored and printed as these lowercase strings.
+
+They are `StrEnum`s, so a member is the very string it stands for: it compares
+equal to what is read back from disk, and it is written as that string.
+"""
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     WAITING = "waiting"
@@ -15,11 +19,8 @@ class RunStatus(str, Enum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class StepStatus(str, Enum):
+class StepStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     WAITING = "waiting"
@@ -30,8 +31,33 @@ class StepStatus(str, Enum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
 
-    def __str__(self) -> str:
-        return self.value
+
+class EventType(StrEnum):
+    """The `type` of each line of a run's events.jsonl (runner.runs.events folds them into run.json).
+
+    It lives here, beside the statuses, because step kinds (below runs/ in the layering) make
+    events too; `runner.runs.events.EventType` is the same class.
+    """
+
+    RUN_CREATED = "run_created"
+    RUN_STARTED = "run_started"
+    RUN_FINISHED = "run_finished"
+    STEP_STARTED = "step_started"
+    STEP_OUTPUT = "step_output"
+    STEP_WAITING = "step_waiting"
+    STEP_RETRYING = "step_retrying"
+    STEP_INTERRUPTED = "step_interrupted"
+    STEP_FINISHED = "step_finished"
+    STEP_SKIPPED = "step_skipped"
+    JUMP = "jump"
+    ROUTING_CLEARED = "routing_cleared"
+    DECISION = "decision"
+    CALLBACK_RECEIVED = "callback_received"
+    NOTIFICATION = "notification"
+    CANCEL_REQUESTED = "cancel_requested"
+    SSH_JOB_STARTED = "ssh_job_started"
+    DETACHED_KILL_REQUESTED = "detached_kill_requested"
+    DETACHED_KILLED = "detached_killed"
 
 
 ACTIVE_RUN = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING})
@@ -43,4 +69,5 @@ TERMINAL_STEP = frozenset({
 
 
 def is_terminal(status: str) -> bool:
-    return status in {s.value for s in TERMINAL_RUN}
+    """Whether a run with this status has ended (a member hashes as its string, so a plain one is found)."""
+    return status in TERMINAL_RUN

@@ -45,6 +45,7 @@ from runner.runs.engine import Engine
 from runner.flows.load import load_flow
 from runner.flows.inputs import resolve_inputs
 from runner.flows.model import Flow
+from runner.runs.files import FileStore
 from runner.runs.store import Store
 from runner.timeutil import Clock
 from yamlcompat import YAML
@@ -211,7 +212,7 @@ class Harness:
     store: Store = field(init=False)
 
     def __post_init__(self) -> None:
-        self.store = Store(self.tmp_path / "data")
+        self.store = FileStore(self.tmp_path / "data")
         (self.tmp_path / "work").mkdir(parents=True, exist_ok=True)
         kwargs = {"masker": self.config.masker} if self.config is not None else {}
         self.engine = Engine(self.store, work_dir=self.tmp_path / "work", config=self.config, clock=self.clock,

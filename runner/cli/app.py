@@ -21,6 +21,7 @@ from runner.cli.client import Client
 from runner.config import ClientView, Config, client_view, load_config
 from runner.errors import Interrupted, SignoffError
 from runner.releases.repo import find_root
+from runner.runs.files import FileStore
 from runner.runs.store import Store
 
 
@@ -44,7 +45,7 @@ class Env:
         return self.repo / "flows"
 
     def store(self) -> Store:
-        return Store(self.data)
+        return FileStore(self.data)
 
     def config(self) -> Config:
         return load_config(self.config_path)

@@ -16,7 +16,7 @@ from runner.config import Config, load_config
 from runner.daemon.core import Daemon
 from runner.releases.service import GitOps
 from runner.daemon.http import create_app
-from runner.runs.store import Store
+from runner.runs.files import FileStore
 from runner.timeutil import Clock, parse_duration
 from runner.releases.mirror import RepoSource
 
@@ -64,7 +64,7 @@ def build(env: Any, *, host: str | None = None, port: int | None = None,
         work_dir = (base / repo_spec["path"]).resolve() if repo_spec.get("path") else env.repo
         source = RepoSource(path=work_dir)
     public_url = server.get("public_url") or f"http://{host}:{port}"
-    store = Store(data_dir)
+    store = FileStore(data_dir)
     if webhook_secret:
         config.masker.add(webhook_secret)
     gitops = GitOps(source=source, data_dir=data_dir, config=config, webhook_secret=webhook_secret,

@@ -1,115 +1,37 @@
-"""Run directories, event logs and resources on disk (DESIGN §4).
+"""What the engine and the daemon need from a store of runs: the `Store` protocol.
 
-    <data>/runs/<run-id>/run.json      snapshot, replaced atomically (tmp + fsync + rename)
-    <data>/runs/<run-id>/events.jsonl  append-only, fsynced, each line chained to the last
-    <data>/runs/<run-id>/flow.yaml     the exact flow source the run executes
-    <data>/resources/<sha256>          content-addressed blobs, with <sha256>.json metadata
-    <data>/kills/<run-id>              empty: the run has kills of remote jobs still to carry out
+A store keeps, for each run, its append-only hash-chained events, a snapshot
+(the fold of a prefix of them, run.json in the file store) and the flow source
+it runs; beside the runs, content-addressed resources, the callback index
+(token sha256 -> run, step) and the short list of runs with kills of remote
+jobs still to carry out.
 
-Readers never lock; the one writer of a run holds an fcntl lock on its `events.jsonl`.
+One writer per run (DESIGN §9): `open_log` takes the run's writer lock and
+holding the returned `RunLog` open is holding it; readers never lock.
+
+`runner.runs.files.FileStore` is the store on disk (the embedded default);
+`runner.runs.memory.MemoryStore` keeps everything in memory, for engine unit
+tests. A PostgreSQL store implements the same protocol beside them.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
-import os
 import re
 import secrets
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, ContextManager, Iterator, Protocol
 
-from runner.runs import events as record
-from runner.datadir import (FileLock, fsync_dir, is_leftover, make_dir, make_private, open_append, publish,
-                            write_atomic)
-from runner.errors import IntegrityError, NotFound, RunLocked, StoreError
-
-GENESIS = "0" * 64
 RUN_ID = re.compile(r"^[0-9]{8}t[0-9]{6}z-[0-9a-f]{8}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RES_PREFIX = "res://"
 
 
-def _dumps(data: Any) -> str:
-    """Strict JSON (NaN or Infinity: ValueError; a lone surrogate fails as it is encoded), before any write."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
-
-
-class EventLog:
-    """The append-only, hash-chained history of one run. Opening it takes the run's writer lock.
-
-    DESIGN section 9: one writer per run, an fcntl lock on a file in the run directory;
-    the log itself is that file, so taking the lock costs no extra open. Readers never lock.
-    """
-
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
-        self.path = path
-        self.fsync = fsync
-        self.count = 0
-        self.last_sha256 = GENESIS
-        self.tail: list[dict[str, Any]] = []  # the events read by resume()
-        # appends go to the end; resume() reads from a position. A new log's name is fsynced in its directory.
-        self._handle: BinaryIO = open_append(path, fsync=fsync)
-        try:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._handle.close()
-            raise RunLocked(f"run {path.parent.name} is being advanced by another process",
-                            hint="wait for it, or stop the daemon that owns it") from None
-        self.size = os.fstat(self._handle.fileno()).st_size
-
-    def resume(self, start: dict[str, Any] | None = None) -> bool:
-        """Read the events after `start` (a snapshot's `events`), or all of them; True if `start` was used.
-
-        A torn last line left by a crash mid-write was never acknowledged: it is cut off.
-        """
-        offset, resumed = 0, bool(start) and self.size >= start.get("bytes", 0)
-        if resumed:
-            self.count, self.last_sha256, offset = start["count"], start["last_sha256"], start["bytes"]
-        if self.size > offset:
-            self._recover_tail(offset, self.size)
-        return resumed
-
-    def _recover_tail(self, offset: int, size: int) -> None:
-        good = offset
-        self._handle.seek(offset)
-        for line in self._handle:
-            if not line.endswith(b"\n"):
-                break
-            good += len(line)
-            self.count += 1
-            self.last_sha256 = hashlib.sha256(line[:-1]).hexdigest()
-            self.tail.append(json.loads(line))
-        if good != size:
-            self._handle.truncate(good)
-        self.size = good
-
-    def append(self, events: list[dict[str, Any]]) -> None:
-        """Chain, write and (by default) fsync a batch of events in one write."""
-        lines, count, last = [], self.count, self.last_sha256
-        for event in events:  # encoded first: a value that cannot be written leaves the chain as it was
-            event["seq"] = count
-            event["prev"] = last
-            line = _dumps(event).encode()
-            last = hashlib.sha256(line).hexdigest()
-            count += 1
-            lines.append(line + b"\n")
-        self.count, self.last_sha256 = count, last
-        data = b"".join(lines)
-        self._handle.write(data)
-        self._handle.flush()
-        self.size += len(data)
-        if self.fsync:
-            os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        self._handle.close()
+def new_run_id(now: datetime) -> str:
+    """`20261124t190812z-3f9a2c1b`: sorts by creation time to the microsecond."""
+    stamp = now.strftime("%Y%m%dt%H%M%Sz")
+    return f"{stamp}-{now.microsecond:05x}{secrets.randbelow(16 ** 3):03x}"
 
 
 @dataclass
@@ -129,12 +51,12 @@ class Verification:
 
 @dataclass
 class RunFiles:
-    """One run folder as `Store.scan` found it."""
+    """One run as `Store.scan` found it at start-up."""
 
     run_id: str
     snapshot: dict[str, Any] | None
     log_size: int
-    lags: bool          # no snapshot, or events after it: the record is the fold, not run.json
+    lags: bool          # no snapshot, or events after it: the record is the fold, not the snapshot
     leftovers: bool     # temp files or work folders of a writer that died
 
     @property
@@ -142,424 +64,116 @@ class RunFiles:
         return self.snapshot.get("status") if self.snapshot else None
 
 
-class Store:
-    def __init__(self, data_dir: str | Path, *, fsync: bool = True) -> None:
-        self.data_dir = Path(data_dir)
-        self.runs_dir = self.data_dir / "runs"
-        self.resources_dir = self.data_dir / "resources"
-        self.fsync = fsync
+class RunLog(Protocol):
+    """One run's event log, open for appending; holding it is holding the run's writer lock."""
 
-    # ---- runs -------------------------------------------------------------
+    count: int                      # events in the log
+    last_sha256: str                # the chain's head: sha256 of the last line
+    tail: list[dict[str, Any]]      # the events `resume` read
 
-    def new_run_id(self, now: datetime) -> str:
-        """`20261124t190812z-3f9a2c1b`: sorts by creation time to the microsecond."""
-        stamp = now.strftime("%Y%m%dt%H%M%Sz")
-        return f"{stamp}-{now.microsecond:05x}{secrets.randbelow(16 ** 3):03x}"
+    def resume(self, start: dict[str, Any] | None = None) -> bool:
+        """Read the events after `start` (a snapshot's `events`) into `tail`, or all; True if `start` was used."""
+        ...
 
-    def create_run_dir(self, now: datetime, flow_source: str, run_id: str | None = None) -> str:
-        """A new run directory holding the flow source; `run_id` when the id was chosen (and recorded) first."""
-        try:
-            make_dir(self.runs_dir, fsync=self.fsync)
-        except OSError as exc:
-            raise StoreError(f"cannot create {self.runs_dir}: {exc.strerror}",
-                             hint="check the data directory (--data / SIGNOFF_DATA) is writable") from None
-        if run_id is not None:
-            return self._claim_run_dir(run_id, flow_source)
-        for _ in range(100):
-            run_id = self.new_run_id(now)
-            try:
-                os.mkdir(self.runs_dir / run_id, 0o700)
-            except FileExistsError:
-                continue
-            # flow.yaml's rename fsyncs the run directory; that fsync of runs/ makes the directory itself durable
-            write_atomic(self.runs_dir / run_id / "flow.yaml", flow_source.encode(), fsync=self.fsync)
-            if self.fsync:
-                fsync_dir(self.runs_dir)
-            return run_id
-        raise StoreError("could not allocate a run id")
+    def append(self, events: list[dict[str, Any]]) -> None:
+        """Chain (`seq`, `prev`) and durably write a batch of events, all or none."""
+        ...
 
-    def _claim_run_dir(self, run_id: str, flow_source: str) -> str:
-        """The directory of a run whose id was chosen earlier; one a crash left without `run_created` is reused."""
-        if not RUN_ID.match(run_id):
-            raise StoreError(f"{run_id!r} is not a run id")
-        if self.run_exists(run_id):
-            raise StoreError(f"run {run_id} exists already")
-        try:
-            os.mkdir(self.runs_dir / run_id, 0o700)
-        except FileExistsError:
-            pass
-        (self.runs_dir / run_id / "events.jsonl").unlink(missing_ok=True)  # a torn first line, never acknowledged
-        write_atomic(self.runs_dir / run_id / "flow.yaml", flow_source.encode(), fsync=self.fsync)
-        if self.fsync:
-            fsync_dir(self.runs_dir)
-        return run_id
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    # ---- runs: creation, the writer, reading --------------------------------------------
+
+    def new_run_id(self, now: datetime) -> str: ...
+
+    def create_run(self, now: datetime, flow_source: str, run_id: str | None = None) -> str:
+        """A new run holding the flow source; `run_id` when the id was chosen (and recorded) first."""
+        ...
 
     def run_exists(self, run_id: str) -> bool:
-        """Whether the run's log holds its first event (`run_created`) whole."""
-        try:
-            with open(self.runs_dir / run_id / "events.jsonl", "rb") as handle:
-                return handle.readline().endswith(b"\n")
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        """Whether the run's first event (`run_created`) is durable."""
+        ...
 
     def run_dir(self, run_id: str) -> Path:
-        if not RUN_ID.match(run_id or ""):
-            raise NotFound(f"{run_id!r} is not a run id", hint="run ids look like 20261124t190812z-3f9a2c1b")
-        path = self.runs_dir / run_id
-        if not path.is_dir():
-            raise NotFound(f"no run {run_id} in {self.data_dir}", hint="list runs with `signoff runs list`")
-        return path
+        """A local folder of the run: its steps' attempts keep their scratch files (`work/`) there."""
+        ...
 
-    def open_log(self, run_id: str) -> EventLog:
-        """The run's log, to append to: holding it open is holding the run's writer lock."""
-        return EventLog(self.run_dir(run_id) / "events.jsonl", fsync=self.fsync)
+    def flow_source(self, run_id: str) -> str: ...
 
-    def daemon_lock(self) -> FileLock:
-        """Held by the daemon serving this data dir: a second one would interleave the callback inbox."""
-        make_dir(self.data_dir, fsync=self.fsync)
-        make_private(self.data_dir)
-        return FileLock(self.data_dir / "daemon.lock", StoreError(
-            f"another signoff daemon is already serving the data dir {self.data_dir}",
-            hint="stop it first, or give this daemon its own data dir (--data)"))
-
-    def flow_source(self, run_id: str) -> str:
-        return (self.run_dir(run_id) / "flow.yaml").read_text()
-
-    def write_snapshot(self, run: dict[str, Any], log: EventLog) -> None:
-        """Replace run.json. Its directory is not fsynced: the log is the truth, and a rename lost to a
-        power loss leaves an older snapshot (or none), which every writer and start-up repair from the log."""
-        run["events"] = {"count": log.count, "last_sha256": log.last_sha256, "bytes": log.size}
-        write_atomic(self.run_dir(run["id"]) / "run.json", (_dumps(run) + "\n").encode(), fsync=self.fsync,
-                     durable_name=False)
+    def open_log(self, run_id: str) -> RunLog:
+        """The run's log, to append to; RunLocked if another process writes the run."""
+        ...
 
     def read_snapshot(self, run_id: str) -> dict[str, Any]:
-        path = self.run_dir(run_id) / "run.json"
-        try:
-            with open(path, "rb") as handle:
-                return json.loads(handle.read())
-        except FileNotFoundError:
-            raise NotFound(f"run {run_id} has no run.json yet") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"{path} is not valid JSON: {exc}",
-                                 hint=f"`signoff runs verify {run_id}` rebuilds it from events") from None
+        """The last snapshot; NotFound if there is none yet, IntegrityError if it does not read."""
+        ...
+
+    def write_snapshot(self, run: dict[str, Any], log: RunLog) -> None:
+        """Replace the snapshot with `run`, as of `log`'s last event (kept in its `events`)."""
+        ...
 
     def read_run(self, run_id: str) -> dict[str, Any]:
         """The current record: the snapshot plus any events written after it."""
-        try:
-            run = self.read_snapshot(run_id)
-        except (NotFound, IntegrityError):
-            run = record.fold(list(self.read_events(run_id)))
-            if not run:
-                raise
-            return run
-        offset = run.get("events", {}).get("bytes", 0)
-        tail = list(self._events_from(run_id, offset))
-        for event in tail:
-            record.apply(run, event)
-        return run
+        ...
 
-    def _fold_log(self, run_id: str) -> dict[str, Any] | None:
-        try:
-            return record.fold(list(self.read_events(run_id))) or None
-        except (OSError, ValueError, KeyError):
-            return None
-
-    def _events_from(self, run_id: str, offset: int) -> Iterator[dict[str, Any]]:
-        path = self.run_dir(run_id) / "events.jsonl"
-        try:
-            if os.stat(path).st_size <= offset:
-                return  # the snapshot is current (the common case): no need to open the log
-            handle = open(path, "rb")
-        except FileNotFoundError:
-            return
-        with handle:
-            handle.seek(offset)
-            for line in handle:
-                if line.endswith(b"\n"):
-                    yield json.loads(line)
-
-    def read_events(self, run_id: str, *, after: int = -1) -> Iterator[dict[str, Any]]:
-        for event in self._events_from(run_id, 0):
-            if event.get("seq", 0) > after:
-                yield event
+    def read_events(self, run_id: str, *, after: int = -1) -> Iterator[dict[str, Any]]: ...
 
     def list_runs(self, *, flow: str | None = None, status: str | None = None, draft: bool | None = None,
                   limit: int = 50, before: str | None = None, active_only: bool = False) -> list[dict[str, Any]]:
-        """Newest first (ids older than `before`, for paging), reading snapshots only, never event logs."""
-        if not self.runs_dir.is_dir():
-            return []
-        found = []
-        for name in sorted(os.listdir(self.runs_dir), reverse=True):
-            if not RUN_ID.match(name) or (before and name >= before):
-                continue
-            try:
-                run = self.read_snapshot(name)
-            except (NotFound, IntegrityError):
-                # a run whose log exists is a run, even if a crash came before its first snapshot
-                run = self._fold_log(name)
-                if run is None:
-                    continue
-            if flow and run.get("flow") != flow or status and run.get("status") != status:
-                continue
-            if active_only and run.get("status") not in ("queued", "running", "waiting"):
-                continue
-            if draft is not None and bool(run.get("draft")) != draft:
-                continue
-            found.append(run)
-            if len(found) >= limit:
-                break
-        return found
+        """Newest first (ids older than `before`, for paging)."""
+        ...
 
     def verify(self, run_id: str, *, grace: float = 1.0) -> Verification:
-        """Check the event chain, and that run.json is exactly the fold of the events it claims.
+        """Check the event chain, and that the snapshot is exactly the fold of the events it claims."""
+        ...
 
-        A run that has just ended has its last events on disk a moment before its snapshot: a
-        lagging snapshot is looked at again for up to `grace` seconds before it is reported.
-        """
-        deadline = time.monotonic() + grace
-        while True:
-            result = self._verify_once(run_id)
-            if not result.lagging or time.monotonic() >= deadline:
-                return result
-            time.sleep(0.05)
+    # ---- start-up -----------------------------------------------------------------------
 
-    def _verify_once(self, run_id: str) -> Verification:
-        result = Verification(run_id)
-        path = self.run_dir(run_id) / "events.jsonl"
-        prev, events = GENESIS, []
-        hashes: list[str] = []
-        data = path.read_bytes() if path.exists() else b""
-        if data and not data.endswith(b"\n"):
-            result.problems.append("events.jsonl ends in a partial line (truncated or torn write)")
-        for number, line in enumerate(data.split(b"\n")[:-1] if data else [], start=1):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                result.problems.append(f"events.jsonl line {number} is not valid JSON")
-                break
-            if event.get("prev") != prev or event.get("seq") != number - 1:
-                result.problems.append(f"events.jsonl line {number} does not chain to line {number - 1} "
-                                       "(an event was edited, removed or reordered)")
-                break
-            prev = hashlib.sha256(line).hexdigest()
-            hashes.append(prev)
-            events.append(event)
-        result.events = len(events)
-        try:
-            snapshot = self.read_snapshot(run_id)
-        except (NotFound, IntegrityError) as exc:
-            result.problems.append(exc.message)
-            return result
-        claimed = snapshot.get("events", {})
-        count = claimed.get("count", 0)
-        if count > len(hashes) or (count and hashes[count - 1] != claimed.get("last_sha256")):
-            result.problems.append(f"run.json records {count} events ending in {claimed.get('last_sha256', '')[:12]}, "
-                                   f"but events.jsonl has {len(hashes)} valid ones (truncated or altered)")
-            return result
-        if count < len(events) and record.fold(events).get("finished_at"):
-            # a run that has ended is advanced by nobody, so its snapshot must be current: a lag is a
-            # crash between the last event and the snapshot that start-up did not repair (yet)
-            result.problems.append(f"run.json lags its log: it reflects {count} of {len(events)} events "
-                                   f"(the daemon rewrites it from the log at start-up)")
-            result.lagging = True
-        rebuilt = record.fold(events[:count])
-        rebuilt["events"] = claimed
-        if json.loads(_dumps(rebuilt)) != snapshot:
-            differing = sorted(k for k in set(rebuilt) | set(snapshot) if rebuilt.get(k) != snapshot.get(k))
-            result.problems.append(f"run.json does not match its events (differs in: {', '.join(differing)})")
-        return result
+    def daemon_lock(self) -> ContextManager[Any]:
+        """Held by the one daemon serving this store."""
+        ...
 
-    def scan(self) -> Iterator["RunFiles"]:
-        """Every run folder as it is on disk, for start-up: the snapshot, whether the log has events it
-        does not reflect, and whether a dead writer left something behind. One pass, no log read."""
-        if not self.runs_dir.is_dir():
-            return
-        for name in sorted(os.listdir(self.runs_dir)):
-            if not RUN_ID.match(name):
-                continue
-            try:
-                snapshot: dict[str, Any] | None = self.read_snapshot(name)
-            except (NotFound, IntegrityError):
-                snapshot = None
-            log_size, leftovers = 0, False
-            with os.scandir(self.runs_dir / name) as entries:
-                for entry in entries:
-                    if entry.name == "events.jsonl":
-                        log_size = entry.stat().st_size
-                    elif entry.name == "work" or is_leftover(entry.name):
-                        leftovers = True
-            lags = snapshot is None or (snapshot.get("events") or {}).get("bytes", 0) != log_size
-            yield RunFiles(name, snapshot, log_size, lags, leftovers)
+    def scan(self) -> Iterator[RunFiles]: ...
 
     def sweep(self, run_id: str) -> list[str]:
-        """Remove what a dead writer of this run left: temp files, and cut-short attempts' work folders.
-
-        Only for a run whose writer lock the caller holds. The work folders hold an attempt's
-        raw, unmasked output, so they must not outlive the attempt.
-        """
-        folder = self.run_dir(run_id)
-        removed = []
-        for entry in os.scandir(folder):
-            if entry.is_file() and is_leftover(entry.name):
-                os.unlink(entry.path)
-                removed.append(entry.name)
-        if (folder / "work").is_dir():
-            shutil.rmtree(folder / "work", ignore_errors=True)
-            removed.append("work/")
-        return removed
+        """Remove what a dead writer of this run left (the caller holds its writer lock)."""
+        ...
 
     def discard_unborn(self, run_id: str) -> bool:
-        """Remove a run folder whose log holds no event (a crash before `run_created` was fsynced).
+        """Remove a run whose log holds no event (a crash before `run_created` was durable)."""
+        ...
 
-        Nothing of it was acknowledged: its start answered no 201. Not while its creator still
-        holds its log (RunLocked).
-        """
-        folder = self.run_dir(run_id)
-        log = EventLog(folder / "events.jsonl", fsync=self.fsync)
-        try:
-            if log.size:
-                return False
-            shutil.rmtree(folder)
-        finally:
-            log.close()
-        if self.fsync:
-            fsync_dir(self.runs_dir)
-        return True
+    def sweep_shared(self) -> list[str]: ...
 
-    def sweep_shared(self) -> list[str]:
-        """Temp files of dead writers outside the run folders (resources, callback index, release state)."""
-        removed = []
-        for folder in (self.resources_dir, self.data_dir / "callbacks", self.data_dir / "releases",
-                       self.data_dir / "kills", self.data_dir):
-            if not folder.is_dir():
-                continue
-            for entry in os.scandir(folder):
-                if entry.is_file() and is_leftover(entry.name):
-                    os.unlink(entry.path)
-                    removed.append(f"{folder.name}/{entry.name}")
-        return removed
-
-    # ---- callback tokens ------------------------------------------------------
+    # ---- the callback index -------------------------------------------------------------
 
     def index_callbacks(self, run_id: str, tokens: dict[str, str]) -> None:
-        """token sha256 -> (run, step) for each step's token, so a callback finds its run in O(1).
+        """token sha256 -> (run, step), durable before the run that hands the URLs out is created."""
+        ...
 
-        The tokens themselves are not stored here. Each entry is durable before the run that hands
-        its URL out is created.
-        """
-        folder = self.data_dir / "callbacks"
-        make_dir(folder, fsync=self.fsync)
-        for step_id, token in tokens.items():
-            digest = hashlib.sha256(token.encode()).hexdigest()
-            write_atomic(folder / f"{digest}.json", _dumps({"run": run_id, "step": step_id}).encode(),
-                         fsync=self.fsync, durable_name=False)
-        if tokens and self.fsync:
-            fsync_dir(folder)  # one directory fsync for all of a run's entries
+    def find_callback(self, token: str) -> tuple[str, str] | None: ...
 
-    def find_callback(self, token: str) -> tuple[str, str] | None:
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        try:
-            entry = json.loads((self.data_dir / "callbacks" / f"{digest}.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return entry["run"], entry["step"]
+    # ---- runs with kills of remote jobs still to carry out ------------------------------
 
-    # ---- runs with kills of remote jobs still to carry out (runner.steps.ssh.jobs) --------------
+    def note_kills(self, run_id: str) -> None: ...
 
-    def note_kills(self, run_id: str) -> None:
-        """Put the run on the short list the daemon's start-up sweeps (durably, before its requests are written)."""
-        folder = self.data_dir / "kills"
-        marker = folder / run_id
-        if marker.exists():
-            return
-        make_dir(folder, fsync=self.fsync)
-        write_atomic(marker, b"", fsync=self.fsync)
+    def runs_with_kills(self) -> list[str]: ...
 
-    def runs_with_kills(self) -> list[str]:
-        """The runs on that list: O(outstanding), whatever the number of runs."""
-        folder = self.data_dir / "kills"
-        return sorted(name for name in os.listdir(folder) if RUN_ID.match(name)) if folder.is_dir() else []
+    def kills_settled(self, run_id: str) -> None: ...
 
-    def kills_settled(self, run_id: str) -> None:
-        """Take the run off that list: it has no kill left to carry out."""
-        try:
-            os.unlink(self.data_dir / "kills" / run_id)
-        except FileNotFoundError:
-            pass
-
-    # ---- resources ----------------------------------------------------------
+    # ---- resources ----------------------------------------------------------------------
 
     def put_resource(self, data: bytes | Path, *, media_type: str = "application/octet-stream",
                      name: str | None = None, run_id: str | None = None, step: str | None = None,
                      created_at: str | None = None) -> str:
-        """Store bytes (or a file's bytes, streamed) by content; return `res://<sha256>`."""
-        make_dir(self.resources_dir, fsync=self.fsync)
-        digest = hashlib.sha256()
-        # named like every temp file (.<name>.<pid>.tmp), so start-up knows a dead writer's
-        fd, tmp_name = tempfile.mkstemp(dir=self.resources_dir, prefix=".incoming-", suffix=f".{os.getpid()}.tmp")
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            if isinstance(data, Path):
-                with open(data, "rb") as source:
-                    while chunk := source.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-            else:
-                digest.update(data)
-                out.write(data)
-                size = len(data)
-            out.flush()
-            if self.fsync:
-                os.fsync(out.fileno())
-        sha = digest.hexdigest()
-        target = self.resources_dir / sha
-        meta_path = self.resources_dir / f"{sha}.json"
-        if not meta_path.exists():
-            meta = {"sha256": sha, "size": size, "media_type": media_type, "name": name, "run": run_id,
-                    "step": step, "created_at": created_at}
-            write_atomic(meta_path, (_dumps(meta) + "\n").encode(), fsync=self.fsync, durable_name=False)
-        elif run_id:
-            self._note_resource_run(sha, run_id)
-        publish(Path(tmp_name), target, fsync=self.fsync)  # its directory fsync covers the metadata too
-        return RES_PREFIX + sha
+        """Store bytes (or a file's bytes) by content; return `res://<sha256>`."""
+        ...
 
-    def _note_resource_run(self, sha: str, run_id: str) -> None:
-        """Another run stored the same bytes: index it beside the metadata (`<sha256>.runs`, a line per run)."""
-        if run_id in self.resource_runs(sha):
-            return
-        with open_append(self.resources_dir / f"{sha}.runs", fsync=self.fsync) as handle:
-            handle.write(run_id.encode() + b"\n")
-            handle.flush()
-            if self.fsync:
-                os.fsync(handle.fileno())
+    def resource_runs(self, ref: str) -> list[str]: ...
 
-    def resource_runs(self, ref: str) -> list[str]:
-        """The runs that stored this resource: the one its metadata names, then the others, in order."""
-        meta = self.resource_meta(ref)
-        try:
-            others = (self.resources_dir / f"{meta['sha256']}.runs").read_text().split()
-        except OSError:
-            others = []
-        return list(dict.fromkeys(r for r in [meta.get("run"), *others] if r))
+    def resource_path(self, ref: str) -> Path: ...
 
-    def resource_path(self, ref: str) -> Path:
-        sha = ref[len(RES_PREFIX):] if ref.startswith(RES_PREFIX) else ref
-        if not SHA256.match(sha):
-            raise NotFound(f"{ref!r} is not a resource reference", hint="resources look like res://<64 hex digits>")
-        path = self.resources_dir / sha
-        if not path.is_file():
-            raise NotFound(f"no resource {sha} in {self.data_dir}")
-        return path
+    def resource_meta(self, ref: str) -> dict[str, Any]: ...
 
-    def resource_meta(self, ref: str) -> dict[str, Any]:
-        path = self.resource_path(ref)
-        try:
-            return json.loads(path.with_name(path.name + ".json").read_text())
-        except (OSError, ValueError):
-            return {"sha256": path.name, "size": path.stat().st_size, "media_type": "application/octet-stream"}
-
-    def copy_resource(self, ref: str, out: BinaryIO) -> int:
-        with open(self.resource_path(ref), "rb") as source:
-            shutil.copyfileobj(source, out)
-            return source.tell()
+    def copy_resource(self, ref: str, out: BinaryIO) -> int: ...

@@ -17,7 +17,9 @@ from jsonschema import Draft202012Validator
 from runner.errors import Conflict, Forbidden, Invalid, UsageError
 from runner.flows.expressions import to_text
 from runner.flows.inputs import coerce
-from runner.steps.base import Expired, Park, Receipt, StepContext
+from runner.flows.model import Step
+from runner.status import EventType, StepStatus
+from runner.steps.base import BaseWaitingKind, Expired, Park, Receipt, StepContext
 from runner.timeutil import rfc3339
 
 DECISIONS = ("approve", "reject", "request_changes")
@@ -36,10 +38,12 @@ def _needs_comment(setting: Any, decision: str) -> bool:
     return setting == "reject" and decision != "approve"
 
 
-class ApprovalKind:
-    instant = False
-    waits = True
-    shell_fields = ()
+class ApprovalKind(BaseWaitingKind):
+    name = "approval"
+    takes_decisions = True
+    asks_decision = True
+    # `context` is rendered once, as the wait begins; the jumps are step ids
+    unrendered_fields = frozenset({"context", "on_timeout", "on_reject", "rewind_to"})
 
     async def execute(self, ctx: StepContext) -> Park:
         spec = ctx.step.spec
@@ -69,7 +73,7 @@ class ApprovalKind:
             if message.get(field) is not None and not isinstance(message[field], kinds):
                 raise Invalid(f"{field} must be {'a string' if kinds is str else 'an object'}")
         comment = (message.get("comment") or "").strip() or None
-        if state["status"] != "waiting":
+        if state["status"] != StepStatus.WAITING:
             raise Conflict(f"step '{step_id}' is not waiting for a decision (it is {state['status']})")
         if decision not in DECISIONS:
             raise Invalid(f"decision must be one of {', '.join(DECISIONS)}")
@@ -93,13 +97,14 @@ class ApprovalKind:
         inputs = self._inputs(spec, message.get("inputs") or {}, decision)
         approvals = [a["by"] for a in state.get("approvals") or []]
         final = decision != "approve" or len(approvals) + 1 >= int(spec.get("min_approvals", 1))
-        event = {"type": "decision", "by": user.name, "decision": decision, "comment": comment, "inputs": inputs,
-                 "context_sha256": state.get("context_sha256"), "final": final, "decided_by": user.name}
+        event = {"type": EventType.DECISION, "by": user.name, "decision": decision, "comment": comment,
+                 "inputs": inputs, "context_sha256": state.get("context_sha256"), "final": final, "decided_by": user.name}
         if not final:
             return Receipt(event=event)
         outputs = {"decision": decision, "decided_by": user.name, "comment": comment, "inputs": inputs,
                    "approved_by": approvals + [user.name] if decision == "approve" else []}
-        return Receipt(event=event, outcome="succeeded" if decision == "approve" else "rejected", outputs=outputs)
+        return Receipt(event=event, outcome=StepStatus.SUCCEEDED if decision == "approve" else StepStatus.REJECTED,
+                       outputs=outputs)
 
     def settle(self, ctx: StepContext) -> Receipt | None:
         """A final decision recorded before a crash cut the step short ends the wait now."""
@@ -110,7 +115,17 @@ class ApprovalKind:
         outputs = {"decision": state["decision"], "decided_by": state.get("decided_by"),
                    "comment": state.get("comment"), "inputs": state.get("inputs") or {},
                    "approved_by": [a["by"] for a in state.get("approvals") or []] if approved else []}
-        return Receipt(outcome="succeeded" if approved else "rejected", outputs=outputs)
+        return Receipt(outcome=StepStatus.SUCCEEDED if approved else StepStatus.REJECTED, outputs=outputs)
+
+    def rewind_to(self, step: Step, state: dict[str, Any]) -> str | None:
+        """request_changes sends the run back to `rewind_to`."""
+        return step.spec.get("rewind_to") if state.get("decision") == "request_changes" else None
+
+    def announce(self, run: dict[str, Any], step_id: str, event: dict[str, Any]) -> tuple[str, str] | None:
+        state = event.get("state") or {}
+        text = (f"Run {run['id']} of {run['flow']} waits for approval of '{step_id}' by "
+                f"{', '.join(state.get('approvers', []))} until {event['wake_at']}.\n\n{state.get('context', '')}")
+        return f"{run['flow']}: waiting at {step_id}", text
 
     def _inputs(self, spec: dict, given: dict[str, Any], decision: str) -> dict[str, Any]:
         declared = spec.get("inputs") or {}

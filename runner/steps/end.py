@@ -9,15 +9,15 @@ outcome a rejection or timeout routed the run to.
 from __future__ import annotations
 
 from runner.flows.expressions import to_text
-from runner.steps.base import Done, StepContext
+from runner.steps.base import BaseKind, Done, StepContext
 
 STATUSES = ("succeeded", "failed", "rejected", "cancelled")
 
 
-class EndKind:
+class EndKind(BaseKind):
+    name = "end"
     instant = True
     ends_run = True
-    shell_fields = ()
 
     async def execute(self, ctx: StepContext) -> Done:
         message = ctx.spec.get("message")

@@ -14,15 +14,14 @@ from typing import Any
 import httpx
 
 from runner.errors import StepFailed
-from runner.steps.base import Done, StepContext
+from runner.steps.base import BaseKind, Done, StepContext
 from runner.timeutil import parse_duration
 
 MAX_BODY = 16 * 1024 * 1024
 
 
-class HttpKind:
-    instant = False
-    shell_fields = ()
+class HttpKind(BaseKind):
+    name = "http"
 
     async def execute(self, ctx: StepContext) -> Done:
         if ctx.config is None:

@@ -4,12 +4,11 @@ a channel that keeps failing is recorded in the outputs (`delivered: false`)."""
 from __future__ import annotations
 
 from runner.notify import Message, Notifier
-from runner.steps.base import Done, StepContext
+from runner.steps.base import BaseKind, Done, StepContext
 
 
-class NotifyKind:
-    instant = False
-    shell_fields = ()
+class NotifyKind(BaseKind):
+    name = "notify"
 
     async def execute(self, ctx: StepContext) -> Done:
         channels = ctx.config.channels if ctx.config is not None else {}

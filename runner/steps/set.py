@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from runner.steps.base import Done, StepContext
+from runner.steps.base import BaseKind, Done, StepContext
 
 
-class SetKind:
+class SetKind(BaseKind):
+    name = "set"
     instant = True
-    shell_fields = ()
 
     async def execute(self, ctx: StepContext) -> Done:
         return Done(dict(ctx.spec["values"]))

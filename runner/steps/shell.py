@@ -18,7 +18,7 @@ from typing import Any
 from runner.children import Child, child_environment, spawn
 from runner.steps.output import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
 from runner.errors import StepFailed
-from runner.steps.base import Done, StepContext
+from runner.steps.base import BaseKind, Done, StepContext
 
 KILL_GRACE = 2.0
 GROUP_POLL = 0.05
@@ -42,8 +42,8 @@ async def kill_group(process: Child) -> None:
     await process.wait()
 
 
-class ShellKind:
-    instant = False
+class ShellKind(BaseKind):
+    name = "shell"
     shell_fields = ("run",)
 
     async def execute(self, ctx: StepContext) -> Done:

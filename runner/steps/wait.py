@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from runner.errors import StepFailed
-from runner.steps.base import Done, Park, StepContext
+from runner.steps.base import BaseKind, Done, Park, StepContext
 from runner.timeutil import parse_rfc3339, rfc3339
 
 
-class WaitKind:
-    instant = False
-    shell_fields = ()
+class WaitKind(BaseKind):
+    name = "wait"
 
     async def execute(self, ctx: StepContext) -> Park:
         if ctx.spec.get("duration"):

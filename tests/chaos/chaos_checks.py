@@ -19,7 +19,7 @@ from chaos_support import EARLY_TIMEOUT, Chaos, Request, Scenario
 from daemon_support import TERMINAL
 from support import run_schema_errors, wait_until
 
-from runner.runs.store import Store
+from runner.runs.files import FileStore
 from runner.timeutil import parse_rfc3339
 
 SETTLE_DEADLINE = 30.0  # flows wait at most 3 s; a concurrency: 1 queue takes about 1 s a run
@@ -315,7 +315,7 @@ class Verdict:
 
     def check_files(self) -> None:
         data = self.chaos.daemon.data
-        store = Store(data)
+        store = FileStore(data)
         for run_id, final in self.runs.items():
             where = f"run {run_id} ({self.scenario_of(run_id)})"
             try:

@@ -18,7 +18,7 @@ import pytest
 from daemon_support import InProcessDaemon
 from support import ManualClock, eventually, simple_flow
 
-from runner.runs.store import Store
+from runner.runs.files import FileStore
 from runner.daemon.triggers import ScheduleState, next_slot, previous_slot
 
 UTC = timezone.utc
@@ -44,7 +44,7 @@ class InProcess(InProcessDaemon):
 
     def __init__(self, root: Path, clock: ManualClock) -> None:
         super().__init__(root, clock)
-        self.store = Store(self.data)
+        self.store = FileStore(self.data)
 
     async def __aenter__(self) -> "InProcess":
         daemon = await super().__aenter__()
@@ -121,7 +121,7 @@ def test_a_daily_cron_fires_once_on_the_fall_back_day(world: Path) -> None:
 
 def claim_cut_short(world: Path, clock: ManualClock, slot: datetime) -> str:
     """What a kill -9 right after the claim leaves: the slot claimed for a run id, no run. The run id."""
-    run_id = Store(world / "data").new_run_id(clock.now())
+    run_id = FileStore(world / "data").new_run_id(clock.now())
     assert ScheduleState(world / "data").claim("nightly", 0, slot, run_id)
     return run_id
 
@@ -150,7 +150,7 @@ def test_a_slot_claimed_before_a_crash_gets_its_run_at_start_up_and_only_one(wor
     claims = json.loads((world / "data" / "schedules.json").read_text())
     assert datetime.fromisoformat(claims["nightly#0"].pop("slot")) == FIRST_0130
     assert claims["nightly#0"] == {"run": run_id, "creating": False}
-    assert Store(world / "data").verify(run_id).ok
+    assert FileStore(world / "data").verify(run_id).ok
 
 
 def test_a_claim_whose_run_was_created_is_not_created_again(world: Path) -> None:

@@ -23,7 +23,7 @@ from support import FakeClock, Harness, wait_until
 
 from runner.errors import Conflict, RunLocked
 from runner.daemon.http import error_response
-from runner.runs.store import Store
+from runner.runs.files import FileStore
 
 CALLBACK_FLOW = {"name": "cb", "steps": [
     {"id": "done", "kind": "callback", "timeout": "1h", "on_timeout": "fail"}]}
@@ -61,12 +61,12 @@ def test_a_snapshot_left_parked_by_a_crash_is_rewritten_at_start_and_callbacks_a
     daemon.stop()
     # kill -9 between the last event's fsync and the snapshot's rename leaves exactly this
     _snapshot_path(daemon, run["id"]).write_bytes(parked)
-    lagging = Store(daemon.data).verify(run["id"])
+    lagging = FileStore(daemon.data).verify(run["id"])
     assert not lagging.ok and any("lags its log" in p for p in lagging.problems), lagging.problems
 
     daemon.start()
     assert json.loads(_snapshot_path(daemon, run["id"]).read_text())["status"] == "succeeded"
-    assert Store(daemon.data).verify(run["id"]).ok
+    assert FileStore(daemon.data).verify(run["id"]).ok
     waiting = daemon.api().get("/api/v1/runs", params={"status": "waiting"}).json()["runs"]
     assert run["id"] not in [r["id"] for r in waiting]
     different = daemon.post_callback(token, {"n": 2})
@@ -98,14 +98,14 @@ def test_a_run_whose_log_exists_but_not_its_snapshot_is_listed_and_resumed(daemo
     (folder / "run.json").unlink()  # kill -9 after `run_created` was fsynced, before the first snapshot
     first_line = (folder / "events.jsonl").read_bytes().split(b"\n")[0] + b"\n"
     (folder / "events.jsonl").write_bytes(first_line)
-    listed = Store(daemon.data).list_runs()
+    listed = FileStore(daemon.data).list_runs()
     assert [r["id"] for r in listed] == [run["id"]] and listed[0]["status"] == "queued"
 
     daemon.start()
     daemon.wait_step(run["id"], "done", "waiting")
     assert daemon.post_callback(run["callbacks"]["done"], {"ok": True}).status_code == 202
     assert daemon.wait_end(run["id"])["status"] == "succeeded"
-    assert Store(daemon.data).verify(run["id"]).ok
+    assert FileStore(daemon.data).verify(run["id"]).ok
 
 
 def test_start_up_removes_what_a_dead_writer_left(daemon: DaemonProcess) -> None:
@@ -224,7 +224,7 @@ def test_cancelling_a_run_whose_advance_has_not_started_cancels_it(tmp_path: Pat
     asyncio.run(scenario())
 
 
-class _SlowParkStore(Store):
+class _SlowParkStore(FileStore):
     """A file store whose snapshot write of a parked run waits for the test: the window of a park."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -372,7 +372,7 @@ def test_an_existing_loose_data_directory_is_made_private_by_the_daemon(tmp_path
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     os.chmod(data, 0o755)
-    with Store(data).daemon_lock():
+    with FileStore(data).daemon_lock():
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
     shutil.rmtree(data)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from runner.runs.engine import Engine
+from runner.runs.files import FileStore
 from runner.runs.store import Store
 from runner.timeutil import parse_rfc3339, rfc3339
 
@@ -627,7 +628,7 @@ def _crash_mid_step(tmp_path: Path, flow_text: str) -> tuple[Store, str, int]:
         if sleeper:  # the step's own session outlives the killed runner, as after a real crash
             kill_quietly(sleeper)
             wait_pid_gone(sleeper)
-    store = Store(data)
+    store = FileStore(data)
     runs = store.list_runs()
     assert len(runs) == 1
     return store, runs[0]["id"], sleeper

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from runner.errors import NotFound, RunLocked
-from runner.runs.store import GENESIS, RUN_ID, Store
+from runner.runs.chain import GENESIS
+from runner.runs.files import FileStore
+from runner.runs.store import RUN_ID
 
 from support import PROJECT_ROOT, Harness, run_schema_errors
 
@@ -195,7 +197,7 @@ def test_a_torn_last_line_is_dropped_when_the_log_is_reopened(finished):
 
 
 def test_run_ids_are_url_safe_and_sort_by_creation_time(tmp_path):
-    store = Store(tmp_path / "data")
+    store = FileStore(tmp_path / "data")
     base = datetime(2026, 11, 24, 19, 8, 12, tzinfo=timezone.utc)
     moments = [base + timedelta(microseconds=us) for us in (0, 1, 15, 16, 65535, 65536, 500000, 999999)]
     moments += [base + timedelta(seconds=1), base + timedelta(minutes=1), base + timedelta(days=40),
@@ -210,7 +212,7 @@ def test_run_ids_are_url_safe_and_sort_by_creation_time(tmp_path):
 
 
 def test_create_run_dir_makes_distinct_dirs_for_the_same_instant(tmp_path):
-    store = Store(tmp_path / "data")
+    store = FileStore(tmp_path / "data")
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     ids = {store.create_run_dir(now, "name: x\n") for _ in range(20)}
     assert len(ids) == 20
@@ -222,14 +224,14 @@ def test_create_run_dir_makes_distinct_dirs_for_the_same_instant(tmp_path):
 @pytest.mark.parametrize("bad", ["../etc", "20261124t190812z-3f9a2c1b/../..", "", "20261124T190812Z-3F9A2C1B"])
 def test_run_dir_refuses_what_is_not_a_run_id(tmp_path, bad):
     with pytest.raises(NotFound):
-        Store(tmp_path / "data").run_dir(bad)
+        FileStore(tmp_path / "data").run_dir(bad)
 
 
 # ---- resources ------------------------------------------------------------------
 
 
 def test_resources_are_content_addressed_with_metadata(tmp_path):
-    store = Store(tmp_path / "data")
+    store = FileStore(tmp_path / "data")
     payload = b"report body\n" * 1000
     sha = hashlib.sha256(payload).hexdigest()
     ref = store.put_resource(payload, media_type="text/markdown", name="report.md", run_id="r", step="s")
@@ -270,7 +272,7 @@ def test_resources_are_content_addressed_with_metadata(tmp_path):
     "",
 ])
 def test_resource_path_refuses_path_tricks(tmp_path, bad):
-    store = Store(tmp_path / "data")
+    store = FileStore(tmp_path / "data")
     store.put_resource(b"x")
     with pytest.raises(NotFound) as caught:
         store.resource_path(bad)
@@ -278,7 +280,7 @@ def test_resource_path_refuses_path_tricks(tmp_path, bad):
 
 
 def test_resource_path_of_an_unknown_digest_is_not_found(tmp_path):
-    store = Store(tmp_path / "data")
+    store = FileStore(tmp_path / "data")
     store.put_resource(b"x")
     with pytest.raises(NotFound, match="no resource"):
         store.resource_path("res://" + "0" * 64)
@@ -340,7 +342,7 @@ def test_list_runs_skips_stray_entries_and_an_absent_data_dir(tmp_path, several_
     (harness.store.runs_dir / "not-a-run").mkdir()
     (harness.store.runs_dir / ".tmp").write_text("x")
     assert len(harness.store.list_runs()) == 4
-    assert Store(tmp_path / "nowhere").list_runs() == []
+    assert FileStore(tmp_path / "nowhere").list_runs() == []
 
 
 # ---- the run record schema ----------------------------------------------------------
@@ -373,8 +375,8 @@ def test_a_run_held_by_another_process_is_refused_with_a_message_and_left_intact
     run_id = harness.start(harness.flow("name: held\nsteps:\n  - {id: a, kind: set, values: {n: 1}}\n"))
     before = (harness.store.run_dir(run_id) / "events.jsonl").read_bytes()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from runner.runs.store import Store; "
-         "log = Store(sys.argv[1]).open_log(sys.argv[2]); print('held', flush=True); time.sleep(30)",
+        [sys.executable, "-c", "import sys, time; from runner.runs.files import FileStore; "
+         "log = FileStore(sys.argv[1]).open_log(sys.argv[2]); print('held', flush=True); time.sleep(30)",
          str(harness.store.data_dir), run_id], stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -17,7 +17,7 @@ import pytest
 from daemon_support import DaemonProcess
 from runner.children import child_environment
 from runner.errors import RunLocked
-from runner.runs.store import Store
+from runner.runs.files import FileStore
 from support import kill_quietly, pid_alive, wait_until
 
 pytestmark = pytest.mark.usefixtures("running")
@@ -109,7 +109,7 @@ def test_a_background_job_holds_no_descriptor_of_the_daemon_or_the_run(daemon: D
 
     def take_the_lock():  # the daemon lets go of a parked run; the job must not keep it
         try:
-            log = Store(daemon.data).open_log(run["id"])
+            log = FileStore(daemon.data).open_log(run["id"])
         except RunLocked:
             return None
         log.close()

@@ -25,7 +25,7 @@ from aiosmtpd.controller import Controller
 from daemon_support import DaemonProcess, InProcessDaemon
 from support import ManualClock, eventually, free_port, run_schema_errors, wait_until
 
-from runner.runs.store import Store
+from runner.runs.files import FileStore
 
 PUBLIC_URL = "https://signoff.example.test"
 MAIL_FROM = "signoff@example.test"
@@ -403,7 +403,7 @@ def test_a_reminder_survives_a_restart_and_is_sent_once(tmp_path: Path, down_unt
     run_id, sent, again = asyncio.run(scenario())
     assert len(sent) == 1 and sent[0]["ok"] is True and sent[0]["step"] == "review"
     assert again == sent, "the reminder went out once"
-    run = Store(tmp_path / "data").read_run(run_id)
+    run = FileStore(tmp_path / "data").read_run(run_id)
     assert run["status"] == "waiting" and run["steps"]["review"]["reminded_at"] == sent[0]["at"]
     assert run_schema_errors(run) == []
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner.errors import NotFound, StepFailed
-from runner.steps.base import Done, StepContext
+from runner.steps.base import BaseKind, Done, StepContext
 from runner.steps.output import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
 from runner.steps.ssh import jobs as sshjobs
 from runner.steps.ssh.hosts import Hop, route
@@ -190,9 +190,10 @@ class _Sink:
                 pass
 
 
-class SshKind:
-    instant = False
+class SshKind(BaseKind):
+    name = "ssh"
     shell_fields = ("run",)
+    leaves_work = True
     leftovers = staticmethod(sshjobs.leftovers)  # the engine asks: what an event leaves running on hosts
     pending_kills = staticmethod(sshjobs.outstanding)  # the daemon asks: a run's kill requests not done yet
 

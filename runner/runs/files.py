@@ -1,0 +1,348 @@
+"""The store on disk (DESIGN §4): run directories, event logs, the callback index, resources.
+
+    <data>/runs/<run-id>/run.json      snapshot, replaced atomically (tmp + fsync + rename)
+    <data>/runs/<run-id>/events.jsonl  append-only, fsynced, each line chained to the last
+    <data>/runs/<run-id>/flow.yaml     the exact flow source the run executes
+    <data>/resources/<sha256>          content-addressed blobs, with <sha256>.json metadata
+    <data>/callbacks/<sha256>.json     callback token sha256 -> {run, step}
+    <data>/kills/<run-id>              empty: the run has kills of remote jobs still to carry out
+
+Readers never lock; the one writer of a run holds an fcntl lock on its `events.jsonl`
+(runner.runs.filelog).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from runner.datadir import FileLock, fsync_dir, is_leftover, make_dir, make_private, write_atomic
+from runner.errors import IntegrityError, NotFound, StoreError
+from runner.runs import events as record
+from runner.runs.chain import check, dumps, snapshot_marks
+from runner.runs.file_resources import FileResources
+from runner.runs.filelog import EventLog
+from runner.runs.store import RUN_ID, RunFiles, RunLog, Verification, new_run_id
+from runner.status import ACTIVE_RUN
+
+
+class FileStore(FileResources):
+    def __init__(self, data_dir: str | Path, *, fsync: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.runs_dir = self.data_dir / "runs"
+        self.resources_dir = self.data_dir / "resources"
+        self.fsync = fsync
+
+    # ---- runs -------------------------------------------------------------
+
+    def new_run_id(self, now: datetime) -> str:
+        return new_run_id(now)
+
+    def create_run(self, now: datetime, flow_source: str, run_id: str | None = None) -> str:
+        """A new run directory holding the flow source; `run_id` when the id was chosen (and recorded) first."""
+        try:
+            make_dir(self.runs_dir, fsync=self.fsync)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.runs_dir}: {exc.strerror}",
+                             hint="check the data directory (--data / SIGNOFF_DATA) is writable") from None
+        if run_id is not None:
+            return self._claim_run_dir(run_id, flow_source)
+        for _ in range(100):
+            run_id = self.new_run_id(now)
+            try:
+                os.mkdir(self.runs_dir / run_id, 0o700)
+            except FileExistsError:
+                continue
+            # flow.yaml's rename fsyncs the run directory; that fsync of runs/ makes the directory itself durable
+            write_atomic(self.runs_dir / run_id / "flow.yaml", flow_source.encode(), fsync=self.fsync)
+            if self.fsync:
+                fsync_dir(self.runs_dir)
+            return run_id
+        raise StoreError("could not allocate a run id")
+
+    create_run_dir = create_run  # the name it had before the Store protocol
+
+    def _claim_run_dir(self, run_id: str, flow_source: str) -> str:
+        """The directory of a run whose id was chosen earlier; one a crash left without `run_created` is reused."""
+        if not RUN_ID.match(run_id):
+            raise StoreError(f"{run_id!r} is not a run id")
+        if self.run_exists(run_id):
+            raise StoreError(f"run {run_id} exists already")
+        try:
+            os.mkdir(self.runs_dir / run_id, 0o700)
+        except FileExistsError:
+            pass
+        (self.runs_dir / run_id / "events.jsonl").unlink(missing_ok=True)  # a torn first line, never acknowledged
+        write_atomic(self.runs_dir / run_id / "flow.yaml", flow_source.encode(), fsync=self.fsync)
+        if self.fsync:
+            fsync_dir(self.runs_dir)
+        return run_id
+
+    def run_exists(self, run_id: str) -> bool:
+        """Whether the run's log holds its first event (`run_created`) whole."""
+        try:
+            with open(self.runs_dir / run_id / "events.jsonl", "rb") as handle:
+                return handle.readline().endswith(b"\n")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def run_dir(self, run_id: str) -> Path:
+        if not RUN_ID.match(run_id or ""):
+            raise NotFound(f"{run_id!r} is not a run id", hint="run ids look like 20261124t190812z-3f9a2c1b")
+        path = self.runs_dir / run_id
+        if not path.is_dir():
+            raise NotFound(f"no run {run_id} in {self.data_dir}", hint="list runs with `signoff runs list`")
+        return path
+
+    def open_log(self, run_id: str) -> EventLog:
+        """The run's log, to append to: holding it open is holding the run's writer lock."""
+        return EventLog(self.run_dir(run_id) / "events.jsonl", fsync=self.fsync)
+
+    def daemon_lock(self) -> FileLock:
+        """Held by the daemon serving this data dir: a second one would interleave the callback inbox."""
+        make_dir(self.data_dir, fsync=self.fsync)
+        make_private(self.data_dir)
+        return FileLock(self.data_dir / "daemon.lock", StoreError(
+            f"another signoff daemon is already serving the data dir {self.data_dir}",
+            hint="stop it first, or give this daemon its own data dir (--data)"))
+
+    def flow_source(self, run_id: str) -> str:
+        return (self.run_dir(run_id) / "flow.yaml").read_text()
+
+    def write_snapshot(self, run: dict[str, Any], log: RunLog) -> None:
+        """Replace run.json. Its directory is not fsynced: the log is the truth, and a rename lost to a
+        power loss leaves an older snapshot (or none), which every writer and start-up repair from the log."""
+        run["events"] = snapshot_marks(log.count, log.last_sha256, log.size)  # type: ignore[attr-defined]
+        write_atomic(self.run_dir(run["id"]) / "run.json", (dumps(run) + "\n").encode(), fsync=self.fsync,
+                     durable_name=False)
+
+    def read_snapshot(self, run_id: str) -> dict[str, Any]:
+        path = self.run_dir(run_id) / "run.json"
+        try:
+            with open(path, "rb") as handle:
+                return json.loads(handle.read())
+        except FileNotFoundError:
+            raise NotFound(f"run {run_id} has no run.json yet") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{path} is not valid JSON: {exc}",
+                                 hint=f"`signoff runs verify {run_id}` rebuilds it from events") from None
+
+    # ---- reading ------------------------------------------------------------
+
+    def read_run(self, run_id: str) -> dict[str, Any]:
+        """The current record: the snapshot plus any events written after it."""
+        try:
+            run = self.read_snapshot(run_id)
+        except (NotFound, IntegrityError):
+            run = record.fold(list(self.read_events(run_id)))
+            if not run:
+                raise
+            return run
+        offset = run.get("events", {}).get("bytes", 0)
+        tail = list(self._events_from(run_id, offset))
+        for event in tail:
+            record.apply(run, event)
+        return run
+
+    def _fold_log(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return record.fold(list(self.read_events(run_id))) or None
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _events_from(self, run_id: str, offset: int) -> Iterator[dict[str, Any]]:
+        path = self.run_dir(run_id) / "events.jsonl"
+        try:
+            if os.stat(path).st_size <= offset:
+                return  # the snapshot is current (the common case): no need to open the log
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            handle.seek(offset)
+            for line in handle:
+                if line.endswith(b"\n"):
+                    yield json.loads(line)
+
+    def read_events(self, run_id: str, *, after: int = -1) -> Iterator[dict[str, Any]]:
+        for event in self._events_from(run_id, 0):
+            if event.get("seq", 0) > after:
+                yield event
+
+    def list_runs(self, *, flow: str | None = None, status: str | None = None, draft: bool | None = None,
+                  limit: int = 50, before: str | None = None, active_only: bool = False) -> list[dict[str, Any]]:
+        """Newest first (ids older than `before`, for paging), reading snapshots only, never event logs."""
+        if not self.runs_dir.is_dir():
+            return []
+        found = []
+        for name in sorted(os.listdir(self.runs_dir), reverse=True):
+            if not RUN_ID.match(name) or (before and name >= before):
+                continue
+            try:
+                run = self.read_snapshot(name)
+            except (NotFound, IntegrityError):
+                # a run whose log exists is a run, even if a crash came before its first snapshot
+                run = self._fold_log(name)
+                if run is None:
+                    continue
+            if flow and run.get("flow") != flow or status and run.get("status") != status:
+                continue
+            if active_only and run.get("status") not in ACTIVE_RUN:
+                continue
+            if draft is not None and bool(run.get("draft")) != draft:
+                continue
+            found.append(run)
+            if len(found) >= limit:
+                break
+        return found
+
+    def verify(self, run_id: str, *, grace: float = 1.0) -> Verification:
+        """Check the event chain, and that run.json is exactly the fold of the events it claims.
+
+        A run that has just ended has its last events on disk a moment before its snapshot: a
+        lagging snapshot is looked at again for up to `grace` seconds before it is reported.
+        """
+        deadline = time.monotonic() + grace
+        while True:
+            result = self._verify_once(run_id)
+            if not result.lagging or time.monotonic() >= deadline:
+                return result
+            time.sleep(0.05)
+
+    def _verify_once(self, run_id: str) -> Verification:
+        result = Verification(run_id)
+        path = self.run_dir(run_id) / "events.jsonl"
+        data = path.read_bytes() if path.exists() else b""
+        try:
+            snapshot: dict[str, Any] | None = self.read_snapshot(run_id)
+            problem = None
+        except (NotFound, IntegrityError) as exc:
+            snapshot, problem = None, exc.message
+        check(result, data, snapshot, problem)
+        return result
+
+    # ---- start-up -------------------------------------------------------------
+
+    def scan(self) -> Iterator[RunFiles]:
+        """Every run folder as it is on disk, for start-up: the snapshot, whether the log has events it
+        does not reflect, and whether a dead writer left something behind. One pass, no log read."""
+        if not self.runs_dir.is_dir():
+            return
+        for name in sorted(os.listdir(self.runs_dir)):
+            if not RUN_ID.match(name):
+                continue
+            try:
+                snapshot: dict[str, Any] | None = self.read_snapshot(name)
+            except (NotFound, IntegrityError):
+                snapshot = None
+            log_size, leftovers = 0, False
+            with os.scandir(self.runs_dir / name) as entries:
+                for entry in entries:
+                    if entry.name == "events.jsonl":
+                        log_size = entry.stat().st_size
+                    elif entry.name == "work" or is_leftover(entry.name):
+                        leftovers = True
+            lags = snapshot is None or (snapshot.get("events") or {}).get("bytes", 0) != log_size
+            yield RunFiles(name, snapshot, log_size, lags, leftovers)
+
+    def sweep(self, run_id: str) -> list[str]:
+        """Remove what a dead writer of this run left: temp files, and cut-short attempts' work folders.
+
+        Only for a run whose writer lock the caller holds. The work folders hold an attempt's
+        raw, unmasked output, so they must not outlive the attempt.
+        """
+        folder = self.run_dir(run_id)
+        removed = []
+        for entry in os.scandir(folder):
+            if entry.is_file() and is_leftover(entry.name):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        if (folder / "work").is_dir():
+            shutil.rmtree(folder / "work", ignore_errors=True)
+            removed.append("work/")
+        return removed
+
+    def discard_unborn(self, run_id: str) -> bool:
+        """Remove a run folder whose log holds no event (a crash before `run_created` was fsynced).
+
+        Nothing of it was acknowledged: its start answered no 201. Not while its creator still
+        holds its log (RunLocked).
+        """
+        folder = self.run_dir(run_id)
+        log = EventLog(folder / "events.jsonl", fsync=self.fsync)
+        try:
+            if log.size:
+                return False
+            shutil.rmtree(folder)
+        finally:
+            log.close()
+        if self.fsync:
+            fsync_dir(self.runs_dir)
+        return True
+
+    def sweep_shared(self) -> list[str]:
+        """Temp files of dead writers outside the run folders (resources, callback index, release state)."""
+        removed = []
+        for folder in (self.resources_dir, self.data_dir / "callbacks", self.data_dir / "releases",
+                       self.data_dir / "kills", self.data_dir):
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if entry.is_file() and is_leftover(entry.name):
+                    os.unlink(entry.path)
+                    removed.append(f"{folder.name}/{entry.name}")
+        return removed
+
+    # ---- callback tokens ------------------------------------------------------
+
+    def index_callbacks(self, run_id: str, tokens: dict[str, str]) -> None:
+        """token sha256 -> (run, step) for each step's token, so a callback finds its run in O(1).
+
+        The tokens themselves are not stored here. Each entry is durable before the run that hands
+        its URL out is created.
+        """
+        folder = self.data_dir / "callbacks"
+        make_dir(folder, fsync=self.fsync)
+        for step_id, token in tokens.items():
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            write_atomic(folder / f"{digest}.json", dumps({"run": run_id, "step": step_id}).encode(),
+                         fsync=self.fsync, durable_name=False)
+        if tokens and self.fsync:
+            fsync_dir(folder)  # one directory fsync for all of a run's entries
+
+    def find_callback(self, token: str) -> tuple[str, str] | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        try:
+            entry = json.loads((self.data_dir / "callbacks" / f"{digest}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return entry["run"], entry["step"]
+
+    # ---- runs with kills of remote jobs still to carry out (runner.steps.ssh.jobs) --------------
+
+    def note_kills(self, run_id: str) -> None:
+        """Put the run on the short list the daemon's start-up sweeps (durably, before its requests are written)."""
+        folder = self.data_dir / "kills"
+        marker = folder / run_id
+        if marker.exists():
+            return
+        make_dir(folder, fsync=self.fsync)
+        write_atomic(marker, b"", fsync=self.fsync)
+
+    def runs_with_kills(self) -> list[str]:
+        """The runs on that list: O(outstanding), whatever the number of runs."""
+        folder = self.data_dir / "kills"
+        return sorted(name for name in os.listdir(folder) if RUN_ID.match(name)) if folder.is_dir() else []
+
+    def kills_settled(self, run_id: str) -> None:
+        """Take the run off that list: it has no kill left to carry out."""
+        try:
+            os.unlink(self.data_dir / "kills" / run_id)
+        except FileNotFoundError:
+            pass
