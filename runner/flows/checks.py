@@ -21,11 +21,25 @@ from croniter import croniter
 from runner.errors import ExpressionError
 from runner.flows.expressions import FUNCTIONS, ROOT_NAMES, has_expression, iter_expressions, make_environment, references
 from runner.timeutil import parse_duration, parse_rfc3339
+from runner.flows.schemas import load_schema
 from runner.flows.yamldoc import Document, Problem
 
 JUMP_FIELDS = {"on_error": ("fail", "continue"), "on_timeout": ("reject", "fail"), "on_reject": (),
                "rewind_to": (), "callback": ()}
-WAITING_KINDS = ("approval", "callback")
+
+
+def _waiting_kinds() -> tuple[str, ...]:
+    """The kinds that wait for people or systems: those the flow schema requires a `timeout` of.
+
+    Read from the schema, the one place below steps/ that knows every kind, so this is no second
+    list to keep in step with the kinds (each kind's `waits` says the same; a test checks they agree).
+    """
+    defs = load_schema("flow")["$defs"]
+    return tuple(kind for kind in defs["step"]["properties"]["kind"]["enum"]
+                 if "timeout" in defs.get(kind, {}).get("required", ()))
+
+
+WAITING_KINDS = _waiting_kinds()
 DURATION_FIELDS = ("timeout", "remind_before", "duration")
 Steps = list[tuple[int, dict]]  # (position in the file, step) for every readable step
 
