@@ -23,7 +23,7 @@ from runner.runs.files import FileStore
 from runner.runs.memory import MemoryStore
 from runner.runs.store import Store
 
-from support import FakeClock, make_flow
+from support import FakeClock, load_test_flow as make_flow
 
 BOB = User("bob", frozenset({"run", "approve"}), frozenset({"ops"}))
 
