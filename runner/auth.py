@@ -13,6 +13,11 @@ seen by admins, by the user who started it, and by the users with the
 `approve` role whom its flow names among the approvers of any of its approval
 steps; a resource by whoever may see a run that stored it. What a user may
 not see does not exist for them (the API answers 404).
+
+Who may decide an approval is decided here too (`may_decide`), for the decision
+route, the approval kind, `pending` and the web pages alike: the `approve` role,
+a place among the step's approvers, and, to approve, not being the run's starter
+unless the step allows self-approval.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import hmac
 import os
 import secrets as random_tokens
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from runner import secrets
 from runner.datadir import make_dir
-from runner.errors import ConfigError
+from runner.errors import ConfigError, Forbidden
 
 ROLES = frozenset({"run", "approve", "release", "admin"})
 # the role each change of what is live needs (admins have every role)
@@ -96,6 +102,59 @@ def may_see_run(user: User, run: dict[str, Any], users: Users, approvers: Iterab
 def flow_approvers(steps: Iterable[Any]) -> list[str]:
     """The approver entries of a flow's approval steps (`steps`: the flow's Step objects)."""
     return [entry for step in steps if step.kind == "approval" for entry in step.spec.get("approvers") or []]
+
+
+class Refusal(StrEnum):
+    """Why a user may not decide an approval step."""
+
+    NO_APPROVE_ROLE = "no_approve_role"
+    NOT_AN_APPROVER = "not_an_approver"
+    OWN_RUN = "own_run"
+
+
+@dataclass(frozen=True)
+class DecisionRight:
+    """What `may_decide` found: true when the user may decide; else the refusal, said as a Forbidden."""
+
+    refusal: Refusal | None = None
+    message: str = ""
+    hint: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.refusal is None
+
+    def check(self) -> None:
+        """Raise the refusal as Forbidden (HTTP 403); nothing when the user may decide."""
+        if self.refusal is not None:
+            raise Forbidden(self.message, hint=self.hint)
+
+
+def may_decide(user: User, run: Mapping[str, Any] | None = None, step_id: str | None = None,
+               users: Users | None = None, *, decision: str = "approve",
+               spec: Mapping[str, Any] | None = None) -> DecisionRight:
+    """Whether `user` may take `decision` on the approval step `step_id` of `run`.
+
+    With no run, only what holds for any run is checked (the approve role), so a request can be
+    refused before the run is read. The step's approvers and `allow_self_approval` are read from its
+    state in the run (what the wait recorded), else from its `spec`; with no `users` directory
+    nobody is an approver.
+    """
+    if not user.can("approve"):
+        return DecisionRight(Refusal.NO_APPROVE_ROLE, f"{user.name} may not decide approvals (needs the approve role)")
+    if run is None or step_id is None:
+        return DecisionRight()
+    state = run["steps"].get(step_id) or {}
+    spec = spec or {}
+    approvers = state.get("approvers") or spec.get("approvers") or []
+    if users is None or not users.allowed(user, approvers):
+        shown = spec["approvers"] if spec.get("approvers") else approvers
+        return DecisionRight(Refusal.NOT_AN_APPROVER, f"{user.name} is not an approver of step '{step_id}' "
+                                                      f"(approvers: {', '.join(shown)})")
+    allow_self = spec.get("allow_self_approval") if spec else state.get("allow_self_approval")
+    if decision == "approve" and user.name == run.get("started_by") and not allow_self:
+        return DecisionRight(Refusal.OWN_RUN, f"{user.name} started this run and may not approve it",
+                             hint="another approver must decide (allow_self_approval is false)")
+    return DecisionRight()
 
 
 def may_change_live(user: User, change: str) -> bool:

@@ -14,7 +14,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from runner.errors import Conflict, Forbidden, Invalid, UsageError
+from runner.auth import may_decide
+from runner.errors import Conflict, Invalid, UsageError
 from runner.flows.expressions import to_text
 from runner.flows.inputs import coerce
 from runner.flows.model import Step
@@ -80,12 +81,7 @@ class ApprovalKind(BaseWaitingKind):
         if decision == "request_changes" and not spec.get("rewind_to"):
             raise Invalid(f"step '{step_id}' has no rewind_to, so it cannot take request_changes",
                           hint="approve or reject")
-        if ctx.users is None or not ctx.users.allowed(user, state.get("approvers") or spec["approvers"]):
-            raise Forbidden(f"{user.name} is not an approver of step '{step_id}' "
-                            f"(approvers: {', '.join(spec['approvers'])})")
-        if decision == "approve" and user.name == ctx.run.get("started_by") and not spec.get("allow_self_approval"):
-            raise Forbidden(f"{user.name} started this run and may not approve it",
-                            hint="another approver must decide (allow_self_approval is false)")
+        may_decide(user, ctx.run, step_id, ctx.users, decision=decision, spec=spec).check()
         if _needs_comment(spec.get("require_comment", "never"), decision) and not comment:
             raise Invalid(f"a comment is required to {decision.replace('_', ' ')} step '{step_id}'",
                           hint="send a non-empty comment with the decision", fields=["comment"])
