@@ -120,9 +120,10 @@ def doctor(data, repo, config, as_json) -> None:
 @common
 def serve(host, port, data, repo, config, as_json) -> None:
     """Run the daemon: the API, the engine, timers and notifications, until SIGTERM."""
-    from runner.daemon.serve import serve as run_daemon
+    from runner.daemon.serve import ServeOptions, load_settings, serve as run_daemon
 
-    run_daemon(Env(data, repo, config), host=host, port=port)
+    env = Env(data, repo, config)
+    run_daemon(load_settings(ServeOptions(env.config_path, env.data, env.repo, env.data_given, host, port)))
 
 
 def _lay_out(root: Path) -> list[str]:

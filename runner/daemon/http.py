@@ -1,10 +1,13 @@
-"""The HTTP app: routes translate requests into Daemon calls, and errors into one JSON shape.
+"""The HTTP app: routes translate requests into calls of the daemon's services, and errors into one JSON shape.
 
     {"error": {"code": "...", "message": "...", "hint"?: "...", "reasons"?: [...]}}
 
-Bodies are read with a cap before parsing (default 1 MiB; a callback step's
-own `max_bytes`), JSON nesting is capped, and a 2xx is sent only after the
-daemon has recorded what it acknowledges.
+Errors map to responses in one place: starlette's `exception_handlers`, from the
+exception tree of runner.errors (`STATUS`) to a status and that body. Requests are
+counted for Prometheus by a middleware. Bodies are read with a cap before parsing
+(default 1 MiB; a callback step's own `max_bytes`), JSON is strict and its nesting
+capped (runner.jsonvalue), and a 2xx is sent only after the daemon has recorded what it
+acknowledges.
 """
 
 from __future__ import annotations
@@ -16,19 +19,16 @@ import re
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runner import __version__, jsonvalue
-from runner.auth import User
-from runner.daemon.core import Daemon
-from runner.errors import (Conflict, Forbidden, Invalid, NotFound, RunLocked, SignoffError, TooLarge,
+from runner import jsonvalue
+from runner.daemon.core import LIVE_CHANGES, Daemon, User, page_start, run_status
+from runner.errors import (Conflict, FlowInvalid, Forbidden, Invalid, NotFound, RunLocked, SignoffError, TooLarge,
                            Unauthorized, UsageError)
-from runner.flows.load import FlowInvalid
-from runner.releases.changes import CHANGES as LIVE_CHANGES
-from runner.status import RunStatus
-from runner.runs.store import RUN_ID
 
 log = logging.getLogger(__name__)
 BODY_LIMIT = 1024 * 1024
@@ -44,6 +44,57 @@ def error_response(exc: SignoffError) -> JSONResponse:
     retry = next((after for kind, after in RETRY_AFTER.items() if isinstance(exc, kind)), None)
     return JSONResponse({"error": exc.to_dict()}, status_code=status,
                         headers={"Retry-After": retry} if retry else None)
+
+
+async def signoff_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SignoffError)
+    return error_response(exc)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": {"code": "internal", "message": "internal error; see the daemon's log"}},
+                        status_code=500)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
+    return JSONResponse({"error": {"code": code, "message": f"{request.method} {request.url.path}: "
+                                   f"{getattr(exc, 'detail', 'not found')}"}}, status_code=status)
+
+
+class RequestMetrics:
+    """Counts the requests a route answered, by route and status (an unknown path, or a method the route
+    does not take, is not counted: no route handled it)."""
+
+    def __init__(self, app: ASGIApp, daemon: Daemon) -> None:
+        self.app, self.daemon = app, daemon
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        counted = False
+
+        def count(status: int) -> None:
+            nonlocal counted
+            route = scope.get("route")
+            methods = getattr(route, "methods", None)
+            if not counted and route is not None and (methods is None or scope["method"] in methods):
+                self.daemon.metrics.http_requests.labels(route=getattr(route, "path", "?"), status=str(status)).inc()
+            counted = True
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                count(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception:
+            count(500)  # answered by the 500 handler, outside this middleware
+            raise
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -67,17 +118,6 @@ async def read_json(request: Request, limit: int = BODY_LIMIT) -> dict[str, Any]
     if not isinstance(data, dict):
         raise Invalid("the request body must be a JSON object")
     return data
-
-
-def run_status(value: str | None) -> str | None:
-    """A `status` filter: one of the run statuses, or none at all."""
-    if value is None:
-        return None
-    if value not in {status.value for status in RunStatus}:
-        raise Invalid(f"status {value!r} is not a run status",
-                      [f"status must be one of: {', '.join(status.value for status in RunStatus)}"],
-                      hint="leave status out to list runs of every status")
-    return value
 
 
 def query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
@@ -115,32 +155,12 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
             raise Unauthorized("a valid bearer token is required", hint="send Authorization: Bearer <token>")
         return user
 
-    def handler(func):
-        async def wrapped(request: Request) -> Response:
-            try:
-                response = await func(request)
-            except SignoffError as exc:
-                response = error_response(exc)
-            except Exception:
-                log.exception("unhandled error on %s %s", request.method, request.url.path)
-                response = JSONResponse({"error": {"code": "internal", "message": "internal error; see the "
-                                                   "daemon's log"}}, status_code=500)
-            route = request.scope.get("route")
-            daemon.metrics.http_requests.labels(route=getattr(route, "path", "?"),
-                                                status=str(response.status_code)).inc()
-            return response
-        return wrapped
-
     async def health(request: Request) -> Response:
-        repo = daemon.gitops.health()
-        return JSONResponse({"ok": repo["error"] is None and daemon.failed is None, "version": __version__,
-                             "stopping": daemon.stopping, "failed_task": daemon.failed,
-                             "active_runs": len(daemon._tasks), "timers": len(daemon._timers),
-                             "public_url": daemon.public_url, "repo": repo})
+        return JSONResponse(daemon.health())
 
     async def flows(request: Request) -> Response:
         user_of(request)
-        return JSONResponse(daemon.flows())
+        return JSONResponse(daemon.catalog.flows())
 
     async def start_run(request: Request) -> Response:
         user = user_of(request)
@@ -148,7 +168,7 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         inputs = body.get("inputs") or {}
         if not isinstance(inputs, dict):
             raise Invalid("inputs must be a JSON object")
-        run = await daemon.start_run(request.path_params["flow"], inputs, user, ref=body.get("ref"))
+        run = await daemon.runs.start_run(request.path_params["flow"], inputs, user, ref=body.get("ref"))
         return JSONResponse(run, status_code=201, headers={"Location": f"/api/v1/runs/{run['id']}"})
 
     async def list_runs(request: Request) -> Response:
@@ -156,100 +176,88 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         query = request.query_params
         limit = min(query_int(request, "limit", 50, low=1, high=10**9), 1000)  # more is capped
         draft = {"true": True, "false": False}.get(query.get("draft", ""), None)
-        before = query.get("before")
-        if before is not None and not RUN_ID.match(before):
-            raise Invalid(f"before must be a run id (the `next` of the page before); got {before[:40]!r}")
-        runs = daemon.visible_runs(user, flow=query.get("flow"), status=run_status(query.get("status")),
-                                   draft=draft, limit=limit + 1, before=before)
+        before = page_start(query.get("before"))
+        runs = daemon.visibility.visible_runs(user, flow=query.get("flow"), status=run_status(query.get("status")),
+                                              draft=draft, limit=limit + 1, before=before)
         page, more = runs[:limit], len(runs) > limit
         return JSONResponse({"runs": page, "next": page[-1]["id"] if more else None})
 
     async def get_run(request: Request) -> Response:
-        return JSONResponse(daemon.readable_run(request.path_params["run_id"], user_of(request)))
+        return JSONResponse(daemon.visibility.readable_run(request.path_params["run_id"], user_of(request)))
 
     async def run_events(request: Request) -> Response:
         run_id = request.path_params["run_id"]
-        daemon.readable_run(run_id, user_of(request))
+        daemon.visibility.readable_run(run_id, user_of(request))
         after = query_int(request, "after", -1, low=-1, high=10**18)
         wait = query_seconds(request, "wait", high=30.0)
-        events = await daemon.events_after(run_id, after, wait)
+        events = await daemon.polls.events_after(run_id, after, wait)
         return JSONResponse({"events": events, "next": events[-1]["seq"] if events else after})
 
     async def cancel(request: Request) -> Response:
         user = user_of(request)
-        return JSONResponse(await daemon.cancel(request.path_params["run_id"], user))
+        return JSONResponse(await daemon.runs.cancel(request.path_params["run_id"], user))
 
     async def decision(request: Request) -> Response:
         user = user_of(request)
         body = await read_json(request, body_limit)
-        receipt, run = await daemon.decide(request.path_params["run_id"], request.path_params["step_id"], user, body)
+        receipt, run = await daemon.approvals.decide(request.path_params["run_id"], request.path_params["step_id"],
+                                                     user, body)
         return JSONResponse({"accepted": True, "final": bool(receipt.outcome), "decision": receipt.event,
                              "run": run})
 
     async def pending(request: Request) -> Response:
         user = user_of(request)
-        return JSONResponse({"user": user.name, "pending": daemon.pending_for(user)})
+        return JSONResponse({"user": user.name, "pending": daemon.approvals.pending_for(user)})
 
     async def callback(request: Request) -> Response:
-        token = request.path_params["token"]
-        try:
-            _, _, spec = daemon.callback_target(token)
-        except (NotFound, KeyError):
-            return JSONResponse({"error": {"code": "not_found", "message": "no such callback"}}, status_code=404)
-        body = await read_body(request, int(spec.get("max_bytes", body_limit)))
-        status, answer = await daemon.callback(token, body)
+        target = daemon.callbacks.target(request.path_params["token"])  # the token is the credential
+        body = await read_body(request, target.body_limit(body_limit))
+        status, answer = await daemon.callbacks.accept(target, body)
         return JSONResponse(answer, status_code=status)
 
     async def resource(request: Request) -> Response:
-        path, meta = daemon.readable_resource(request.path_params["sha256"], user_of(request))
+        path, meta = daemon.visibility.readable_resource(request.path_params["sha256"], user_of(request))
         return FileResponse(path, media_type=meta.get("media_type") or "application/octet-stream")
 
     def live_change(change: str):
         async def route(request: Request) -> Response:
             user = user_of(request)
             body = await read_json(request, body_limit)
-            answer = await daemon.change_live(change, request.path_params["flow"], body, user)
+            answer = await daemon.catalog.change_live(change, request.path_params["flow"], body, user)
             return JSONResponse(answer, status_code=201 if change == "release" else 200)
         return route
 
     async def hook(request: Request) -> Response:
         body = await read_body(request, body_limit)
-        run = await daemon.hook(request.path_params["flow"], body, request.headers.get("x-hub-signature-256"))
+        run = await daemon.hooks.hook(request.path_params["flow"], body, request.headers.get("x-hub-signature-256"))
         return JSONResponse(run, status_code=201, headers={"Location": f"/api/v1/runs/{run['id']}"})
 
     async def git_webhook(request: Request) -> Response:
         body = await read_body(request, body_limit)
-        answer = daemon.git_webhook(body, request.headers.get("x-hub-signature-256"),
-                                    request.headers.get("x-github-delivery"))
+        answer = daemon.hooks.git_webhook(body, request.headers.get("x-hub-signature-256"),
+                                          request.headers.get("x-github-delivery"))
         return JSONResponse(answer, status_code=202)
 
     async def metrics(request: Request) -> Response:
         return Response(daemon.metrics.render(), media_type=daemon.metrics.content_type)
 
     routes = [
-        Route("/api/v1/health", handler(health)),
-        Route("/api/v1/flows", handler(flows)),
-        Route("/api/v1/flows/{flow}/runs", handler(start_run), methods=["POST"]),
-        *[Route(f"/api/v1/flows/{{flow}}/{change}", handler(live_change(change)), methods=["POST"])
-          for change in LIVE_CHANGES],
-        Route("/api/v1/runs", handler(list_runs)),
-        Route("/api/v1/runs/{run_id}", handler(get_run)),
-        Route("/api/v1/runs/{run_id}/events", handler(run_events)),
-        Route("/api/v1/runs/{run_id}/cancel", handler(cancel), methods=["POST"]),
-        Route("/api/v1/runs/{run_id}/steps/{step_id}/decision", handler(decision), methods=["POST"]),
-        Route("/api/v1/pending", handler(pending)),
-        Route("/api/v1/resources/{sha256}", handler(resource)),
-        Route("/callbacks/{token}", handler(callback), methods=["POST"]),
-        Route("/hooks/{flow}", handler(hook), methods=["POST"]),
-        Route("/api/v1/git/webhook", handler(git_webhook), methods=["POST"]),
-        Route("/metrics", handler(metrics)),
+        Route("/api/v1/health", health),
+        Route("/api/v1/flows", flows),
+        Route("/api/v1/flows/{flow}/runs", start_run, methods=["POST"]),
+        *[Route(f"/api/v1/flows/{{flow}}/{change}", live_change(change), methods=["POST"]) for change in LIVE_CHANGES],
+        Route("/api/v1/runs", list_runs),
+        Route("/api/v1/runs/{run_id}", get_run),
+        Route("/api/v1/runs/{run_id}/events", run_events),
+        Route("/api/v1/runs/{run_id}/cancel", cancel, methods=["POST"]),
+        Route("/api/v1/runs/{run_id}/steps/{step_id}/decision", decision, methods=["POST"]),
+        Route("/api/v1/pending", pending),
+        Route("/api/v1/resources/{sha256}", resource),
+        Route("/callbacks/{token}", callback, methods=["POST"]),
+        Route("/hooks/{flow}", hook, methods=["POST"]),
+        Route("/api/v1/git/webhook", git_webhook, methods=["POST"]),
+        Route("/metrics", metrics),
     ]
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 404)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
-        return JSONResponse({"error": {"code": code, "message": f"{request.method} {request.url.path}: "
-                                       f"{getattr(exc, 'detail', 'not found')}"}}, status_code=status)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -259,4 +267,6 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         finally:
             await daemon.stop()
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, lifespan=lifespan)
+    handlers = {SignoffError: signoff_error, Exception: internal_error, 404: not_found, 405: not_found}
+    return Starlette(routes=routes, middleware=[Middleware(RequestMetrics, daemon=daemon)],
+                     exception_handlers=handlers, lifespan=lifespan)

@@ -24,10 +24,12 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Callable
 
 from runner import jsonvalue
+from runner.daemon.pools import in_pool
 from runner.datadir import FILE_MODE, fsync_dir, tmp_name
 from runner.errors import Conflict, StoreError
 from runner.secrets import Masker
@@ -42,9 +44,10 @@ MEMORY_BYTES = 64 * 1024 * 1024  # bodies held in memory; past this, a body stay
 
 
 class Inbox:
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: Path, *, fsync: bool = True, pool: Executor | None = None) -> None:
         self.path = path
         self.fsync = fsync
+        self.pool = pool  # where the journal is written (None: the loop's default executor)
         self._entries: dict[Key, dict[str, Any]] = {}  # durable, not yet consumed (without body if spilled)
         self._lines: dict[Key, tuple[int, int]] = {}  # (offset, length) of each entry's line in the journal
         self._spilled: set[Key] = set()  # entries whose body is read back from the journal
@@ -182,7 +185,7 @@ class Inbox:
                 keys, self._batch = self._batch, []
                 lines = [_line(key, self._inflight[key][0]) for key in keys]
                 try:
-                    offset = await asyncio.to_thread(self._append, b"".join(lines))
+                    offset = await in_pool(self.pool, self._append, b"".join(lines))
                 except BaseException as exc:
                     failure = StoreError(f"could not record the callback in {self.path}: {exc}")
                     for key in keys:
@@ -205,7 +208,7 @@ class Inbox:
     async def _compact(self) -> None:
         consumed, consumed_bytes = self._consumed, self._consumed_bytes
         try:
-            self._adopt(await asyncio.to_thread(self._rewrite, self._copy()))
+            self._adopt(await in_pool(self.pool, self._rewrite, self._copy()))
         except OSError as exc:
             log.warning("could not compact %s: %s; trying again later", self.path, exc,
                         extra={"event": "inbox_compaction_failed"})

@@ -21,6 +21,29 @@ from runner.timeutil import Clock, parse_duration
 from runner.releases.mirror import RepoSource
 
 
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where `serve` finds its config, data and repository: what the CLI resolved from its options.
+
+    `data_given`: the data directory was named on the command line (or SIGNOFF_DATA), so it wins over
+    the config's `data`. `repo` is the repository served when the config names none.
+    """
+
+    config_path: str | None
+    data: Path
+    repo: Path
+    data_given: bool = False
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def of(cls, places: Any, *, host: str | None = None, port: int | None = None) -> "ServeOptions":
+        """From anything with `config_path`, `data`, `data_given` and `repo` (the CLI's view of its options)."""
+        if isinstance(places, ServeOptions):
+            return places
+        return cls(places.config_path, Path(places.data), Path(places.repo), bool(places.data_given), host, port)
+
+
 @dataclass
 class Settings:
     """What the daemon takes from its config and environment, every secret and token resolved."""
@@ -33,26 +56,33 @@ class Settings:
     repo_spec: dict[str, Any]
     users: Users
     webhook_secret: str | None
+    repo: Path  # the repository served when the config names none
 
 
-def settings(env: Any, *, host: str | None = None, port: int | None = None) -> Settings:
+def load_settings(options: ServeOptions) -> Settings:
     """Read and check everything `serve` needs before it starts (and `doctor` checks the same)."""
-    config = load_config(env.config_path)
+    config = load_config(options.config_path)
     server = config.data.get("server") or {}
-    host = host or server.get("host", "127.0.0.1")
-    port = port if port is not None else int(server.get("port", 8080))
+    host = options.host or server.get("host", "127.0.0.1")
+    port = options.port if options.port is not None else int(server.get("port", 8080))
     base = config.path.parent if config.path else Path.cwd()  # paths in a config are relative to it
-    data_dir = base / config.data["data"] if config.data.get("data") and not env.data_given else env.data
+    data_dir = base / config.data["data"] if config.data.get("data") and not options.data_given else options.data
     repo_spec = config.data.get("repo") or {}
     users = load_users(config.data, data_dir, config.path.parent if config.path else None)
     webhook_secret = (secrets.resolve(repo_spec["webhook_secret"], what="repo.webhook_secret", base_dir=base)
                       if repo_spec.get("webhook_secret") else None)
-    return Settings(config, host, port, base, data_dir, repo_spec, users, webhook_secret)
+    return Settings(config, host, port, base, data_dir, repo_spec, users, webhook_secret, options.repo)
 
 
-def build(env: Any, *, host: str | None = None, port: int | None = None,
-          clock: Clock | None = None) -> tuple[Daemon, Any, str, int]:
-    found = settings(env, host=host, port=port)
+def settings(places: Any, *, host: str | None = None, port: int | None = None) -> Settings:
+    """`load_settings` for ServeOptions, or for an object with their four places (see `ServeOptions.of`)."""
+    return load_settings(ServeOptions.of(places, host=host, port=port))
+
+
+def build(found: Settings | ServeOptions | Any, *, clock: Clock | None = None) -> tuple[Daemon, Any, str, int]:
+    """The daemon and its app from typed settings (or options to load them from); with host and port."""
+    if not isinstance(found, Settings):
+        found = load_settings(ServeOptions.of(found))
     config, host, port, base = found.config, found.host, found.port, found.base
     data_dir, repo_spec, users, webhook_secret = found.data_dir, found.repo_spec, found.users, found.webhook_secret
     server = config.data.get("server") or {}
@@ -61,7 +91,7 @@ def build(env: Any, *, host: str | None = None, port: int | None = None,
         work_dir = data_dir / "workspace"
         work_dir.mkdir(parents=True, exist_ok=True)
     else:
-        work_dir = (base / repo_spec["path"]).resolve() if repo_spec.get("path") else env.repo
+        work_dir = (base / repo_spec["path"]).resolve() if repo_spec.get("path") else found.repo
         source = RepoSource(path=work_dir)
     public_url = server.get("public_url") or f"http://{host}:{port}"
     store = FileStore(data_dir)
@@ -76,11 +106,12 @@ def build(env: Any, *, host: str | None = None, port: int | None = None,
     return daemon, app, host, port
 
 
-def serve(env: Any, *, host: str | None = None, port: int | None = None) -> None:
+def serve(found: Settings) -> None:
+    """Run the daemon and its app under uvicorn until SIGTERM."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("httpx", "httpcore"):  # request lines carry URLs, and a webhook's URL is a secret
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    daemon, app, host, port = build(env, host=host, port=port)
+    daemon, app, host, port = build(found)
     secrets.mask_logs(daemon.config.masker)
     with daemon.store.daemon_lock():
         _announce(daemon, host, port)

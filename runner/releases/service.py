@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import re
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -59,10 +60,11 @@ class GitOps:
         self.on_change = on_change
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self.pool: Executor | None = None  # the thread git runs on, its owner's (None: the loop's default executor)
 
     async def git(self, func: Callable, *args: Any) -> Any:
         async with self._lock:
-            return await asyncio.to_thread(func, *args)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, func, *args)
 
     async def reconcile(self, reason: str = "poll") -> Resolution | None:
         fetch_error = None

@@ -1,0 +1,30 @@
+"""The thread pools the daemon's blocking work runs on: made by the daemon, shut down when it stops.
+
+`files` takes file I/O that should not hold the loop (the inbox journal's writes and
+compactions, large callback bodies stored as resources); `git` has one thread, since
+GitPython is not thread-safe. No pool outlives its daemon, so two daemons in one process
+(tests) never share one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+
+class Pools:
+    def __init__(self) -> None:
+        self.files = ThreadPoolExecutor(thread_name_prefix="signoff-files")
+        self.git = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signoff-git")
+
+    def shutdown(self) -> None:
+        """Take no more work; what is running finishes on its own (the loop does not wait for it)."""
+        for pool in (self.files, self.git):
+            pool.shutdown(wait=False)
+
+
+async def in_pool(pool: ThreadPoolExecutor | None, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """func(*args, **kwargs) on `pool` (None: the loop's default executor), awaited."""
+    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(func, *args, **kwargs))
