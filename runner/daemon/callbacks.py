@@ -8,7 +8,6 @@ for the runs this daemon knows, else through the store's callback index.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import Any, Callable, NamedTuple
 

@@ -20,9 +20,11 @@ class Pools:
         self.git = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signoff-git")
 
     def shutdown(self) -> None:
-        """Take no more work; what is running finishes on its own (the loop does not wait for it)."""
+        """Take no more work and wait for what is running, as the loop's default executor is waited for
+        when its loop closes: a git command of a stopped daemon must not still be forking (its children
+        would share the descriptors, and so the run locks, of whatever opens files next)."""
         for pool in (self.files, self.git):
-            pool.shutdown(wait=False)
+            pool.shutdown(wait=True)
 
 
 async def in_pool(pool: ThreadPoolExecutor | None, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
