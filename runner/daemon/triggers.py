@@ -73,7 +73,7 @@ class ScheduleState:
     names the run id it is about to create and is fsynced first (`creating: true`); once
     the run exists the flag is cleared. A claim still `creating` at start-up was cut
     short by a crash: `half_done()` lists it and the daemon creates its run then, under
-    the id the claim names, unless that run already exists (see `Daemon._plan_schedules`).
+    the id the claim names, unless that run already exists (see `runner.daemon.scheduler`).
     """
 
     def __init__(self, data_dir: Path) -> None:
