@@ -19,6 +19,7 @@ from runner.flows.inputs import check_values, parse_pairs, resolve_inputs
 from runner.flows.load import find_flow_file, load_flow_bytes
 from runner.flows.yamldoc import DocumentError, parse_bytes
 from runner.releases import repo as flow_sources
+from runner.runs import kills
 from runner.runs.engine import Engine
 from runner.runs.events import apply as apply_event
 from runner.status import RunStatus
@@ -66,11 +67,12 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
                     listener=progress if follow else None)
     run_id = engine.create_run(parsed, values, started_by=getpass.getuser(), draft=True, ref=source.ref,
                                commit=source.commit, dirty=source.dirty)
-    record = asyncio.run(_advance_interruptibly(engine, run_id))
-    if record.get("kills"):  # workers its end left running on hosts: no daemon will stop them for us
-        from runner.steps.ssh import jobs as sshjobs  # ssh's libraries load only for runs that used ssh
-
-        record = asyncio.run(sshjobs.carry_out(engine, run_id))
+    try:
+        record = asyncio.run(_advance_interruptibly(engine, run_id))
+        if record.get("kills"):  # workers its end left running on hosts: no daemon will stop them for us
+            record = asyncio.run(kills.carry_out(engine, run_id))
+    finally:
+        engine.pools.close()
     emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == "succeeded" else 1)
 
 

@@ -2,7 +2,7 @@
 
 Each delivery is recorded in the run as a `notification` event (a reminder with
 `reminder: true`, so a restart does not send it again) and counted in the metrics.
-The text of a wait's announcement depends on its step's kind (approval or callback).
+The text of a wait's announcement is its step kind's (`announce`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any, Callable
 from runner.notify import Message, Notifier
 from runner.runs.engine import Engine
 from runner.runs.store import Store
+from runner.status import EventType, StepStatus
+from runner.steps.base import kind_named
 from runner.timeutil import Clock, parse_rfc3339
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,10 @@ class Announcer:
     def on_event(self, run: dict[str, Any], event: dict[str, Any]) -> None:
         """Listener: a wait that began is announced; a wait with a deadline that timed out too."""
         kind = event["type"]
-        if kind == "step_finished":
-            if event["status"] == "timed_out" and run["steps"][event["step"]].get("deadline"):
+        if kind == EventType.STEP_FINISHED:
+            if event["status"] == StepStatus.TIMED_OUT and run["steps"][event["step"]].get("deadline"):
                 self._spawn(self.announce_timeout(dict(run), event))
-        elif kind == "step_waiting":
+        elif kind == EventType.STEP_WAITING:
             self._spawn(self.announce_wait(dict(run), event))
 
     def _step_spec(self, run_id: str, step_id: str) -> dict[str, Any]:
@@ -41,15 +43,11 @@ class Announcer:
     async def announce_wait(self, run: dict, event: dict) -> None:
         step_id = event["step"]
         spec = self._step_spec(run["id"], step_id)
-        state = event.get("state") or {}  # its reminder timer (remind_at) is set by Timers.watch
-        if spec["kind"] == "approval":
-            text = (f"Run {run['id']} of {run['flow']} waits for approval of '{step_id}' by "
-                    f"{', '.join(state.get('approvers', []))} until {event['wake_at']}.\n\n{state.get('context', '')}")
-        elif spec["kind"] == "callback":
-            text = f"Run {run['id']} of {run['flow']} waits for a callback at '{step_id}' until {event['wake_at']}."
-        else:
+        announcement = kind_named(spec["kind"]).announce(run, step_id, event)  # its reminder: Timers.watch
+        if announcement is None:
             return
-        await self.notify(run, step_id, spec.get("notify") or [], f"{run['flow']}: waiting at {step_id}", text)
+        subject, text = announcement
+        await self.notify(run, step_id, spec.get("notify") or [], subject, text)
 
     async def announce_timeout(self, run: dict, event: dict) -> None:
         step_id = event["step"]

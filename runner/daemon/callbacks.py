@@ -17,7 +17,7 @@ from runner.errors import Conflict, NotFound, StoreError
 from runner.runs.engine import Engine
 from runner.runs.store import Store
 from runner.status import is_terminal
-from runner.steps.callback import parse_payload
+from runner.steps.base import kind_named
 from runner.timeutil import Clock, rfc3339
 
 OPEN_STATUSES = ("pending", "waiting")  # a callback step in these takes its callback (early, or on time)
@@ -134,7 +134,7 @@ class Callbacks:
                 if refused:
                     raise Conflict(refused)
         if existing is None:
-            parse_payload(body, spec.get("schema"))
+            kind_named(spec["kind"]).parse_payload(body, spec.get("schema"))
             at = rfc3339(self.clock.now())
             if len(body) > INLINE_LIMIT:
                 entry = await in_pool(self._pool, entry_for, self.store, run_id, step_id, body, at=at,

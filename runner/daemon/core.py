@@ -14,7 +14,7 @@ One asyncio loop runs everything. The services, each in its own module:
     detached     kills of detached remote jobs a run asked for
     listeners    the ordered, contained listeners of the engine's events
     tasks        named supervised side tasks, and short background ones
-    pools        the thread pools the daemon's blocking work runs on
+    threads      the thread pools the daemon's blocking work runs on
 
 Decisions and callbacks are recorded (fsynced) before their calls return, so the HTTP
 layer may acknowledge them.
@@ -34,13 +34,13 @@ from runner.daemon.announce import Announcer
 from runner.daemon.approvals import Approvals
 from runner.daemon.callbacks import Callbacks, CallbackTarget
 from runner.daemon.catalog import LIVE_CHANGES, Catalog
-from runner.daemon.detached import DetachedKills, close_ssh_connections
+from runner.daemon.detached import DetachedKills
 from runner.daemon.hooks import Hooks
 from runner.daemon.inbox import Inbox
 from runner.daemon.listeners import Listeners, inbox_consumption, metrics_counting
 from runner.daemon.longpoll import LongPolls
 from runner.daemon.metrics import Metrics
-from runner.daemon.pools import Pools
+from runner.daemon.pools import ThreadPools
 from runner.daemon.running import RunTasks
 from runner.daemon.scheduler import Scheduler
 from runner.daemon.startup import active_runs, parked_quietly
@@ -51,12 +51,11 @@ from runner.notify import Notifier
 from runner.releases.service import GitOps
 from runner.runs.engine import Engine
 from runner.runs.store import Store
-from runner.steps.base import Receipt, load_kind
+from runner.steps.base import Pools, Receipt, kind_named, kind_names
 from runner.timeutil import Clock
 
 __all__ = ["Daemon", "User", "LIVE_CHANGES", "CallbackTarget", "run_status", "page_start"]
 log = logging.getLogger(__name__)
-STEP_KINDS = ("shell", "ssh", "http", "set", "wait", "approval", "callback", "notify", "end")
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -68,19 +67,20 @@ class Daemon:
         self.public_url = public_url.rstrip("/")
         self.clock = clock or Clock()
         self.metrics = Metrics()
-        self.pools = Pools()
+        self.threads = ThreadPools()
+        self.kind_pools = Pools()  # what step kinds share across runs (ssh connections), closed at stop
         self.side = SideTasks()
-        gitops.pool = self.pools.git
-        self.inbox = Inbox(store.data_dir / "inbox.jsonl", fsync=store.fsync, pool=self.pools.files)
+        gitops.pool = self.threads.git
+        self.inbox = Inbox(store.data_dir / "inbox.jsonl", fsync=store.fsync, pool=self.threads.files)
         self.timers = Timers(self.clock)
         self.polls = LongPolls(store)
         self.listeners = Listeners([])  # filled below, once the services that listen exist
         self.engine = Engine(store, work_dir=work_dir, config=config, clock=self.clock, masker=config.masker,
                              users=users, public_url=self.public_url, listener=self.listeners,
-                             accepts_messages=True, mailbox=self.inbox)
+                             accepts_messages=True, mailbox=self.inbox, pools=self.kind_pools)
         self.visibility = Visibility(engine=self.engine, store=store, users=users)
         self.callbacks = Callbacks(engine=self.engine, store=store, inbox=self.inbox, clock=self.clock,
-                                   schedule=self.schedule, pool=self.pools.files)
+                                   schedule=self.schedule, pool=self.threads.files)
         self.runs = RunTasks(engine=self.engine, store=store, gitops=gitops, metrics=self.metrics, timers=self.timers,
                              callbacks=self.callbacks, inbox=self.inbox, visibility=self.visibility,
                              stopping=lambda: self.side.stopping)
@@ -90,7 +90,7 @@ class Daemon:
                                    metrics=self.metrics, clock=self.clock, timers=self.timers, runs=self.runs,
                                    spawn=self.side.spawn, public_url=self.public_url, run_url=self.run_url)
         self.kills = DetachedKills(engine=self.engine, store=store, config=config, runs=self.runs,
-                                   spawn=self.side.spawn)
+                                   pools=self.kind_pools, spawn=self.side.spawn)
         self.scheduler = Scheduler(engine=self.engine, store=store, gitops=gitops, clock=self.clock,
                                    metrics=self.metrics, timers=self.timers, schedule_run=self.schedule,
                                    spawn=self.side.spawn)
@@ -112,8 +112,8 @@ class Daemon:
 
     async def start(self) -> None:
         """Read the refs, rebuild timers and resume every active run from its files."""
-        for kind in STEP_KINDS:  # import now, not on the loop in the middle of a run
-            load_kind(kind)
+        for kind in kind_names():  # import now, not on the loop in the middle of a run
+            kind_named(kind)
         await self.gitops.reconcile("start")
         kept = self.inbox.load(self.callbacks.still_expected)
         self.store.sweep_shared()
@@ -144,9 +144,9 @@ class Daemon:
         self.side.cancel_supervised()
         await self.runs.stop(grace)
         self.side.cancel_background()
-        close_ssh_connections()
+        self.kind_pools.close()
         self.inbox.close()
-        self.pools.shutdown()
+        self.threads.shutdown()
 
     def _due(self, timer: Timer) -> None:
         """What a due timer sets off."""

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 
-class Pools:
+class ThreadPools:
     def __init__(self) -> None:
         self.files = ThreadPoolExecutor(thread_name_prefix="signoff-files")
         self.git = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signoff-git")

@@ -25,6 +25,9 @@ What the engine uses of a kind (`StepKind`):
     rewind_to(step, state) -> str|None  the step a finished visit sends the run back to (request_changes)
     mint_token(step) -> str | None      as the run is created: the secret of the step's callback URL
     leftovers(run, flow, event)         kill requests (events) for what `event` leaves running
+    async kill_leftover(request, *, config, draft, pools) -> fields
+                                        carry one request out (runner.runs.kills); the fields of
+                                        the `detached_killed` event that records it
     unused(run, step_id, entry)         the event recording an accepted answer the run never used
 
 A kind with `on_timeout` semantics (approval, callback) sets `waits = True`
@@ -33,8 +36,8 @@ A kind with `on_timeout` semantics (approval, callback) sets `waits = True`
 sets `ends_run = True` (end) ends the run once it succeeds, with the `status`
 and `message` of its outputs.
 
-Hooks for the daemon (`WaitingKind`), which finds the kind with
-`kind_named(step.kind)` and calls, outside any run's lock:
+Hooks for the daemon, which finds the kind with `kind_named(step.kind)` and
+calls, outside any run's lock (every kind has them; the waiting kinds answer):
 
     announce(run, step_id, event) -> (subject, text) | None
         on a `step_waiting` event: the notification sent to the step's `notify`
@@ -275,13 +278,18 @@ class StepKind(Protocol):
 
     def leftovers(self, run: dict[str, Any], flow: Flow, event: dict[str, Any]) -> list[dict[str, Any]]: ...
 
+    async def kill_leftover(self, request: dict[str, Any], *, config: Any, draft: bool,
+                            pools: Pools) -> dict[str, Any]: ...
+
     def unused(self, run: dict[str, Any], step_id: str, entry: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def announce(self, run: dict[str, Any], step_id: str, event: dict[str, Any]) -> tuple[str, str] | None: ...
+
+    def parse_payload(self, body: bytes, schema: dict | None) -> Any: ...
 
 
 class WaitingKind(StepKind, Protocol):
-    """A kind that waits for people or systems (`waits`): the engine's hooks, and the daemon's."""
-
-    def announce(self, run: dict[str, Any], step_id: str, event: dict[str, Any]) -> tuple[str, str] | None: ...
+    """A kind that waits for people or systems (`waits`): it parks, and `wake` ends the wait at its deadline."""
 
 
 class BaseKind:
@@ -318,17 +326,24 @@ class BaseKind:
     def leftovers(self, run: dict[str, Any], flow: Flow, event: dict[str, Any]) -> list[dict[str, Any]]:
         return []
 
+    async def kill_leftover(self, request: dict[str, Any], *, config: Any, draft: bool,
+                            pools: Pools) -> dict[str, Any]:
+        raise StepFailed(f"a {self.name} step leaves nothing behind to kill", retryable=False)
+
     def unused(self, run: dict[str, Any], step_id: str, entry: dict[str, Any]) -> dict[str, Any] | None:
         return None
+
+    def parse_payload(self, body: bytes, schema: dict | None) -> Any:
+        raise Conflict(f"a {self.name} step takes no callbacks")
+
+    def announce(self, run: dict[str, Any], step_id: str, event: dict[str, Any]) -> tuple[str, str] | None:
+        return None  # a park nobody answers (a timer) is not announced
 
 
 class BaseWaitingKind(BaseKind):
     """A kind that parks until people or systems answer, with a deadline (`timeout`) and `on_timeout`."""
 
     waits: ClassVar[bool] = True
-
-    def announce(self, run: dict[str, Any], step_id: str, event: dict[str, Any]) -> tuple[str, str] | None:
-        return None
 
 
 _loaded: dict[str, StepKind] = {}  # a cache of KIND_MODULES' kinds, which hold no state
@@ -349,7 +364,3 @@ def kind_names() -> tuple[str, ...]:
     """Every kind this build has (without importing any)."""
     return tuple(KIND_MODULES)
 
-
-def load_kind(name: str) -> StepKind | None:
-    """kind_named under its former name, for callers not yet moved."""
-    return kind_named(name)

@@ -28,7 +28,7 @@ if not sshd_support.available():
                 allow_module_level=True)
 
 from daemon_support import DaemonProcess, event_types  # noqa: E402
-from runner.steps.ssh import jobs as sshjobs  # noqa: E402
+from runner.runs import kills  # noqa: E402
 from support import (harness_with_config, kill_quietly, pid_alive, read_pid, run_schema_errors,  # noqa: E402
                      wait_pid_gone, wait_until, write_config)
 
@@ -339,7 +339,7 @@ def test_a_run_that_fails_asks_for_the_kill_of_its_worker_in_the_write_of_its_en
         assert harness.store.runs_with_kills() == [record["id"]]
         assert run_schema_errors(harness.snapshot(record["id"])) == []
         sleeper = wait_until(lambda: read_pid(pid_file), what="the worker's sleep")
-        after = asyncio.run(sshjobs.carry_out(harness.engine, record["id"]))
+        after = asyncio.run(kills.carry_out(harness.engine, record["id"]))
         assert after["kills"][name]["result"] in ("killed", "terminated") and after["kills"][name]["done_at"]
         assert harness.store.runs_with_kills() == []
         wait_pid_gone(sleeper)

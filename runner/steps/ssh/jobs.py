@@ -23,11 +23,11 @@ store's short list of runs with outstanding kills:
 - a step (or a run) that ends with a job a restart cut short: that job.
 
 The daemon carries each request out (`kill`) and records `detached_killed`;
-at start-up it sweeps that short list (`outstanding`), so a crash or a stop
+at start-up it sweeps that short list (runner.runs.kills), so a crash or a stop
 between the request and the kill loses nothing, and a kill is recorded once.
 A kill that cannot reach the host is recorded with `result: failed: ...` and
 tried again at the next start-up, MAX_KILL_TRIES in all. `run --local` has
-no daemon: it carries its run's requests out itself as the run ends (`carry_out`).
+no daemon: it carries its run's requests out itself as the run ends (runner.runs.kills).
 
 A retried ssh step first settles the job of the attempt a restart cut short
 (`cut_short`; the kind calls `claim_job` / `kill_job`): a
@@ -49,7 +49,7 @@ from typing import Any
 
 from runner.errors import SignoffError, StepFailed
 from runner.steps.ssh.hosts import Hop, route
-from runner.steps.ssh.pool import SshPool, fallback_pool, settled
+from runner.steps.ssh.pool import SshPool, settled
 from runner.steps.ssh.scripts import claim_script, job_dir, kill_script
 from runner.steps.ssh.session import Session, capture
 
@@ -126,11 +126,6 @@ def _from_job(step_id: str, job: dict[str, Any]) -> dict[str, Any]:
             "reason": "a restart cut its step short"}
 
 
-def outstanding(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The run's kill requests that are not done yet (the start-up sweep carries them out)."""
-    return [{**kill, "job": name} for name, kill in (run.get("kills") or {}).items() if not kill.get("done_at")]
-
-
 def kill_job(hops: list[Hop], dir_expr: str, remove: bool) -> str:
     """Kill a job's process group over a new connection; what happened (killed, ended, not-started...)."""
     session = Session(hops).open()
@@ -158,8 +153,7 @@ def claim_job(hops: list[Hop], dir_expr: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-async def kill(config: Any, request: dict[str, Any], *, draft: bool,
-               pool: SshPool | None = None) -> dict[str, Any]:
+async def kill(config: Any, request: dict[str, Any], *, draft: bool, pool: SshPool) -> dict[str, Any]:
     """Carry out a kill request over a new connection; the fields of its `detached_killed` event.
 
     `result` is what happened on the host (killed, terminated, gone, ended or
@@ -167,7 +161,6 @@ async def kill(config: Any, request: dict[str, Any], *, draft: bool,
     says whether the request is settled (a failed one is tried again at the
     next start-up, MAX_KILL_TRIES in all). The blocking part runs on `pool`'s threads.
     """
-    pool = pool if pool is not None else fallback_pool()
     tries = int(request.get("tries") or 0) + 1
     try:
         hops = route(config, str(request["connection"]), draft=draft)
@@ -178,17 +171,3 @@ async def kill(config: Any, request: dict[str, Any], *, draft: bool,
         result, final = f"failed: {exc.message}", tries >= MAX_KILL_TRIES
     return {"step": request.get("step"), "job": request["job"], "host": request.get("host"),
             "pid": request.get("pid"), "result": result, "tries": tries, "final": final}
-
-
-async def carry_out(engine: Any, run_id: str, *, pool: SshPool | None = None) -> dict[str, Any]:
-    """Carry out the run's outstanding kill requests in this process (`run --local`, as its run ends).
-
-    The caller holds no lock on the run: each result is recorded as the daemon records it. The record after.
-    """
-    run = engine.store.read_run(run_id)
-    for request in outstanding(run):
-        killed = await kill(engine.config, request, draft=bool(run.get("draft")), pool=pool)
-        run = engine.note(run_id, "detached_killed", **killed)
-    if not outstanding(run):
-        engine.store.kills_settled(run_id)
-    return run

@@ -172,24 +172,3 @@ class SshPool:
 async def settled(future: asyncio.Future) -> Any:
     """Await a thread's future through a shield: a second cancel leaves the thread to finish on its own."""
     return await asyncio.shield(future)
-
-
-# Transitional: the one pool of callers that do not pass their owner's pool yet (a step context
-# without `pools`, a kill called without `pool=`). It goes once every caller passes one.
-_fallback: SshPool | None = None
-
-
-def fallback_pool() -> SshPool:
-    """The pool shared by callers that bring none of their own (made on first use)."""
-    global _fallback
-    if _fallback is None:
-        _fallback = SshPool()
-    return _fallback
-
-
-def close_fallback_pool() -> None:
-    """Close the shared pool, if one was made; the next caller without a pool gets a new one."""
-    global _fallback
-    pool, _fallback = _fallback, None
-    if pool is not None:
-        pool.close()

@@ -25,7 +25,8 @@ leaves running becomes durable kill requests, and a retry after a restart
 adopts or stops the job its cut-short attempt left (runner.steps.ssh.jobs).
 `upload` / `download` copy files over sftp before / after the command;
 downloads become resources.
-`close_connections` closes the shared pool of callers that bring none.
+Connections and their threads come from the owner's SshPool (`ctx.pools`), which
+the owner closes when it stops.
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner.errors import NotFound, StepFailed
-from runner.steps.base import BaseKind, Done, StepContext
+from runner.steps.base import BaseKind, Done, Pools, StepContext
 from runner.steps.output import MAX_SPOOL, Spool, parse_output_file, stdout_json, store_file
 from runner.steps.ssh import jobs as sshjobs
 from runner.steps.ssh.hosts import Hop, route
 from runner.steps.ssh.jobs import claim_job, detached_workers, kill_job  # noqa: F401  (detached_workers: re-exported)
-from runner.steps.ssh.pool import SshPool, close_fallback_pool, fallback_pool, settled
+from runner.steps.ssh.pool import SshPool, settled
 from runner.steps.ssh.scripts import detach_script, job_dir, run_script
 from runner.steps.ssh.session import MAX_OUTPUT_FILE, POLL_MS, Session, capture, run_command
 from runner.steps.ssh.sftp import download, remote_path, upload
@@ -195,16 +196,11 @@ class SshKind(BaseKind):
     shell_fields = ("run",)
     leaves_work = True
     leftovers = staticmethod(sshjobs.leftovers)  # the engine asks: what an event leaves running on hosts
-    pending_kills = staticmethod(sshjobs.outstanding)  # the daemon asks: a run's kill requests not done yet
 
-    async def kill_leftover(self, config: Any, request: dict[str, Any], *, draft: bool,
-                            pool: SshPool | None = None) -> dict[str, Any]:
+    async def kill_leftover(self, request: dict[str, Any], *, config: Any, draft: bool,
+                            pools: Pools) -> dict[str, Any]:
         """Carry out one kill request of a run (runner.steps.ssh.jobs.kill); its `detached_killed` fields."""
-        return await sshjobs.kill(config, request, draft=draft, pool=pool)
-
-    async def after_run(self, engine: Any, run_id: str, *, pool: SshPool | None = None) -> dict[str, Any]:
-        """The kills a run's end requested, carried out and recorded in this process (`run --local`)."""
-        return await sshjobs.carry_out(engine, run_id, pool=pool)
+        return await sshjobs.kill(config, request, draft=draft, pool=pools.get(SshPool))
 
     async def execute(self, ctx: StepContext) -> Done:
         plan = _Plan.build(ctx)
@@ -355,30 +351,27 @@ async def kill_detached(ctx_or_config: Any, outputs: dict[str, Any], *, draft: b
 
     Returns what happened: killed, terminated, gone or ended (it had finished).
     Raises StepFailed when the host cannot be reached. The blocking part runs on
-    `pool`'s threads (given a step context: its pool).
+    `pool`'s threads: given a step context, its owner's; given neither, a pool of
+    this call's own, closed as it returns.
     """
     if isinstance(ctx_or_config, StepContext):
         config, draft = ctx_or_config.config, ctx_or_config.draft if draft is None else draft
         pool = pool if pool is not None else _pool_of(ctx_or_config)
     else:
         config = ctx_or_config
-    pool = pool if pool is not None else fallback_pool()
     for key in ("connection", "job", "pid"):
         if not outputs.get(key):
             raise StepFailed(f"these are not the outputs of a detached ssh step (no {key!r})", retryable=False)
     hops = route(config, str(outputs["connection"]), draft=bool(draft))
-    return await settled(pool.in_thread(kill_job, hops, shlex.quote(str(outputs["job"])), False))
+    own = pool is None
+    pool = SshPool() if own else pool
+    try:
+        return await settled(pool.in_thread(kill_job, hops, shlex.quote(str(outputs["job"])), False))
+    finally:
+        if own:
+            pool.close()
 
 
 def _pool_of(ctx: StepContext) -> SshPool:
     """The ssh pool of the step context's owner."""
-    pools = getattr(ctx, "pools", None)
-    return pools.get(SshPool) if pools is not None else fallback_pool()  # fallback: a context without pools
-
-
-def close_connections() -> None:
-    """Close the shared pool's idle connections and threads (the daemon calls this when it stops).
-
-    Only callers that pass no pool of their own use that one; an owner closes its own SshPool.
-    """
-    close_fallback_pool()
+    return ctx.pools.get(SshPool)
