@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from runner.timeutil import format_duration, parse_rfc3339
+from runner.status import EventType
 
 if TYPE_CHECKING:
     from runner.flows.load import FlowReport
@@ -251,30 +252,30 @@ class Progress:
         kind, step = event["type"], event.get("step")
         state = run["steps"].get(step, {}) if step else {}
         line = None
-        if kind == "run_created":
+        if kind == EventType.RUN_CREATED:
             line = f"run {run['id']} of {run['flow']} created"
-        elif kind == "step_started":
+        elif kind == EventType.STEP_STARTED:
             line = f"▶ {step}" + (f" (attempt {event['attempt']})" if event["attempt"] > 1 else "")
-        elif kind == "step_waiting":
+        elif kind == EventType.STEP_WAITING:
             line = f"… {step} waiting until {event['wake_at']} ({event['reason']})"
             if event["reason"].startswith("awaiting approval"):
                 line += f"\n  decide with: signoff approve {run['id']} {step}   (or reject / request-changes)"
-        elif kind == "step_retrying":
+        elif kind == EventType.STEP_RETRYING:
             line = f"↻ {step} attempt {event['attempt']} failed: {short(event['error'], 80)}; retrying in " \
                    f"{format_duration(event['delay_seconds'])}"
-        elif kind == "step_finished":
+        elif kind == EventType.STEP_FINISHED:
             took = elapsed(state.get("started_at"), state.get("finished_at"))
             line = f"{MARKS.get(event['status'], '?')} {step} {event['status']} in {took}" + (
                 f": {short(event['error'], 100)}" if event.get("error") else "")
-        elif kind == "step_skipped":
+        elif kind == EventType.STEP_SKIPPED:
             line = f"– {step} skipped ({event['reason']})"
-        elif kind == "step_output" and self.show_output:
+        elif kind == EventType.STEP_OUTPUT and self.show_output:
             self.output(step, event["stream"], event["text"])
             if event.get("truncated"):
                 self.stream.write(f"  {step} | ... (more output in the step's outputs)\n")
-        elif kind == "jump":
+        elif kind == EventType.JUMP:
             line = f"→ jump to {event['to']} ({event['reason']})"
-        elif kind == "run_finished":
+        elif kind == EventType.RUN_FINISHED:
             line = f"run {run['id']} {event['status']}" + (f": {event['error']}" if event.get("error") else "")
         if line:
             self.stream.write(line + "\n")

@@ -49,7 +49,7 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
             if follow:
                 record = _follow(client, record, show=not as_json)
         emit(as_json, record, render.run_detail(record) if follow else f"started run {record['id']}",
-             exit_code=(0 if record["status"] == "succeeded" else 1) if follow else 0)
+             exit_code=(0 if record["status"] == RunStatus.SUCCEEDED else 1) if follow else 0)
         return
     cfg = env.config()
     path = find_flow_file(env.flows_dir, flow) if not ref else None
@@ -73,7 +73,7 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
             record = asyncio.run(kills.carry_out(engine, run_id))
     finally:
         engine.pools.close()
-    emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == "succeeded" else 1)
+    emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == RunStatus.SUCCEEDED else 1)
 
 
 INPUTS_FILE_HINT = "write a YAML or JSON mapping of input names to values"
@@ -181,7 +181,7 @@ def runs_follow(run_id, server, data, repo, config, as_json) -> None:
     """
     with Env(data, repo, config).client(server) as client:
         record = _follow(client, {"id": run_id}, show=not as_json)
-    emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == "succeeded" else 1)
+    emit(as_json, record, render.run_detail(record), exit_code=0 if record["status"] == RunStatus.SUCCEEDED else 1)
 
 
 @runs.command("verify")

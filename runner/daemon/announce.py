@@ -64,7 +64,7 @@ class Announcer:
         out at start-up if the deadline is still ahead; after the deadline the timeout is the news."""
         run = self.store.read_run(run_id)
         state = run["steps"].get(step_id, {})
-        if (state.get("status") != "waiting" or state.get("reminded_at") or not state.get("remind_at")
+        if (state.get("status") != StepStatus.WAITING or state.get("reminded_at") or not state.get("remind_at")
                 or not state.get("wake_at")):
             self.timers.reminder_done(run_id, step_id)
             return
@@ -87,7 +87,7 @@ class Announcer:
             message = Message(subject, text, links, run_id=run["id"], flow=run["flow"], step=step_id)
             delivery = await self.notifier.send(channel, message)
             self.metrics.notifications.labels(channel=channel, ok=str(delivery.ok).lower()).inc()
-            await self._note(run["id"], "notification", step=step_id, **delivery.to_dict(), **marks)
+            await self._note(run["id"], EventType.NOTIFICATION, step=step_id, **delivery.to_dict(), **marks)
 
     def _shown_links(self, run: dict, step_id: str) -> list[dict[str, str]]:
         """The links the waiting step shows its reviewer; a res:// one also gets its address in the API."""

@@ -15,6 +15,7 @@ from runner.auth import User, Users, may_decide
 from runner.runs.engine import Engine
 from runner.runs.store import Store
 from runner.steps.base import Receipt
+from runner.status import EventType
 
 DECISION_FIELDS = ("decision", "comment", "inputs", "context_sha256")
 
@@ -28,7 +29,7 @@ class Approvals:
     async def decide(self, run_id: str, step_id: str, user: User, body: dict[str, Any]) -> tuple[Receipt, dict]:
         may_decide(user).check()
         run = self.visibility.readable_run(run_id, user)
-        message = {"type": "decision", "user": user, **{k: body.get(k) for k in DECISION_FIELDS}}
+        message = {"type": EventType.DECISION, "user": user, **{k: body.get(k) for k in DECISION_FIELDS}}
         # refused at once, whatever the run is doing: never queued behind an earlier step to land on
         # a later wait (the engine checks again under the run's lock)
         self.engine.check_waiting(run, step_id)

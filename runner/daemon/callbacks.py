@@ -16,7 +16,7 @@ from runner.daemon.pools import in_pool
 from runner.errors import Conflict, NotFound, StoreError
 from runner.runs.engine import Engine
 from runner.runs.store import Store
-from runner.status import is_terminal
+from runner.status import EventType, is_terminal
 from runner.steps.base import kind_named
 from runner.timeutil import Clock, rfc3339
 
@@ -108,9 +108,9 @@ class Callbacks:
     def on_event(self, run: dict[str, Any], event: dict[str, Any]) -> None:
         """Listener: a callback step that ended, or a run that ended, takes no callback any more."""
         kind = event["type"]
-        if kind in ("step_finished", "step_skipped"):
+        if kind in (EventType.STEP_FINISHED, EventType.STEP_SKIPPED):
             self._open.discard((run["id"], event["step"]))
-        if kind == "run_finished":
+        if kind == EventType.RUN_FINISHED:
             for step_id in run.get("callbacks") or {}:
                 self._open.discard((run["id"], step_id))
 

@@ -53,6 +53,7 @@ from runner.runs.engine import Engine
 from runner.runs.store import Store
 from runner.steps.base import Pools, Receipt, kind_named, kind_names
 from runner.timeutil import Clock
+from runner.status import RunStatus
 
 __all__ = ["Daemon", "User", "LIVE_CHANGES", "CallbackTarget", "run_status", "page_start"]
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class Daemon:
         resumed = parked = 0
         for run in active_runs(self.engine, self.store):
             self.callbacks.expect(run)
-            if run["status"] == "waiting" and parked_quietly(run, self.clock, self.inbox):
+            if run["status"] == RunStatus.WAITING and parked_quietly(run, self.clock, self.inbox):
                 self.timers.watch(run)
                 parked += 1  # nothing to do until its timer fires or an answer comes
             else:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from runner.daemon.inbox import Inbox
 from runner.daemon.metrics import Metrics
+from runner.status import EventType
 
 log = logging.getLogger(__name__)
 Listener = Callable[[dict[str, Any], dict[str, Any]], None]
@@ -38,9 +39,9 @@ def inbox_consumption(inbox: Inbox) -> Listener:
     """A callback the run recorded (or a run that ended: late answers are not kept) leaves the inbox."""
 
     def consume(run: dict[str, Any], event: dict[str, Any]) -> None:
-        if event["type"] == "callback_received":
+        if event["type"] == EventType.CALLBACK_RECEIVED:
             inbox.consumed(run["id"], event["step"])
-        elif event["type"] == "run_finished":
+        elif event["type"] == EventType.RUN_FINISHED:
             for step_id in run.get("callbacks") or {}:
                 inbox.consumed(run["id"], step_id)
 
@@ -51,9 +52,9 @@ def metrics_counting(metrics: Metrics) -> Listener:
     """Runs that ended and step visits that ended, by status."""
 
     def count(run: dict[str, Any], event: dict[str, Any]) -> None:
-        if event["type"] == "run_finished":
+        if event["type"] == EventType.RUN_FINISHED:
             metrics.runs_finished.labels(flow=run["flow"], status=event["status"]).inc()
-        elif event["type"] == "step_finished":
+        elif event["type"] == EventType.STEP_FINISHED:
             metrics.steps_finished.labels(status=event["status"]).inc()
 
     return count

@@ -17,7 +17,7 @@ from runner.errors import Conflict, Forbidden, Invalid, RunLocked
 from runner.flows.inputs import resolve_inputs
 from runner.runs.engine import SHUTDOWN, Engine
 from runner.runs.store import Store
-from runner.status import is_terminal
+from runner.status import EventType, RunStatus, is_terminal
 
 log = logging.getLogger(__name__)
 LOCKED_RETRY_SECONDS = 0.5
@@ -118,7 +118,7 @@ class RunTasks:
         if not limit:
             return True
         run = self.store.read_run(run_id)
-        if run["status"] != "queued":
+        if run["status"] != RunStatus.QUEUED:
             return True
         active = sum(len(self.store.list_runs(flow=run["flow"], status=s, limit=limit)) for s in ("running", "waiting"))
         return active < limit
@@ -130,7 +130,7 @@ class RunTasks:
 
     def on_event(self, run: dict[str, Any], event: dict[str, Any]) -> None:
         """Listener: a run of a flow with `concurrency` ended, so the oldest queued one may start."""
-        if event["type"] == "run_finished" and self.engine.flow_of(run["id"]).concurrency:
+        if event["type"] == EventType.RUN_FINISHED and self.engine.flow_of(run["id"]).concurrency:
             asyncio.get_running_loop().call_soon(self.start_queued, run["flow"])
 
     # ---- cancelling ------------------------------------------------------------------------

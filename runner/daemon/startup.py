@@ -15,7 +15,7 @@ from runner.daemon.inbox import Inbox
 from runner.errors import FlowInvalid, IntegrityError, NotFound, RunLocked
 from runner.runs.engine import Engine
 from runner.runs.store import Store
-from runner.status import is_terminal
+from runner.status import StepStatus, is_terminal
 from runner.timeutil import Clock, parse_rfc3339
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def parked_quietly(run: dict[str, Any], clock: Clock, inbox: Inbox) -> bool:
     """A waiting run whose deadline is ahead and whose answer has not come needs only its timer."""
     step = run.get("current_step")
     state = run["steps"].get(step or "", {})
-    if state.get("status") != "waiting" or not state.get("wake_at") or state.get("decision"):
+    if state.get("status") != StepStatus.WAITING or not state.get("wake_at") or state.get("decision"):
         return False
     if step in (run.get("callbacks_received") or {}):
         return False  # answered before a crash cut the step short: settle it now

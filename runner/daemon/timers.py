@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterator, Union
 
 from runner.timeutil import Clock, parse_rfc3339
+from runner.status import RunStatus
 
 IDLE_SECONDS = 3600.0  # with no timer at all, look again after this long
 LONGEST_SLEEP = 60.0  # never sleep longer than this (a clock that jumps is noticed within it)
@@ -108,7 +109,7 @@ class Timers:
 
     def watch(self, run: dict[str, Any]) -> None:
         """Register the parked step's deadline (and reminder) in the heap."""
-        if run["status"] != "waiting" or not run.get("current_step"):
+        if run["status"] != RunStatus.WAITING or not run.get("current_step"):
             return
         state = run["steps"][run["current_step"]]
         if state.get("wake_at"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from runner.status import StepStatus
+from runner.status import EventType, StepStatus
 from runner.timeutil import parse_rfc3339
 
 WORK, WAIT, BACKOFF = "work", "wait", "backoff"
@@ -69,7 +69,7 @@ def history(run: dict[str, Any], events: list[dict[str, Any]], now: datetime) ->
 
 
 def _step_order(run: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
-    created = next((e for e in events if e.get("type") == "run_created"), None)
+    created = next((e for e in events if e.get("type") == EventType.RUN_CREATED), None)
     order = list((created or {}).get("run", {}).get("step_ids") or run.get("steps") or {})
     for event in events:
         if event.get("step") and event["step"] not in order:
@@ -90,7 +90,7 @@ class _Builder:
         result = self.result
         result.start = result.start or at
         result.end = at
-        if kind == "step_started":
+        if kind == EventType.STEP_STARTED:
             self._end_backoff(step, at)
             self._end_attempt(step, at, INTERRUPTED, None)  # a restart that left no event of its own
             attempt = int(event.get("attempt") or 1)
@@ -99,42 +99,42 @@ class _Builder:
             span = Span(step, WORK, at, at, attempt, self.visits.get(step, 1), StepStatus.RUNNING.value)
             self.current[step] = [span]
             result.spans.append(span)
-        elif kind == "step_waiting" and self.current.get(step):
+        elif kind == EventType.STEP_WAITING and self.current.get(step):
             work = self.current[step][-1]
             work.end = at
             wait = Span(step, WAIT, at, at, work.attempt, work.visit, StepStatus.WAITING.value,
                         detail=event.get("reason"), deadline=_moment(event.get("wake_at")))
             self.current[step].append(wait)
             result.spans.append(wait)
-        elif kind == "step_retrying":
+        elif kind == EventType.STEP_RETRYING:
             self._end_attempt(step, at, StepStatus.FAILED.value, event.get("error"))
             span = Span(step, BACKOFF, at, at, int(event.get("attempt") or 1), self.visits.get(step, 1),
                         "retrying", detail=event.get("error"), deadline=_moment(event.get("retry_at")))
             self.backoff[step] = span
             result.spans.append(span)
-        elif kind == "step_interrupted":
+        elif kind == EventType.STEP_INTERRUPTED:
             self._end_attempt(step, at, INTERRUPTED, event.get("reason"))
-        elif kind == "step_finished":
+        elif kind == EventType.STEP_FINISHED:
             self._end_backoff(step, at)
             if not self.current.get(step):  # ended without an attempt of its own (cancelled in a backoff)
                 span = Span(step, WORK, at, at, 0, self.visits.get(step, 1), event.get("status") or "")
                 self.current[step] = [span]
                 result.spans.append(span)
             self._end_attempt(step, at, event.get("status") or StepStatus.FAILED.value, event.get("error"))
-        elif kind == "step_skipped":
+        elif kind == EventType.STEP_SKIPPED:
             result.marks.append(Mark(step, "skipped", at, f"skipped: {event.get('reason') or ''}".strip(": ")))
-        elif kind == "decision":
+        elif kind == EventType.DECISION:
             who = event.get("by") or event.get("decided_by") or "someone"
             comment = f": {event['comment']}" if event.get("comment") else ""
             result.marks.append(Mark(step, "decision", at, f"{event.get('decision')} by {who}{comment}",
                                      value=str(event.get("decision") or "")))
-        elif kind == "callback_received":
+        elif kind == EventType.CALLBACK_RECEIVED:
             result.marks.append(Mark(step, "callback", at, "callback received"))
-        elif kind == "jump" and step:
+        elif kind == EventType.JUMP and step:
             reason = f" ({event['reason']})" if event.get("reason") else ""
             result.marks.append(Mark(step, "jump", at, f"jump to {event.get('to')}{reason}",
                                      value=str(event.get("to") or "")))
-        elif kind == "run_finished":
+        elif kind == EventType.RUN_FINISHED:
             status = event.get("status") or StepStatus.CANCELLED.value
             for open_step in list(self.current):
                 self._end_attempt(open_step, at, status, event.get("error"))

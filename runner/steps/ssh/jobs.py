@@ -52,6 +52,7 @@ from runner.steps.ssh.hosts import Hop, route
 from runner.steps.ssh.pool import SshPool, settled
 from runner.steps.ssh.scripts import claim_script, job_dir, kill_script
 from runner.steps.ssh.session import Session, capture
+from runner.status import RunStatus, StepStatus
 
 MAX_KILL_TRIES = 3
 
@@ -76,7 +77,7 @@ def detached_workers(run: dict[str, Any], flow: Any, *,
             continue
         state = (run.get("steps") or {}).get(step.id) or {}
         outputs = state.get("outputs") or {}
-        if state.get("status") != "succeeded" or not outputs.get("job") or not outputs.get("pid"):
+        if state.get("status") != StepStatus.SUCCEEDED or not outputs.get("job") or not outputs.get("pid"):
             continue
         target = outputs.get("callback")
         if (target and target in received) or (callback is not None and target != callback):
@@ -90,11 +91,11 @@ def leftovers(run: dict[str, Any], flow: Any, event: dict[str, Any]) -> list[dic
     kind = event["type"]
     if kind == "run_finished":
         found = [_from_outputs(step_id, outputs, f"the run ended {event['status']}")
-                 for step_id, outputs in detached_workers(run, flow)] if event["status"] != "succeeded" else []
+                 for step_id, outputs in detached_workers(run, flow)] if event["status"] != RunStatus.SUCCEEDED else []
         found += [_from_job(step_id, job) for step_id, job in _cut_short_jobs(run)]
     elif kind == "step_finished" and event["step"] in run.get("steps", {}):
         found = [_from_job(step_id, job) for step_id, job in _cut_short_jobs(run) if step_id == event["step"]]
-        if event["status"] == "timed_out" and flow.step(event["step"]).kind == "callback":
+        if event["status"] == StepStatus.TIMED_OUT and flow.step(event["step"]).kind == "callback":
             found += [_from_outputs(step_id, outputs, f"its callback '{event['step']}' timed out")
                       for step_id, outputs in detached_workers(run, flow, callback=event["step"])]
     else:
