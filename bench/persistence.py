@@ -37,7 +37,7 @@ from pathlib import Path
 from runner.runs.engine import Engine
 from runner.flows.model import Flow
 from runner.runs.files import FileStore
-from runner.flows.yamldoc import MAX_FILE_BYTES
+from runner.yamldoc import MAX_FILE_BYTES
 
 TARGET_RATIO = 1.5
 STEPS = 10_000

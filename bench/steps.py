@@ -66,8 +66,8 @@ def fsync_loop(directory: Path, loops: int) -> float:
 def breakdown(steps: int) -> None:
     """Where the advance's time goes, measured piece by piece without a profiler."""
     from runner.flows import checks
-    from runner.flows import schemas
-    from runner.flows import yamldoc
+    from runner import schemas
+    from runner import yamldoc
     from runner.flows.expressions import Evaluator
     from runner.flows.model import Flow
 

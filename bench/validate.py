@@ -179,8 +179,8 @@ def write_flows(directory: Path, count: int) -> tuple[int, int]:
 def breakdown(files: list[Path]) -> None:
     """Time the phases `check_file` goes through, separately, without a profiler's distortion."""
     from runner.flows import checks
-    from runner.flows import schemas
-    from runner.flows import yamldoc
+    from runner import schemas
+    from runner import yamldoc
     from runner.flows.model import Flow
 
     phases = dict.fromkeys(["yaml: alias-count pass (yaml.parse)", "yaml: round-trip load (yaml.load)",

@@ -12,9 +12,9 @@ from typing import Any
 
 from runner import secrets
 from runner.errors import ConfigError, StepFailed
-from runner.flows.schemas import schema_problems
+from runner.schemas import schema_problems
 from runner.secrets import Masker
-from runner.flows.yamldoc import DocumentError, read_file
+from runner.yamldoc import DocumentError, read_file
 
 
 @dataclass

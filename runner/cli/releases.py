@@ -16,7 +16,7 @@ from runner.cli.client import Client, address_of
 from runner.errors import ConfigError, NotFound, SignoffError, Unauthorized
 from runner.releases.live import Resolver
 from runner.releases.repo import FlowRepo
-from runner.flows.yamldoc import DocumentError, parse_bytes, read_file
+from runner.yamldoc import DocumentError, parse_bytes, read_file
 
 
 def daemon_option(func):

@@ -17,7 +17,7 @@ from runner.cli.client import Client
 from runner.errors import Interrupted, UsageError
 from runner.flows.inputs import check_values, parse_pairs, resolve_inputs
 from runner.flows.load import find_flow_file, load_flow_bytes
-from runner.flows.yamldoc import DocumentError, parse_bytes
+from runner.yamldoc import DocumentError, parse_bytes
 from runner.releases import repo as flow_sources
 from runner.runs import kills
 from runner.runs.engine import Engine

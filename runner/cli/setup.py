@@ -16,7 +16,7 @@ from runner.cli import render
 from runner.cli.app import Env, common, emit
 from runner.errors import SignoffError, UsageError
 from runner.flows.load import check_file, expand_paths
-from runner.flows.schemas import SCHEMA_NAMES, schema_text
+from runner.schemas import SCHEMA_NAMES, schema_text
 
 EXAMPLES = ("hello.yaml", "review-before-action.yaml")
 CONFIG = """\

@@ -21,8 +21,8 @@ from croniter import croniter
 from runner.errors import ExpressionError
 from runner.flows.expressions import FUNCTIONS, ROOT_NAMES, has_expression, iter_expressions, make_environment, references
 from runner.timeutil import parse_duration, parse_rfc3339
-from runner.flows.schemas import load_schema
-from runner.flows.yamldoc import Document, Problem
+from runner.schemas import load_schema
+from runner.yamldoc import Document, Problem
 
 JUMP_FIELDS = {"on_error": ("fail", "continue"), "on_timeout": ("reject", "fail"), "on_reject": (),
                "rewind_to": (), "callback": ()}

@@ -13,8 +13,8 @@ from typing import Any
 from runner.flows.checks import semantic_problems
 from runner.errors import FlowInvalid, NotFound
 from runner.flows.model import Flow
-from runner.flows.schemas import schema_problems
-from runner.flows.yamldoc import MAX_FILE_BYTES, Document, DocumentError, Problem, parse_bytes, read_file
+from runner.schemas import schema_problems
+from runner.yamldoc import MAX_FILE_BYTES, Document, DocumentError, Problem, parse_bytes, read_file
 
 FLOW_SUFFIXES = (".yaml", ".yml")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.flows.load import check_bytes, check_file
-from runner.flows.yamldoc import MAX_ALIASES, MAX_FILE_BYTES
+from runner.yamldoc import MAX_ALIASES, MAX_FILE_BYTES
 
 from support import PROJECT_FLOWS, PROJECT_ROOT
 

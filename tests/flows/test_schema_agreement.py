@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from runner.flows.load import check_bytes
-from runner.flows.schemas import _quickly_valid, validator
-from runner.flows.yamldoc import read_file
+from runner.schemas import _quickly_valid, validator
+from runner.yamldoc import read_file
 
 from support import PROJECT_FLOWS
 

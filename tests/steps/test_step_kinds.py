@@ -6,7 +6,7 @@ import pytest
 
 from runner.errors import Invalid
 from runner.flows.checks import WAITING_KINDS
-from runner.flows.schemas import load_schema
+from runner.schemas import load_schema
 from runner.steps.base import BaseKind, Pools, kind_named, kind_names
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from runner.flows.yamldoc import Document, Problem
+from runner.yamldoc import Document, Problem
 
 _SOURCE_DIR = Path(__file__).resolve().parent.parent / "schema"
 _UNEXPECTED = re.compile(r"'([^']+)'")
