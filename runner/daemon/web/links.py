@@ -98,8 +98,44 @@ def _grant(payload: object) -> LinkGrant:
     return LinkGrant(run_id, step_id, user, datetime.fromtimestamp(expires, timezone.utc))
 
 
-def _serializer(secret: Secret) -> URLSafeSerializer:
+def _serializer(secret: Secret, salt: str = SALT) -> URLSafeSerializer:
     keys = [secret] if isinstance(secret, (str, bytes)) else list(secret)
     if not keys or not all(keys):
-        raise ValueError("a decision link needs a non-empty secret")
-    return URLSafeSerializer(keys, salt=SALT, signer_kwargs={"digest_method": hashlib.sha256})
+        raise ValueError("a signed link needs a non-empty secret")
+    return URLSafeSerializer(keys, salt=salt, signer_kwargs={"digest_method": hashlib.sha256})
+
+
+RESOURCE_SALT = "signoff.resource-link"  # an artifact link never opens a decision page, nor the other way
+
+
+@dataclass(frozen=True)
+class ResourceGrant:
+    """What a valid artifact link permits: open resource `sha256` of run `run_id` until `expires_at`."""
+
+    run_id: str
+    sha256: str
+    expires_at: datetime
+
+
+def sign_resource(secret: Secret, run_id: str, sha256: str, expires_at: datetime) -> str:
+    """A URL-safe token that opens one artifact (a `res://` link in a notification) until `expires_at`."""
+    if expires_at.tzinfo is None:
+        raise ValueError("expires_at must carry a time zone")
+    return _serializer(secret, RESOURCE_SALT).dumps([run_id, sha256, math.floor(expires_at.timestamp())])
+
+
+def verify_resource(secret: Secret, token: str, now: datetime) -> ResourceGrant:
+    """The grant an artifact token carries; Unauthorized for a forged, malformed or expired one."""
+    try:
+        payload = _serializer(secret, RESOURCE_SALT).loads(token)
+    except (BadSignature, UnicodeError, ValueError, TypeError):
+        raise Unauthorized("this artifact link is not valid",
+                           hint="open the link exactly as it was sent, or sign in with your token") from None
+    if (not isinstance(payload, list) or len(payload) != 3 or not all(isinstance(v, str) and v for v in payload[:2])
+            or not isinstance(payload[2], int) or isinstance(payload[2], bool)):
+        raise Unauthorized("this artifact link is not valid", hint="ask for a new link")
+    grant = ResourceGrant(payload[0], payload[1], datetime.fromtimestamp(payload[2], timezone.utc))
+    if now >= grant.expires_at:
+        raise Unauthorized(f"this artifact link expired at {rfc3339(grant.expires_at)}",
+                           hint="sign in with your token to see the run's artifacts")
+    return grant
