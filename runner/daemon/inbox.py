@@ -23,14 +23,13 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Callable
 
 from runner import jsonvalue
 from runner.daemon.pools import in_pool
-from runner.datadir import FILE_MODE, fsync_dir, tmp_name
+from runner.daemon.journal import JournalFile
 from runner.errors import Conflict, StoreError
 from runner.secrets import Masker
 from runner.runs.store import Store
@@ -58,8 +57,7 @@ class Inbox:
         self._committer: asyncio.Task | None = None
         self._consumed = 0  # journal lines whose entries are no longer needed
         self._consumed_bytes = 0  # and their bytes
-        self._fd: int | None = None
-        self._reader: int | None = None  # the journal, for reading spilled lines back
+        self.journal = JournalFile(path, fsync=fsync)
         self._loaded = False
 
     def __len__(self) -> int:
@@ -230,18 +228,14 @@ class Inbox:
             self._held += body
 
     def _read_back(self, key: Key) -> dict[str, Any]:
-        offset, length = self._lines[key]
-        if self._reader is None:
-            self._reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        entry = json.loads(os.pread(self._reader, length, offset))
+        entry = json.loads(self.journal.read_line(*self._lines[key]))
         del entry["run"], entry["step"]
         return entry
 
     def _copy(self) -> list[tuple[Key, dict[str, Any], tuple[int, int] | None]]:
         """What a rewrite writes, taken on the loop: each entry, and where a spilled one's line is now."""
-        if self._spilled and self._reader is None:
-            # the file being replaced, kept open for the copy
-            self._reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        if self._spilled:
+            self.journal.open_reader()  # the file being replaced, kept open for the copy
         return [(key, entry, self._lines[key] if key in self._spilled else None)
                 for key, entry in self._entries.items()]
 
@@ -256,66 +250,16 @@ class Inbox:
         self._entries, self._lines, self._spilled, self._held = {}, {}, set(), 0
 
     def _append(self, lines: bytes) -> int:
-        """Append with plain writes, so a failed batch leaves nothing buffered to reach the file later.
-
-        Returns the offset the batch starts at (this is the journal's one writer).
-        """
-        fd = self._open()
-        offset = os.fstat(fd).st_size
-        try:
-            view = memoryview(lines)
-            while view:
-                view = view[os.write(fd, view):]
-            if self.fsync:
-                os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, offset)  # no torn line in front of the next batch
-            raise
-        return offset
+        return self.journal.append(lines)
 
     def _rewrite(self, entries: list[tuple[Key, dict[str, Any], tuple[int, int] | None]]) -> dict[Key, tuple[int, int]]:
-        """Replace the journal with `entries` (a `_copy()`; tmp + fsync + rename); where each line now is.
-
-        A spilled entry's line is copied from the journal being replaced, one line at a time.
-        """
-        self._close_file()
-        tmp = tmp_name(self.path)
-        written: dict[Key, tuple[int, int]] = {}
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-            with os.fdopen(fd, "wb") as handle:
-                for key, entry, where in entries:
-                    line = _line(key, entry) if where is None else os.pread(self._reader, where[1], where[0])
-                    written[key] = (handle.tell(), len(line))
-                    handle.write(line)
-                handle.flush()
-                if self.fsync:
-                    os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if self.fsync:
-            try:
-                fsync_dir(self.path.parent)
-            except OSError as exc:  # either file holds every entry still wanted; the new one is in place
-                log.warning("could not fsync %s: %s", self.path.parent, exc, extra={"event": "inbox_fsync_failed"})
-        return written
-
-    def _open(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        return self._fd
+        return self.journal.rewrite(entries, _line)
 
     def _close_file(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self.journal.close_writer()
 
     def _close_reader(self) -> None:
-        if self._reader is not None:
-            os.close(self._reader)
-            self._reader = None
+        self.journal.close_reader()
 
 
 def entry_for(store: Store, run_id: str, step_id: str, body: bytes, *, at: str,

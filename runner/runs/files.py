@@ -4,7 +4,7 @@
     <data>/runs/<run-id>/events.jsonl  append-only, fsynced, each line chained to the last
     <data>/runs/<run-id>/flow.yaml     the exact flow source the run executes
     <data>/resources/<sha256>          content-addressed blobs, with <sha256>.json metadata
-    <data>/callbacks/<sha256>.json     callback token sha256 -> {run, step}
+    <data>/callbacks/<sha256>.json     callback token sha256 -> {run, step} (runner.runs.file_indexes)
     <data>/kills/<run-id>              empty: the run has kills of remote jobs still to carry out
 
 Readers never lock; the one writer of a run holds an fcntl lock on its `events.jsonl`
@@ -13,26 +13,28 @@ Readers never lock; the one writer of a run holds an fcntl lock on its `events.j
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from runner.datadir import FileLock, fsync_dir, is_leftover, make_dir, make_private, write_atomic
+from runner.datadir import FileLock, fsync_dir, make_dir, make_private, write_atomic
 from runner.errors import IntegrityError, NotFound, StoreError
 from runner.runs import events as record
 from runner.runs.chain import check, dumps, snapshot_marks
+from runner.runs.file_indexes import FileIndexes
 from runner.runs.file_resources import FileResources
+from runner.runs.file_upkeep import FileUpkeep
 from runner.runs.filelog import EventLog
-from runner.runs.store import RUN_ID, RunFiles, RunLog, Verification, new_run_id
+from runner.runs.store import RUN_ID, RunLog, Verification, new_run_id
 from runner.status import ACTIVE_RUN
 
 
-class FileStore(FileResources):
+class FileStore(FileResources, FileIndexes, FileUpkeep):
+    """Runs on disk; resources, the small indexes and start-up upkeep are its parts in their own modules."""
+
     def __init__(self, data_dir: str | Path, *, fsync: bool = True) -> None:
         self.data_dir = Path(data_dir)
         self.runs_dir = self.data_dir / "runs"
@@ -226,123 +228,3 @@ class FileStore(FileResources):
             snapshot, problem = None, exc.message
         check(result, data, snapshot, problem)
         return result
-
-    # ---- start-up -------------------------------------------------------------
-
-    def scan(self) -> Iterator[RunFiles]:
-        """Every run folder as it is on disk, for start-up: the snapshot, whether the log has events it
-        does not reflect, and whether a dead writer left something behind. One pass, no log read."""
-        if not self.runs_dir.is_dir():
-            return
-        for name in sorted(os.listdir(self.runs_dir)):
-            if not RUN_ID.match(name):
-                continue
-            try:
-                snapshot: dict[str, Any] | None = self.read_snapshot(name)
-            except (NotFound, IntegrityError):
-                snapshot = None
-            log_size, leftovers = 0, False
-            with os.scandir(self.runs_dir / name) as entries:
-                for entry in entries:
-                    if entry.name == "events.jsonl":
-                        log_size = entry.stat().st_size
-                    elif entry.name == "work" or is_leftover(entry.name):
-                        leftovers = True
-            lags = snapshot is None or (snapshot.get("events") or {}).get("bytes", 0) != log_size
-            yield RunFiles(name, snapshot, log_size, lags, leftovers)
-
-    def sweep(self, run_id: str) -> list[str]:
-        """Remove what a dead writer of this run left: temp files, and cut-short attempts' work folders.
-
-        Only for a run whose writer lock the caller holds. The work folders hold an attempt's
-        raw, unmasked output, so they must not outlive the attempt.
-        """
-        folder = self.run_dir(run_id)
-        removed = []
-        for entry in os.scandir(folder):
-            if entry.is_file() and is_leftover(entry.name):
-                os.unlink(entry.path)
-                removed.append(entry.name)
-        if (folder / "work").is_dir():
-            shutil.rmtree(folder / "work", ignore_errors=True)
-            removed.append("work/")
-        return removed
-
-    def discard_unborn(self, run_id: str) -> bool:
-        """Remove a run folder whose log holds no event (a crash before `run_created` was fsynced).
-
-        Nothing of it was acknowledged: its start answered no 201. Not while its creator still
-        holds its log (RunLocked).
-        """
-        folder = self.run_dir(run_id)
-        log = EventLog(folder / "events.jsonl", fsync=self.fsync)
-        try:
-            if log.size:
-                return False
-            shutil.rmtree(folder)
-        finally:
-            log.close()
-        if self.fsync:
-            fsync_dir(self.runs_dir)
-        return True
-
-    def sweep_shared(self) -> list[str]:
-        """Temp files of dead writers outside the run folders (resources, callback index, release state)."""
-        removed = []
-        for folder in (self.resources_dir, self.data_dir / "callbacks", self.data_dir / "releases",
-                       self.data_dir / "kills", self.data_dir):
-            if not folder.is_dir():
-                continue
-            for entry in os.scandir(folder):
-                if entry.is_file() and is_leftover(entry.name):
-                    os.unlink(entry.path)
-                    removed.append(f"{folder.name}/{entry.name}")
-        return removed
-
-    # ---- callback tokens ------------------------------------------------------
-
-    def index_callbacks(self, run_id: str, tokens: dict[str, str]) -> None:
-        """token sha256 -> (run, step) for each step's token, so a callback finds its run in O(1).
-
-        The tokens themselves are not stored here. Each entry is durable before the run that hands
-        its URL out is created.
-        """
-        folder = self.data_dir / "callbacks"
-        make_dir(folder, fsync=self.fsync)
-        for step_id, token in tokens.items():
-            digest = hashlib.sha256(token.encode()).hexdigest()
-            write_atomic(folder / f"{digest}.json", dumps({"run": run_id, "step": step_id}).encode(),
-                         fsync=self.fsync, durable_name=False)
-        if tokens and self.fsync:
-            fsync_dir(folder)  # one directory fsync for all of a run's entries
-
-    def find_callback(self, token: str) -> tuple[str, str] | None:
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        try:
-            entry = json.loads((self.data_dir / "callbacks" / f"{digest}.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return entry["run"], entry["step"]
-
-    # ---- runs with kills of remote jobs still to carry out (runner.steps.ssh.jobs) --------------
-
-    def note_kills(self, run_id: str) -> None:
-        """Put the run on the short list the daemon's start-up sweeps (durably, before its requests are written)."""
-        folder = self.data_dir / "kills"
-        marker = folder / run_id
-        if marker.exists():
-            return
-        make_dir(folder, fsync=self.fsync)
-        write_atomic(marker, b"", fsync=self.fsync)
-
-    def runs_with_kills(self) -> list[str]:
-        """The runs on that list: O(outstanding), whatever the number of runs."""
-        folder = self.data_dir / "kills"
-        return sorted(name for name in os.listdir(folder) if RUN_ID.match(name)) if folder.is_dir() else []
-
-    def kills_settled(self, run_id: str) -> None:
-        """Take the run off that list: it has no kill left to carry out."""
-        try:
-            os.unlink(self.data_dir / "kills" / run_id)
-        except FileNotFoundError:
-            pass
