@@ -28,8 +28,7 @@ from runner.runs.file_indexes import FileIndexes
 from runner.runs.file_resources import FileResources
 from runner.runs.file_upkeep import FileUpkeep
 from runner.runs.filelog import EventLog
-from runner.runs.store import RUN_ID, RunLog, Verification, new_run_id
-from runner.status import ACTIVE_RUN
+from runner.runs.store import RUN_ID, RunLog, Verification, new_run_id, select_runs
 
 
 class FileStore(FileResources, FileIndexes, FileUpkeep):
@@ -182,27 +181,15 @@ class FileStore(FileResources, FileIndexes, FileUpkeep):
         """Newest first (ids older than `before`, for paging), reading snapshots only, never event logs."""
         if not self.runs_dir.is_dir():
             return []
-        found = []
-        for name in sorted(os.listdir(self.runs_dir), reverse=True):
-            if not RUN_ID.match(name) or (before and name >= before):
-                continue
-            try:
-                run = self.read_snapshot(name)
-            except (NotFound, IntegrityError):
-                # a run whose log exists is a run, even if a crash came before its first snapshot
-                run = self._fold_log(name)
-                if run is None:
-                    continue
-            if flow and run.get("flow") != flow or status and run.get("status") != status:
-                continue
-            if active_only and run.get("status") not in ACTIVE_RUN:
-                continue
-            if draft is not None and bool(run.get("draft")) != draft:
-                continue
-            found.append(run)
-            if len(found) >= limit:
-                break
-        return found
+        names = (name for name in sorted(os.listdir(self.runs_dir), reverse=True) if RUN_ID.match(name))
+        return select_runs(names, self._listed, flow=flow, status=status, draft=draft, limit=limit, before=before,
+                           active_only=active_only)
+
+    def _listed(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return self.read_snapshot(run_id)
+        except (NotFound, IntegrityError):
+            return self._fold_log(run_id)  # a run whose log exists is a run, even before its first snapshot
 
     def verify(self, run_id: str, *, grace: float = 1.0) -> Verification:
         """Check the event chain, and that run.json is exactly the fold of the events it claims.

@@ -24,8 +24,7 @@ from typing import Any, BinaryIO, Iterator
 from runner.errors import IntegrityError, NotFound, RunLocked, StoreError
 from runner.runs import events as record
 from runner.runs.chain import GENESIS, chain, check, dumps, snapshot_marks
-from runner.runs.store import RES_PREFIX, RUN_ID, SHA256, RunFiles, RunLog, Verification, new_run_id
-from runner.status import ACTIVE_RUN
+from runner.runs.store import RES_PREFIX, RUN_ID, SHA256, RunFiles, RunLog, Verification, new_run_id, select_runs
 
 
 @dataclass
@@ -187,26 +186,14 @@ class MemoryStore:
 
     def list_runs(self, *, flow: str | None = None, status: str | None = None, draft: bool | None = None,
                   limit: int = 50, before: str | None = None, active_only: bool = False) -> list[dict[str, Any]]:
-        found = []
-        for run_id in sorted(self._runs, reverse=True):
-            if before and run_id >= before:
-                continue
-            try:
-                run = self.read_snapshot(run_id)
-            except (NotFound, IntegrityError):
-                run = record.fold(list(self.read_events(run_id)))
-                if not run:
-                    continue
-            if flow and run.get("flow") != flow or status and run.get("status") != status:
-                continue
-            if active_only and run.get("status") not in ACTIVE_RUN:
-                continue
-            if draft is not None and bool(run.get("draft")) != draft:
-                continue
-            found.append(run)
-            if len(found) >= limit:
-                break
-        return found
+        return select_runs(sorted(self._runs, reverse=True), self._listed, flow=flow, status=status, draft=draft,
+                           limit=limit, before=before, active_only=active_only)
+
+    def _listed(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return self.read_snapshot(run_id)
+        except (NotFound, IntegrityError):
+            return record.fold(list(self.read_events(run_id))) or None
 
     def verify(self, run_id: str, *, grace: float = 1.0) -> Verification:
         result = Verification(run_id)

@@ -21,7 +21,9 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, ContextManager, Iterator, Protocol
+from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Protocol
+
+from runner.status import ACTIVE_RUN
 
 RUN_ID = re.compile(r"^[0-9]{8}t[0-9]{6}z-[0-9a-f]{8}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -32,6 +34,30 @@ def new_run_id(now: datetime) -> str:
     """`20261124t190812z-3f9a2c1b`: sorts by creation time to the microsecond."""
     stamp = now.strftime("%Y%m%dt%H%M%Sz")
     return f"{stamp}-{now.microsecond:05x}{secrets.randbelow(16 ** 3):03x}"
+
+
+def select_runs(newest_first: Iterable[str], read: Callable[[str], dict[str, Any] | None], *,
+                flow: str | None = None, status: str | None = None, draft: bool | None = None, limit: int = 50,
+                before: str | None = None, active_only: bool = False) -> list[dict[str, Any]]:
+    """`list_runs` for any store: the runs of `newest_first` (ids older than `before`, for paging) that
+    pass the filters, read by `read` (None: no such run), at most `limit`."""
+    found = []
+    for run_id in newest_first:
+        if before and run_id >= before:
+            continue
+        run = read(run_id)
+        if run is None:
+            continue
+        if flow and run.get("flow") != flow or status and run.get("status") != status:
+            continue
+        if active_only and run.get("status") not in ACTIVE_RUN:
+            continue
+        if draft is not None and bool(run.get("draft")) != draft:
+            continue
+        found.append(run)
+        if len(found) >= limit:
+            break
+    return found
 
 
 @dataclass
