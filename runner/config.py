@@ -7,6 +7,7 @@ names it. With no file, the defaults of DESIGN §5 apply.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from runner import secrets
 from runner.errors import ConfigError, StepFailed
 from runner.schemas import schema_problems
 from runner.secrets import Masker
+from runner.timeutil import parse_duration
 from runner.yamldoc import DocumentError, read_file
 
 
@@ -37,6 +39,9 @@ class Config:
     channels: dict[str, dict] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     masker: Masker = field(default_factory=Masker)
+    # what signs the links in notifications (oldest first, newest last; none: the daemon keeps its own)
+    link_secrets: list[str] = field(default_factory=list)
+    link_max_age: timedelta | None = None
 
     @property
     def declared(self) -> bool:
@@ -127,5 +132,29 @@ def load_config(path: str | Path | None) -> Config:
                 resolved[key] = secrets.resolve(spec[key], what=f"channels.{name}.{key}", base_dir=base)
                 found.append(resolved[key])
         config.channels[name] = resolved
+    config.link_secrets = _link_secrets(data.get("server") or {}, base)
+    found += config.link_secrets
+    if (data.get("server") or {}).get("link_max_age"):
+        config.link_max_age = timedelta(seconds=parse_duration(data["server"]["link_max_age"]))
     config.masker = Masker(found)
     return config
+
+
+LINK_SECRET_MIN_LENGTH = 32
+
+
+def _link_secrets(server: dict[str, Any], base: Path) -> list[str]:
+    """`server.link_secret` resolved: one secret reference or a rotation list of them, newest last."""
+    refs = server.get("link_secret")
+    if refs is None:
+        return []
+    refs = refs if isinstance(refs, list) else [refs]
+    found = []
+    for index, ref in enumerate(refs):
+        what = "server.link_secret" + (f"[{index}]" if len(refs) > 1 else "")
+        value = secrets.resolve(ref, what=what, base_dir=base)
+        if len(value) < LINK_SECRET_MIN_LENGTH:
+            raise ConfigError(f"{what}: a link secret needs at least {LINK_SECRET_MIN_LENGTH} characters "
+                              f"(it has {len(value)})", hint="make one with: openssl rand -hex 32")
+        found.append(value)
+    return found

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import secrets as random_tokens
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from runner import __version__
 from runner.auth import User, Users
 from runner.config import Config
-from runner.daemon.announce import Announcer
+from runner.daemon.announce import Announcer, NotificationLinks
 from runner.daemon.approvals import Approvals
 from runner.daemon.callbacks import Callbacks, CallbackTarget
 from runner.daemon.catalog import LIVE_CHANGES, Catalog
@@ -47,6 +50,8 @@ from runner.daemon.startup import active_runs, parked_quietly
 from runner.daemon.tasks import SideTasks
 from runner.daemon.timers import Reminder, ScheduleSlot, Timer, Timers, Wake
 from runner.daemon.visibility import Visibility, page_start, run_status
+from runner.datadir import FILE_MODE, fsync_dir, make_dir, tmp_name
+from runner.errors import ConfigError
 from runner.notify import Notifier
 from runner.releases.service import GitOps
 from runner.runs.engine import Engine
@@ -58,6 +63,7 @@ from runner.status import RunStatus
 __all__ = ["Daemon", "User", "LIVE_CHANGES", "CallbackTarget", "run_status", "page_start"]
 log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 5.0
+LINK_SECRET_FILE = "link_secret"
 
 
 class Daemon:
@@ -67,6 +73,11 @@ class Daemon:
         self.repo = work_dir
         self.public_url = public_url.rstrip("/")
         self.clock = clock or Clock()
+        # what signs the links in notifications and the web pages check them with: a rotation list, newest last
+        self.web_secrets: list[str] = list(config.link_secrets) or [kept_link_secret(store.data_dir)]
+        self.link_max_age: timedelta | None = config.link_max_age
+        for secret in self.web_secrets:
+            config.masker.add(secret)
         self.metrics = Metrics()
         self.threads = ThreadPools()
         self.kind_pools = Pools()  # what step kinds share across runs (ssh connections), closed at stop
@@ -89,7 +100,9 @@ class Daemon:
                                    visibility=self.visibility, run_url=self.run_url)
         self.announcer = Announcer(engine=self.engine, store=store, notifier=Notifier(config.channels),
                                    metrics=self.metrics, clock=self.clock, timers=self.timers, runs=self.runs,
-                                   spawn=self.side.spawn, public_url=self.public_url, run_url=self.run_url)
+                                   spawn=self.side.spawn, links=NotificationLinks(
+                                       public_url=self.public_url, run_url=self.run_url, users=users,
+                                       secrets=lambda: self.web_secrets, max_age=lambda: self.link_max_age))
         self.kills = DetachedKills(engine=self.engine, store=store, config=config, runs=self.runs,
                                    pools=self.kind_pools, spawn=self.side.spawn)
         self.scheduler = Scheduler(engine=self.engine, store=store, gitops=gitops, clock=self.clock,
@@ -244,3 +257,38 @@ class Daemon:
 
     async def change_live(self, change: str, flow: str, body: dict[str, Any], user: User) -> dict[str, Any]:
         return await self.catalog.change_live(change, flow, body, user)
+
+
+def kept_link_secret(data_dir: Path) -> str:
+    """The daemon's own link secret when the config names none: 256 random bits made on first start and
+    kept in `<data>/link_secret` (0600, durable), so links already sent survive a restart.
+
+    The file appears whole or not at all (written and fsynced under a temporary name, then linked
+    into place), and two daemons starting at once end up with the same secret.
+    """
+    path = data_dir / LINK_SECRET_FILE
+    if not path.exists():
+        make_dir(data_dir)
+        tmp = tmp_name(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(random_tokens.token_urlsafe(32) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(tmp, path)  # never replaces a secret another daemon made meanwhile
+            fsync_dir(data_dir)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    try:
+        secret = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the link secret {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not secret:
+        raise ConfigError(f"the link secret {path} is empty",
+                          hint="delete it to have a new one made (links already sent stop working)")
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, FILE_MODE)
+    return secret
