@@ -2,11 +2,17 @@
 
 Delivery is retried with backoff; a channel that keeps failing is reported in
 the result, never raised: a notification must not fail or lose a run.
+
+A message's links may carry tokens (a per-approver decision link, a signed
+artifact link): the message names them in `private`. Webhook and smtp deliver
+them, which is their purpose; the log channel, the log lines about failures and
+whatever is recorded about a delivery see each one cut to a short marker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import smtplib
 from dataclasses import dataclass
@@ -18,6 +24,11 @@ import httpx
 log = logging.getLogger(__name__)
 
 
+def token_marker(token: str) -> str:
+    """What stands for a link's token where it must not appear: a short digest, enough to tell links apart."""
+    return f"[token {hashlib.sha256(token.encode()).hexdigest()[:8]}]"
+
+
 @dataclass
 class Message:
     subject: str
@@ -26,12 +37,25 @@ class Message:
     run_id: str | None = None
     flow: str | None = None
     step: str | None = None
+    private: tuple[str, ...] = ()  # the tokens in `links`: delivered, never logged nor recorded
 
-    def body(self) -> str:
+    def body(self, *, redacted: bool = False) -> str:
         lines = [self.text]
         lines += [f"{link.get('title') or link['url']}: {link['url']}" + (f" ({link['href']})" if link.get("href") else "")
-                  for link in self.links]
+                  for link in (self.shown_links() if redacted else self.links)]
         return "\n".join(lines)
+
+    def redact(self, text: str) -> str:
+        """`text` with every token of the message's links cut to its marker."""
+        for token in self.private:
+            if token in text:
+                text = text.replace(token, token_marker(token))
+        return text
+
+    def shown_links(self) -> list[dict[str, str]]:
+        """The links as they may be logged or recorded: each token cut to its marker."""
+        return [{key: self.redact(value) if isinstance(value, str) else value for key, value in link.items()}
+                for link in self.links]
 
 
 @dataclass
@@ -63,7 +87,7 @@ class Notifier:
                 await self._send_once(channel, message)
                 return Delivery(name, True, attempt)
             except Exception as exc:  # any failure of a channel is reported, never raised
-                error = f"{type(exc).__name__}: {exc}"[:300]
+                error = message.redact(f"{type(exc).__name__}: {exc}")[:300]
                 log.warning("notification to %s failed (attempt %d): %s", name, attempt, error,
                             extra={"event": "notify_failed", "run_id": message.run_id, "step_id": message.step})
                 if attempt < self.attempts:
@@ -73,7 +97,7 @@ class Notifier:
     async def _send_once(self, channel: dict, message: Message) -> None:
         kind = channel["kind"]
         if kind == "log":
-            log.info("%s\n%s", message.subject, message.body(),
+            log.info("%s\n%s", message.subject, message.body(redacted=True),
                      extra={"event": "notification", "run_id": message.run_id, "step_id": message.step})
         elif kind == "webhook":
             payload = {"text": f"*{message.subject}*\n{message.body()}", "subject": message.subject,

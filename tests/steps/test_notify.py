@@ -338,19 +338,35 @@ def test_every_notification_of_a_wait_carries_the_steps_links(daemon: DaemonProc
                        message="the waiting, reminder and timeout webhooks")
     plan = daemon.run(run_id)["steps"]["plan"]["outputs"]["artifacts"]["plan.txt"]
     sha = plan.removeprefix("res://")
+    # the targets are the web pages: a signed artifact link for res://, a decision link for bob while the
+    # wait is on (not in the timeout notice), the step on the run's page (tests/daemon/test_notification_links.py)
     expected = [{"title": "ticket", "url": "https://tickets.example.test/OPS-11"},
-                {"title": "plan", "url": plan, "href": f"{PUBLIC_URL}/api/v1/resources/{sha}"},
-                {"title": "run", "url": f"{PUBLIC_URL}/ui/runs/{run_id}"}]
+                {"title": "plan", "url": plan, "href": f"{PUBLIC_URL}/ui/artifacts/"},
+                {"title": "decide as bob", "url": f"{PUBLIC_URL}/ui/link/", "user": "bob"},
+                {"title": "run", "url": f"{PUBLIC_URL}/ui/runs/{run_id}#step-review"}]
     subjects = [p["json"]["subject"] for p in posts]
     assert subjects[0].endswith("waiting at review")
     assert any("reminder" in s for s in subjects) and any("timed out" in s for s in subjects)
     for post in posts:
-        assert post["json"]["links"] == expected, post["json"]["subject"]
+        wanted = [link for link in expected if "timed out" not in post["json"]["subject"] or "user" not in link]
+        assert [_without_tokens(link) for link in post["json"]["links"]] == wanted, post["json"]["subject"]
+        assert sha not in post["json"]["links"][1]["href"], "the artifact link is signed, not the API's address"
         assert "https://tickets.example.test/OPS-11" in post["json"]["text"]
     mails = wait_until(lambda: box.about(run_id), 20, message="the approval mail")
     assert "ticket: https://tickets.example.test/OPS-11" in mails[0][1].get_content()
     final = daemon.wait_end(run_id)
     assert final["status"] == "rejected" and final["steps"]["review"]["status"] == "timed_out"
+
+
+def _without_tokens(link: dict) -> dict:
+    """A link with the token of a signed URL cut off (what follows /ui/artifacts/ or /ui/link/)."""
+    def cut(url: str) -> str:
+        for page in ("/ui/artifacts/", "/ui/link/"):
+            if page in url:
+                assert url.split(page, 1)[1], f"a signed link without its token: {url}"
+                return url.split(page, 1)[0] + page
+        return url
+    return {key: cut(value) if key in ("url", "href") else value for key, value in link.items()}
 
 
 # ---- reminders across restarts (the daemon in this process, on a manual clock) ---------------------
