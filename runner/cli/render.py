@@ -132,7 +132,7 @@ def verification(run_id: str, result: Verification) -> str:
 
 
 def pending(user: str, items: list[dict]) -> str:
-    """Approvals waiting for `user`: each with its quorum, what the reviewer fills in, and how to decide."""
+    """Approvals waiting for `user`: each with its quorum, its page, what the reviewer fills in, and how to decide."""
     if not items:
         return f"nothing waits for {user}"
     blocks = []
@@ -140,6 +140,8 @@ def pending(user: str, items: list[dict]) -> str:
         approvals, needed = len(item.get("approvals") or []), item.get("min_approvals") or 1
         lines = [f"{item['run']}  {item['flow']} / {item['step']}",
                  f"  started by {item['started_by']}, approvals {approvals}/{needed}, deadline {item['deadline']}"]
+        if item.get("url"):
+            lines.append(f"  page:    {item['url']}#step-{item['step']}  (sign in with your token)")
         if item.get("context"):
             lines.append(f"  context: {short(item['context'], 200)}")
         if item.get("links"):

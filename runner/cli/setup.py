@@ -79,7 +79,7 @@ def doctor(data, repo, config, as_json) -> None:
         from runner.daemon.serve import settings  # what `serve` checks before it starts: secrets, user tokens
 
         found = settings(env)
-        loaded["config"] = found.config
+        loaded["config"], loaded["settings"] = found.config, found
         users = len(found.users.names())
         return (f"{env.config_path}: secrets resolved, {users} user{'s' if users != 1 else ''}"
                 if env.config_path else "no config file: defaults")
@@ -104,6 +104,8 @@ def doctor(data, repo, config, as_json) -> None:
     check("config", load)
     check("repository", repository)
     check("data directory", data_dir)
+    if loaded.get("settings"):
+        check("notification links", lambda: _links(loaded["settings"]))
     cfg = loaded.get("config")
     for name, conn in (cfg.connections.items() if cfg else []):
         check(f"connection {name}", lambda conn=conn: _reach(conn.spec))
@@ -161,6 +163,25 @@ def _example(name: str) -> bytes:
     if local.is_file():
         return local.read_bytes()
     return resources.files("runner.examples").joinpath(name).read_bytes()
+
+
+def _links(found) -> str:
+    """How the links in notifications are made: their address, their secret (never its value), their expiry."""
+    from runner.daemon.core import LINK_SECRET_FILE
+
+    config = found.config
+    server = config.data.get("server") or {}
+    address = (f"{str(server['public_url']).rstrip('/')}/ui" if server.get("public_url")
+               else f"http://{found.host}:{found.port}/ui (server.public_url is not set)")
+    if config.link_secrets:
+        count = len(config.link_secrets)
+        secret = f"signed with server.link_secret ({count} secret{'s' if count != 1 else ''} in rotation)"
+    else:
+        kept = found.data_dir / LINK_SECRET_FILE
+        secret = f"signed with the daemon's own secret ({kept} {'kept' if kept.exists() else 'made at first start'})"
+    expiry = "expire with the step's deadline" + (f" or after {server['link_max_age']}" if server.get("link_max_age")
+                                                   else "")
+    return f"pages at {address}; {secret}; links {expiry}"
 
 
 def _reach(spec: dict) -> str:
