@@ -1,10 +1,10 @@
 """The links in notifications (issue 12): a page for every link, a signed decision link per approver.
 
 The real daemon, built as `signoff serve` builds it, runs in the test's loop on a
-ManualClock; its webhook channel posts to a real HTTP receiver on loopback and
-its log channel writes through logging. Users (tests/daemon_support.py): alice,
-bob and carol have the approve role and are in group ops; dave is in ops too but
-may not approve. alice starts every run, so she gets no link to approve it.
+ManualClock; its webhook channel posts to a real HTTP receiver on loopback, its
+smtp channel mails a real aiosmtpd server and its log channel writes through
+logging. Users (tests/daemon_support.py): alice, bob and carol have the approve
+role and are in group ops; dave is in ops too but may not approve. alice starts every run, so she gets no link to approve it.
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ import os
 import stat
 import subprocess
 from datetime import datetime, timedelta, timezone
+from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiosmtpd.controller import Controller
 
 from daemon_support import InProcessDaemon
-from support import HttpServer, ManualClock, all_file_bytes, eventually, json_reply, signoff_cmd, signoff_env
+from support import (HttpServer, ManualClock, all_file_bytes, eventually, free_port, json_reply, signoff_cmd,
+                     signoff_env)
 
 from runner.daemon.web.links import verify, verify_resource
 from runner.errors import Forbidden, Unauthorized
@@ -45,26 +48,51 @@ steps:
     links:
       - {title: plan, url: "${{ steps.plan.outputs.artifacts['plan.txt'] }}"}
       - {title: ticket, url: "https://tickets.example.test/OPS-7"}
-    notify: [chat, audit]
+    notify: [chat, audit, mail]
     remind_before: 10m
     timeout: 1h
     on_timeout: fail
 """
 
 
+class MailBox:
+    """An aiosmtpd handler that keeps the text of every mail it receives."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        self.texts.append(message_from_bytes(envelope.content, policy=policy.default).get_content())
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture(scope="module")
+def mail():
+    box = MailBox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield box, controller.port
+    finally:
+        controller.stop()
+
+
 @pytest.fixture
-def chat():
+def chat(mail):
     with HttpServer({"POST /chat": lambda request, nth: json_reply(200, {"ok": True})}) as server:
+        server.mail_port = mail[1]
         yield server
 
 
 def world_with(root: Path, chat: HttpServer, clock: ManualClock, **server: Any) -> InProcessDaemon:
-    """The daemon's world: the ship flow, the users, the chat webhook and `server` settings added to the config."""
+    """The daemon's world: the ship flow, the users, the chat webhook, the mail channel and `server` settings."""
     InProcessDaemon.lay_out(root, {"ship": SHIP}, users=True)
     path = root / "signoff.yaml"
     config = yaml.safe_load(path.read_text())
     config["server"].update(public_url=PUBLIC_URL, **server)
     config["channels"]["chat"] = {"kind": "webhook", "url": f"{chat.url}/chat"}
+    config["channels"]["mail"] = {"kind": "smtp", "host": "127.0.0.1", "port": chat.mail_port,
+                                  "from": "signoff@example.test", "to": ["reviewers@example.test"]}
     path.write_text(json.dumps(config, indent=2))
     return InProcessDaemon(root, clock)
 
@@ -93,12 +121,12 @@ def decision_links(post: dict) -> dict[str, str]:
 async def wait_announced(world: InProcessDaemon, chat: HttpServer, count: int = 1) -> str:
     """Start a ship run as alice; its id once `count` webhooks about it arrived and their events are recorded."""
     run = await world.daemon.start_run("ship", {}, world.named("alice"))
-    await eventually(lambda: len(posted(chat)) >= count and len(notified(world, run["id"])) >= 2 * count, 20,
+    await eventually(lambda: len(posted(chat)) >= count and len(notified(world, run["id"])) >= 3 * count, 20,
                      "the notifications of the wait")
     return run["id"]
 
 
-def test_each_approver_gets_a_signed_link_of_their_own(tmp_path: Path, chat: HttpServer,
+def test_each_approver_gets_a_signed_link_of_their_own(tmp_path: Path, chat: HttpServer, mail,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     clock = ManualClock(T0)
     world = world_with(tmp_path, chat, clock)
@@ -136,7 +164,9 @@ def test_each_approver_gets_a_signed_link_of_their_own(tmp_path: Path, chat: Htt
 
     tokens = [*links.values(), token_of(plan["href"], "artifacts")]
     events = notified(world, run_id)
-    assert {(e["channel"], e["ok"]) for e in events} == {("chat", True), ("audit", True)}
+    assert {(e["channel"], e["ok"]) for e in events} == {("chat", True), ("audit", True), ("mail", True)}
+    [text] = [text for text in mail[0].texts if run_id in text]
+    assert all(f"{PUBLIC_URL}/ui/link/{token}" in text for token in links.values()), "the mail carries them too"
     for event in events:
         assert event["links"] == ["plan", "ticket", "decide as bob", "decide as carol", "run"]
     for path, content in all_file_bytes(tmp_path / "data").items():  # run.json, events.jsonl, the index, ...
@@ -175,7 +205,8 @@ def test_link_max_age_makes_links_expire_sooner_and_reminders_and_timeouts_carry
         links = decision_links(post)
         assert sorted(links) == ["bob", "carol"], post["subject"]
         for user, token in links.items():
-            assert verify(secrets, token, sent, run_id=run_id, step_id="review").expires_at == sent + timedelta(minutes=5)
+            grant = verify(secrets, token, sent, run_id=run_id, step_id="review")
+            assert grant.expires_at == sent + timedelta(minutes=5)
     assert decision_links(timeout) == {}, "nobody can decide a step that timed out"
     plan = next(link for link in timeout["links"] if link["title"] == "plan")
     assert verify_resource(secrets, token_of(plan["href"], "artifacts"), DEADLINE).expires_at == (
