@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runner import jsonvalue
 from runner.daemon.core import LIVE_CHANGES, Daemon, User, page_start, run_status
+from runner.daemon.web.app import web_mount
 from runner.errors import (Conflict, FlowInvalid, Forbidden, Invalid, NotFound, RunLocked, SignoffError, TooLarge,
                            Unauthorized, UsageError)
 
@@ -257,6 +258,7 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         Route("/hooks/{flow}", hook, methods=["POST"]),
         Route("/api/v1/git/webhook", git_webhook, methods=["POST"]),
         Route("/metrics", metrics),
+        web_mount(daemon),  # the reviewer's pages, under /ui
     ]
 
     @contextlib.asynccontextmanager
