@@ -18,7 +18,7 @@ from markupsafe import Markup
 from runner.auth import User, may_decide
 from runner.daemon.web import markdown
 from runner.daemon.web.timeline import timeline_svg
-from runner.daemon.web.views import looks_like_diff, moment, time_left
+from runner.daemon.web.views import diff_code_blocks, looks_like_diff, moment, time_left
 from runner.errors import SignoffError
 from runner.status import EventType, StepStatus, is_terminal
 
@@ -126,7 +126,7 @@ class RunPage:
                  errors: dict[str, str]) -> dict[str, Any]:
         context = state.get("context") or ""
         context_resource = RESOURCE.match(context)
-        rendered = None if context_resource else Markup(markdown.render_markdown(context))  # noqa: S704 - sanitized
+        rendered = None if context_resource else Markup(diff_code_blocks(markdown.render_markdown(context)))  # noqa: S704
         deadline = moment(state.get("deadline"))
         approvals = state.get("approvals") or []
         return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape, unescape
 from datetime import datetime, timezone
 from typing import Any
 
@@ -82,6 +83,25 @@ def diff_lines(text: str) -> list[tuple[str, str]]:
             kind = "diff-same"
         shown.append((kind, line))
     return shown
+
+
+CODE_BLOCK = re.compile(r"<pre><code>(.*?)</code></pre>", re.DOTALL)
+
+
+def diff_code_blocks(html: str) -> str:
+    """Sanitized Markdown HTML with its code blocks that hold a diff shown as a diff view.
+
+    The code's text is already escaped (markdown.py leaves no tags inside a code block); only
+    spans of our own are added around its lines, so nothing in the text becomes markup.
+    """
+    def view(match: re.Match[str]) -> str:
+        body = match.group(1)
+        if not looks_like_diff(unescape(body)):
+            return match.group(0)
+        lines = "".join(f'<span class="{kind}">{escape(line)}</span>' for kind, line in diff_lines(unescape(body)))
+        return f'<pre class="diff"><code>{lines}</code></pre>'
+
+    return CODE_BLOCK.sub(view, html)
 
 
 def tail(text: Any, lines: int = TAIL_LINES) -> str:
