@@ -60,7 +60,11 @@ class Pages:
         self.env = SandboxedEnvironment(loader=FileSystemLoader(TEMPLATES), autoescape=True,
                                         trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(views.FILTERS)
-        self.secure = str(daemon.public_url).startswith("https://")
+
+    @property
+    def secure(self) -> bool:
+        """Whether cookies are marked Secure: the daemon is reached over https (its public URL says so)."""
+        return str(self.daemon.public_url).startswith("https://")
 
     # ---- time, users, sessions ---------------------------------------------------------
 

@@ -159,6 +159,8 @@ def test_every_page_has_the_strict_headers_and_errors_are_pages(live):
                 assert " style=" not in response.text, path
         assert bob.get("/ui/runs?status=bogus").status_code == 422
         assert bob.get("/ui/nowhere").status_code == 404
+    # a sign-in form posted from elsewhere comes without the form's own cookie: refused
+    assert httpx.post(f"{live.url}/ui/signin", data={"token": "bob", "csrf_token": "x"}, timeout=30).status_code == 403
 
 
 def test_the_daemons_log_never_shows_a_links_token(tmp_path):

@@ -222,3 +222,27 @@ def test_runs_list_filters_and_the_releases_page(page, live):
         assert "waiting" in text and "bob" in text
     page.goto(f"{live.url}/ui/releases")
     assert page.locator("article.release#flow-change").count() == 1
+
+
+def test_phone_width_labels_keyboard_and_sign_out(page, live):
+    run = live.start_run("change", user="alice")
+    live.wait_step(run["id"], "review")
+    page.set_viewport_size({"width": 375, "height": 800})
+    sign_in(page, live, "bob", f"/ui/runs/{run['id']}")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # nothing wider than a phone
+    for field in page.locator("form.decision input:not([type=hidden]), form.decision select, "
+                              "form.decision textarea").all():
+        assert page.locator(f"label[for='{field.get_attribute('id')}']").count() == 1
+    page.focus("#input-ticket")
+    page.keyboard.type("77")
+    page.keyboard.press("Tab")  # to the comment
+    page.keyboard.press("Tab")  # to Approve
+    assert page.evaluate("document.activeElement.className") == "approve"
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"  # visible focus
+    page.keyboard.press("Enter")
+    assert live.wait_end(run["id"])["steps"]["review"]["inputs"] == {"ticket": 77}
+
+    page.click("form.signout button")
+    page.wait_for_url("**/ui/signin?why=signedout", timeout=WAIT_MS)
+    page.goto(f"{live.url}/ui/inbox")
+    assert "/ui/signin" in page.url
