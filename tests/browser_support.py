@@ -124,7 +124,8 @@ def browser() -> Iterator[Remote]:
     try:
         chromium = runner.run(lambda: playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]))
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]))
         try:
             yield Remote(chromium, runner)
         finally:

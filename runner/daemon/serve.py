@@ -115,9 +115,10 @@ def serve(found: Settings) -> None:
     secrets.mask_logs(daemon.config.masker)
     with daemon.store.daemon_lock():
         _announce(daemon, host, port)
-        # log_config=None: uvicorn's records go to the root handler too, and so through the masking
-        uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, lifespan="on",
-                    timeout_graceful_shutdown=10)
+        # log_config=None: uvicorn's records go to the root handler too, and so through the masking;
+        # no access log: the paths of signed links (/ui/link/..., /ui/artifacts/...) are credentials
+        uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, access_log=False,
+                    lifespan="on", timeout_graceful_shutdown=10)
 
 
 def _announce(daemon: Daemon, host: str, port: int) -> None:

@@ -402,8 +402,9 @@ def test_after_the_fuzzing_every_run_is_readable_and_its_record_valid(world: dic
 
 
 def test_the_route_table_covers_every_route_of_the_app() -> None:
-    """A new route in runner/server.py must be added to the fuzzer's table (the app is built, never started)."""
+    """A new API route in runner/daemon/http.py must be added to the fuzzer's table (the app is built, never
+    started). The reviewer's pages under /ui answer HTML, not the API's JSON errors: tests/daemon/web has theirs."""
     from runner.daemon.http import create_app
 
     app = create_app(None)  # type: ignore[arg-type]  # the daemon is used only by requests
-    assert {route.path for route in app.routes} == {route.path for route in ROUTES}
+    assert {route.path for route in app.routes if route.path != "/ui"} == {route.path for route in ROUTES}
