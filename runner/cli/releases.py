@@ -14,7 +14,7 @@ from runner.cli import render
 from runner.cli.app import Env, common, emit
 from runner.cli.client import Client, address_of
 from runner.errors import ConfigError, NotFound, SignoffError, Unauthorized
-from runner.releases.live import Resolver
+from runner.releases.live import Resolver, drafts as live_drafts
 from runner.releases.repo import FlowRepo
 from runner.yamldoc import DocumentError, parse_bytes, read_file
 
@@ -44,7 +44,7 @@ def releases(flow, data, repo, config, as_json) -> None:
     resolver = _resolver(env)
     resolution = resolver.resolve()
     document = resolution.to_dict()
-    drafts = _drafts(env, {name: f.release.commit if f.release else None for name, f in resolution.flows.items()})
+    drafts = live_drafts(env.repo, resolution)
     document["flows"] = [f for f in document["flows"] if not flow or f["flow"] == flow]
     history = resolver.state.history_by_flow()
     for entry in document["flows"]:
@@ -52,25 +52,6 @@ def releases(flow, data, repo, config, as_json) -> None:
         entry["history"] = history.get(entry["flow"], [])[-20:]
     emit(as_json, document, render.releases(document["flows"], tagged=resolution.tagged,
                                             problems=resolution.problems))
-
-
-def _drafts(env: Env, live_commits: dict[str, str | None]) -> dict[str, list[dict[str, str]]]:
-    """Branches whose version of a flow differs from the live one."""
-    drafts: dict[str, list[dict[str, str]]] = {}
-    listings: dict[str, dict[str, str]] = {}
-    with FlowRepo(env.repo) as repo:
-
-        def blobs(commit: str) -> dict[str, str]:
-            if commit not in listings:
-                listings[commit] = repo.flow_blobs(commit)
-            return listings[commit]
-
-        live_blobs = {name: blobs(commit).get(name) if commit else None for name, commit in live_commits.items()}
-        for branch, commit in repo.refs().branches.items():
-            for name, blob in blobs(commit).items():
-                if blob != live_blobs.get(name):
-                    drafts.setdefault(name, []).append({"branch": branch, "commit": commit})
-    return drafts
 
 
 @click.command()

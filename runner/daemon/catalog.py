@@ -22,7 +22,10 @@ class Catalog:
     def flows(self) -> dict[str, Any]:
         """Live versions (with refusals) when the repo has release tags; else the working tree's flows."""
         if self.gitops.tagged:
-            return {"tagged": True, "flows": self.gitops.resolution.to_dict()["flows"]}
+            flows = self.gitops.resolution.to_dict()["flows"]
+            for entry in flows:
+                entry["drafts"] = self.gitops.drafts.get(entry["flow"], [])
+            return {"tagged": True, "flows": flows}
         folder = self.work_dir / "flows"
         reports = [check_file(p, config=self.config) for p in expand_paths([folder])] if folder.is_dir() else []
         return {"tagged": False, "flows": [

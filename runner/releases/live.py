@@ -325,3 +325,27 @@ class Resolver:
             self.state.append_history({"at": rfc3339(self.clock.now()), "flow": flow, "override": kind,
                                        "version": version, **(actor or {})})
         return overrides
+
+
+def drafts(repo_path: Path, resolution: Resolution,
+           listings: dict[str, dict[str, str]] | None = None) -> dict[str, list[dict[str, str]]]:
+    """Per flow, the branches whose version of it differs from the live one: [{branch, commit}].
+
+    `listings` caches each commit's flow blobs (commits never change), for a caller that asks often.
+    """
+    listings = {} if listings is None else listings
+    found: dict[str, list[dict[str, str]]] = {}
+    with FlowRepo(repo_path) as repo:
+
+        def blobs(commit: str) -> dict[str, str]:
+            if commit not in listings:
+                listings[commit] = repo.flow_blobs(commit)
+            return listings[commit]
+
+        live = {name: blobs(flow.release.commit).get(name) if flow.release else None
+                for name, flow in resolution.flows.items()}
+        for branch, commit in repo.refs().branches.items():
+            for name, blob in blobs(commit).items():
+                if blob != live.get(name):
+                    found.setdefault(name, []).append({"branch": branch, "commit": commit})
+    return found

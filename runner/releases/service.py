@@ -21,7 +21,7 @@ from typing import Any, Callable
 from runner.releases import changes as liveops
 from runner.errors import NotFound
 from runner.flows.load import find_flow_file, load_flow_bytes
-from runner.releases.live import Resolution, Resolver
+from runner.releases.live import Resolution, Resolver, drafts
 from runner.flows.model import Flow
 from runner.releases.repo import FlowRepo, Source, working_tree
 from runner.timeutil import Clock, rfc3339
@@ -55,6 +55,8 @@ class GitOps:
         self.data_dir = data_dir
         self.resolver = Resolver(source.path, data_dir, config=config, clock=self.clock)
         self.resolution: Resolution | None = None
+        self.drafts: dict[str, list[dict[str, str]]] = {}  # per flow, branches that differ from live
+        self._listings: dict[str, dict[str, str]] = {}  # flow blobs per commit, for the drafts
         self.error: str | None = None
         self.last_ok: str | None = None
         self.on_change = on_change
@@ -84,6 +86,10 @@ class GitOps:
             log.warning("cannot reach %s (%s); serving the refs last fetched", self.source.url, fetch_error,
                         extra={"event": "fetch_failed"})
         changed = self.resolution is None or _live_map(self.resolution) != _live_map(resolution)
+        try:
+            self.drafts = await self.git(drafts, self.source.path, resolution, self._listings)
+        except Exception as exc:  # the live versions still hold; drafts are shown again next time
+            log.warning("could not list drafts: %s", describe_git_error(exc), extra={"event": "drafts_failed"})
         self.resolution, self.error = resolution, fetch_error
         if not fetch_error:
             self.last_ok = rfc3339(self.clock.now())

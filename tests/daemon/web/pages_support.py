@@ -11,6 +11,7 @@ notification side does) and talks to it over HTTP, as a browser and the CLI do.
 from __future__ import annotations
 
 import gc
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+import yaml
 
 from daemon_support import TERMINAL, InProcessDaemon
 from support import wait_until
@@ -68,16 +70,22 @@ class Live:
 
 
 @contextmanager
-def live_daemon(root: Path, flows: dict[str, str | dict]) -> Iterator[Live]:
+def live_daemon(root: Path, flows: dict[str, str | dict], channels: dict[str, dict] | None = None) -> Iterator[Live]:
+    """The daemon serving `flows`, reached at its own public URL; `channels` are added to its config."""
     from runner.cli.app import Env
     from runner.daemon.serve import build
 
-    InProcessDaemon.lay_out(root, flows, users=True)
-    daemon, app, _, _ = build(Env(None, str(root / "repo"), str(root / "signoff.yaml")))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    InProcessDaemon.lay_out(root, flows, users=True)
+    config_path = root / "signoff.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config.setdefault("server", {})["public_url"] = f"http://127.0.0.1:{port}"  # the links it sends lead here
+    config.setdefault("channels", {}).update(channels or {})
+    config_path.write_text(json.dumps(config, indent=2))
+    daemon, app, _, _ = build(Env(None, str(root / "repo"), str(config_path)))
     # no access log: page URLs may carry decision-link tokens, which are never logged
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                            loop="asyncio"))

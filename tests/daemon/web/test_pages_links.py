@@ -20,6 +20,7 @@ import pytest
 
 from daemon.web.pages_support import WAIT_MS, Live, live_daemon, sign_in
 from daemon_support import DaemonProcess
+from support import HttpServer, json_reply, wait_until
 from runner.daemon.web import links
 from runner.daemon.web.views import moment
 
@@ -170,3 +171,41 @@ def test_the_daemons_log_never_shows_a_links_token(tmp_path):
             assert httpx.get(f"{daemon.url}{path}", timeout=30).status_code == 401
         assert httpx.get(f"{daemon.url}/ui/", timeout=30).status_code == 303
     assert secret_path not in daemon.log_path.read_text(errors="replace")
+
+
+ANNOUNCED = """
+name: announced
+steps:
+  - id: review
+    kind: approval
+    approvers: [group:ops]
+    context: a change to look at
+    notify: [chat]
+    timeout: 1h
+    on_timeout: reject
+"""
+
+
+def test_a_link_from_a_captured_webhook_notification_opens_the_page_as_that_approver(page, tmp_path):
+    """The whole way: the daemon posts the wait's notification to a chat webhook; bob's own link from it
+    opens the run page signed in as bob, for that step; his approval from the page ends the run."""
+    with HttpServer({"POST /chat": lambda request, nth: json_reply(200, {"ok": True})}) as chat, \
+            live_daemon(tmp_path, {"announced": ANNOUNCED},
+                        channels={"chat": {"kind": "webhook", "url": f"{chat.url}/chat"}}) as live:
+        run = live.start_run("announced", user="alice")
+        live.wait_step(run["id"], "review")
+        posts = wait_until(lambda: [r.json() for r in chat.requests if r.path == "/chat"] or None, timeout=20,
+                           what="the wait's notification")
+        mine = [link["url"] for link in posts[0]["links"] if link.get("user") == "bob"]
+        assert len(mine) == 1 and mine[0].startswith(f"{live.url}/ui/link/"), posts[0]["links"]
+        assert not any(link.get("user") == "alice" for link in posts[0]["links"])  # the starter gets none
+        page.goto(mine[0])
+        page.wait_for_url(f"**/ui/runs/{run['id']}*", timeout=WAIT_MS)
+        assert "/ui/link/" not in page.url  # the token leaves the address bar at once
+        assert page.locator("header .who").inner_text().strip() == "bob (this step only)"
+        page.fill("#comment-review", "looks right")
+        page.click("form.decision button.approve")
+        ended = live.wait_end(run["id"])
+        assert ended["status"] == "succeeded"
+        assert ended["steps"]["review"]["decided_by"] == "bob"
+        assert ended["steps"]["review"]["comment"] == "looks right"
