@@ -2,7 +2,8 @@
 
 - `browser` (session-scoped): Debian's Chromium at /usr/bin/chromium, launched
   through Playwright with `executable_path`; Playwright's own browser downloads
-  are never used. The tests skip, saying why, only when that binary is absent.
+  are never used. Without that binary the tests fail, saying how to install it
+  (as the ssh tests do without sshd): a browser test that is skipped proves nothing.
 - `page` (function-scoped): a fresh context and page. It is called as
   Playwright's sync API is (`page.goto(url)`, `page.locator(css).count()`), and
   `page.csp_violations`, `page.console_errors` and `page.page_errors` collect
@@ -116,7 +117,7 @@ class WatchedPage(Remote):
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Remote]:
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium package (apt-get install chromium)")
+        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's chromium package (apt-get install chromium)")
     from playwright.async_api import async_playwright
 
     runner = BrowserLoop()
