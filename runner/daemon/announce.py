@@ -40,9 +40,9 @@ class NotificationLinks:
     """The links of a notification about a step, and the tokens among them (which are never logged)."""
 
     def __init__(self, *, public_url: str, run_url: Callable[[str], str], users: Users,
-                 secrets: Callable[[], list[str]], max_age: Callable[[], timedelta | None]) -> None:
+                 secrets: Callable[[], list[str]], max_age: Callable[[], timedelta | None], clock: Clock) -> None:
         self.public_url, self.run_url, self.users = public_url, run_url, users
-        self.secrets, self.max_age = secrets, max_age
+        self.secrets, self.max_age, self.clock = secrets, max_age, clock
 
     def of_step(self, run: dict[str, Any], step_id: str, spec: dict[str, Any], now: datetime, *,
                 decisions: bool) -> tuple[list[dict[str, str]], tuple[str, ...]]:
@@ -69,6 +69,14 @@ class NotificationLinks:
             tokens.append(token)
         links.append({"title": "run", "url": f"{self.run_url(run['id'])}#step-{step_id}"})
         return links, tuple(tokens)
+
+    def artifact(self, run_id: str, sha256: str) -> tuple[str, str]:
+        """(url, token): a signed link to one artifact of a run, for a message sent now (a notify step's)."""
+        now = self.clock.now()
+        max_age = self.max_age()
+        expires = now + min(max_age or AGE_WITHOUT_DEADLINE, AGE_WITHOUT_DEADLINE)
+        token = sign_resource(self.secrets(), run_id, sha256, expires)
+        return f"{self.public_url}/ui/artifacts/{token}", token
 
     def deciders(self, run: dict[str, Any], step_id: str, spec: dict[str, Any]) -> list[str]:
         """The users who may decide the step now (`may_decide`, the one rule): its approvers, named or in a

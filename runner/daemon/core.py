@@ -87,9 +87,13 @@ class Daemon:
         self.timers = Timers(self.clock)
         self.polls = LongPolls(store)
         self.listeners = Listeners([])  # filled below, once the services that listen exist
+        self.links = NotificationLinks(public_url=self.public_url, run_url=self.run_url, users=users,
+                                       secrets=lambda: self.web_secrets, max_age=lambda: self.link_max_age,
+                                       clock=self.clock)
         self.engine = Engine(store, work_dir=work_dir, config=config, clock=self.clock, masker=config.masker,
                              users=users, public_url=self.public_url, listener=self.listeners,
-                             accepts_messages=True, mailbox=self.inbox, pools=self.kind_pools)
+                             accepts_messages=True, mailbox=self.inbox, pools=self.kind_pools,
+                             artifact_link=self.links.artifact)
         self.visibility = Visibility(engine=self.engine, store=store, users=users)
         self.callbacks = Callbacks(engine=self.engine, store=store, inbox=self.inbox, clock=self.clock,
                                    schedule=self.schedule, pool=self.threads.files)
@@ -100,9 +104,7 @@ class Daemon:
                                    visibility=self.visibility, run_url=self.run_url)
         self.announcer = Announcer(engine=self.engine, store=store, notifier=Notifier(config.channels),
                                    metrics=self.metrics, clock=self.clock, timers=self.timers, runs=self.runs,
-                                   spawn=self.side.spawn, links=NotificationLinks(
-                                       public_url=self.public_url, run_url=self.run_url, users=users,
-                                       secrets=lambda: self.web_secrets, max_age=lambda: self.link_max_age))
+                                   spawn=self.side.spawn, links=self.links)
         self.kills = DetachedKills(engine=self.engine, store=store, config=config, runs=self.runs,
                                    pools=self.kind_pools, spawn=self.side.spawn)
         self.scheduler = Scheduler(engine=self.engine, store=store, gitops=gitops, clock=self.clock,

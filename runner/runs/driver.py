@@ -189,7 +189,7 @@ class Driver(Waits):
             config=engine.config, users=engine.users, mailbox=engine.mailbox, pools=engine.pools,
             callback_url=lambda step_id: engine.callback_url(tokens[step_id]) if step_id in tokens else None,
             evaluate=lambda value, field: evaluator.render(value, context, step=step.id, field=field),
-            public_url=engine.public_url,
+            public_url=engine.public_url, artifact_link=engine.artifact_link,
             mask=masker.mask, masking=bool(masker.values), masker=masker,
             on_output=lambda stream, text: self.recorder.output(step.id, stream, text),
             record_event=lambda kind, **fields: self.record(kind, step=step.id, **masker.mask(fields)))

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from runner.errors import Conflict, FlowInvalid, IntegrityError, NotFound
 from runner.flows.expressions import Evaluator
@@ -49,7 +49,8 @@ class Engine:
                  listener: Listener | None = None,
                  rng: random.Random | None = None, users: Any = None, public_url: str | None = None,
                  accepts_messages: bool = False, mailbox: Mailbox | None = None,
-                 pools: Pools | None = None) -> None:
+                 pools: Pools | None = None,
+                 artifact_link: Callable[[str, str], tuple[str, str]] | None = None) -> None:
         self.store = store
         self.work_dir = Path(work_dir)
         self.config = config
@@ -63,6 +64,7 @@ class Engine:
         self.accepts_messages = accepts_messages  # a daemon is there to take decisions and callbacks
         self.mailbox = mailbox  # callbacks accepted for runs but not yet recorded by them (the daemon's inbox)
         self.pools = pools or Pools()  # shared by the kinds across runs; closed by whoever made them
+        self.artifact_link = artifact_link  # signed links to artifacts in the messages steps send (the daemon's)
         self.evaluator = Evaluator()
         self._flows: dict[str, Flow] = {}  # validated flow copies by sha256: each is checked once
         self._run_flows: dict[str, Flow] = {}  # run id -> its flow (a run never changes flow)

@@ -213,6 +213,9 @@ class StepContext:
     # kind must make durable before it acts (the ssh step names its remote job before starting it)
     record_event: Callable[..., None] = lambda kind, **fields: None
     pools: Pools = field(default_factory=Pools)  # shared across runs; the engine's owner closes them
+    # artifact_link(run_id, sha256) -> (url, token): a signed, expiring link to one artifact's page for a
+    # message a person reads (the daemon's; None elsewhere: the res:// link is sent as it is)
+    artifact_link: Callable[[str, str], tuple[str, str]] | None = None
 
     @property
     def draft(self) -> bool:

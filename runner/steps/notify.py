@@ -1,10 +1,14 @@
 """`notify`: send a message to a channel from the config. Never fails the run:
-a channel that keeps failing is recorded in the outputs (`delivered: false`)."""
+a channel that keeps failing is recorded in the outputs (`delivered: false`).
+A `res://` link becomes a signed, expiring link to the artifact's page where the
+engine's owner makes them (the daemon), its token delivered but never logged."""
 
 from __future__ import annotations
 
 from runner.notify import Message, Notifier
 from runner.steps.base import BaseKind, Done, StepContext
+
+RES_PREFIX = "res://"
 
 
 class NotifyKind(BaseKind):
@@ -12,12 +16,20 @@ class NotifyKind(BaseKind):
 
     async def execute(self, ctx: StepContext) -> Done:
         channels = ctx.config.channels if ctx.config is not None else {}
-        links = list(ctx.spec.get("links") or [])
+        links, tokens = [], []
+        for link in ctx.spec.get("links") or []:
+            link = dict(link)
+            url = str(link.get("url") or "")
+            if url.startswith(RES_PREFIX) and ctx.artifact_link is not None:
+                link["href"], token = ctx.artifact_link(ctx.run["id"], url[len(RES_PREFIX):])
+                tokens.append(token)
+            links.append(link)
         run_link = ctx.run_link()
         if run_link:
             links.append({"title": "run", "url": run_link})
         message = Message(subject=f"{ctx.run['flow']}: {ctx.step.title}", text=str(ctx.spec["message"]),
-                          links=links, run_id=ctx.run["id"], flow=ctx.run["flow"], step=ctx.step.id)
+                          links=links, run_id=ctx.run["id"], flow=ctx.run["flow"], step=ctx.step.id,
+                          private=tuple(tokens))
         delivery = await Notifier(channels).send(ctx.spec["channel"], message)
         return Done({"delivered": delivery.ok, "attempts": delivery.attempts, "error": delivery.error})
 

@@ -84,9 +84,10 @@ def chat(mail):
         yield server
 
 
-def world_with(root: Path, chat: HttpServer, clock: ManualClock, **server: Any) -> InProcessDaemon:
+def world_with(root: Path, chat: HttpServer, clock: ManualClock, flows: dict[str, str] | None = None,
+               **server: Any) -> InProcessDaemon:
     """The daemon's world: the ship flow, the users, the chat webhook, the mail channel and `server` settings."""
-    InProcessDaemon.lay_out(root, {"ship": SHIP}, users=True)
+    InProcessDaemon.lay_out(root, flows or {"ship": SHIP}, users=True)
     path = root / "signoff.yaml"
     config = yaml.safe_load(path.read_text())
     config["server"].update(public_url=PUBLIC_URL, **server)
@@ -282,3 +283,42 @@ def test_a_short_link_secret_is_refused(tmp_path: Path, chat: HttpServer) -> Non
     assert done.returncode != 0
     assert "server.link_secret" in done.stderr and "at least 32 characters" in done.stderr, done.stderr
     assert "hunter2" not in done.stderr + done.stdout
+
+
+REPORT = """
+name: report
+steps:
+  - id: write
+    kind: shell
+    run: echo "the report" > "$SIGNOFF_ARTIFACTS/report.md"
+    timeout: 1m
+  - id: tell
+    kind: notify
+    channel: chat
+    message: the report is ready
+    links:
+      - {title: report, url: "${{ steps.write.outputs.artifacts['report.md'] }}"}
+"""
+
+
+def test_a_notify_steps_artifact_link_is_signed_and_never_recorded(tmp_path: Path, chat: HttpServer) -> None:
+    clock = ManualClock(T0)
+    world = world_with(tmp_path, chat, clock, {"report": REPORT})
+
+    async def scenario() -> tuple[dict, list[str]]:
+        async with world as daemon:
+            run = await daemon.start_run("report", {}, world.named("alice"))
+            await eventually(lambda: posted(chat), 20, "the notify step's message")
+            await world.settled()
+            return daemon.store.read_run(run["id"]), list(daemon.web_secrets)
+
+    run, secrets = asyncio.run(scenario())
+    [post] = posted(chat)
+    report = next(link for link in post["links"] if link["title"] == "report")
+    sha = run["steps"]["write"]["outputs"]["artifacts"]["report.md"].removeprefix("res://")
+    grant = verify_resource(secrets, token_of(report["href"], "artifacts"), T0)
+    assert (grant.run_id, grant.sha256) == (run["id"], sha)
+    assert grant.expires_at == T0 + timedelta(days=1), "no deadline to follow: a day"
+    token = token_of(report["href"], "artifacts")
+    for path, content in all_file_bytes(tmp_path / "data").items():
+        assert token.encode() not in content, f"the artifact link's token in {path}"
