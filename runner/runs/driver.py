@@ -10,9 +10,11 @@ run goes next is `Transitions`'; waits and answers are `Waits`'.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from runner import jsonvalue
@@ -184,7 +186,7 @@ class Driver(Waits):
         tokens = self.run.get("callbacks") or {}
         masker = engine.masker
         return StepContext(
-            run=self.run, step=step, spec=spec, attempt=attempt, run_dir=engine.store.run_dir(self.run_id),
+            run=self.run, step=step, spec=spec, attempt=attempt, run_dir=self.run_dir,
             work_dir=engine.work_dir, env=env, clock=engine.clock, store=engine.store,
             config=engine.config, users=engine.users, mailbox=engine.mailbox, pools=engine.pools,
             callback_url=lambda step_id: engine.callback_url(tokens[step_id]) if step_id in tokens else None,
@@ -193,6 +195,11 @@ class Driver(Waits):
             mask=masker.mask, masking=bool(masker.values), masker=masker,
             on_output=lambda stream, text: self.recorder.output(step.id, stream, text),
             record_event=lambda kind, **fields: self.record(kind, step=step.id, **masker.mask(fields)))
+
+    @functools.cached_property
+    def run_dir(self) -> Path:
+        """The run's folder, found once per advance (its log is open, so it stays)."""
+        return self.engine.store.run_dir(self.run_id)
 
     def context(self) -> dict[str, Any]:
         """What a step's expressions see: inputs, steps, callbacks, run."""

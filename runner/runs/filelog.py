@@ -3,6 +3,12 @@
 DESIGN section 9: one writer per run, an fcntl lock on a file in the run
 directory; the log itself is that file, so taking the lock costs no extra
 open. Readers never lock.
+
+A flock belongs to the open file, and a child forked by any thread of this
+process (git, a step's command) holds a copy of every descriptor until its
+exec closes them (they are all close-on-exec): for those microseconds the log
+looks locked. So a refused lock is asked again for a moment (LOCK_GRACE)
+before the run is reported held by another process.
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from runner.datadir import open_append
 from runner.errors import RunLocked
 from runner.runs.chain import GENESIS, chain
+
+LOCK_GRACE = 0.05  # seconds: far longer than a fork takes to exec, far shorter than any real writer holds a run
 
 
 class EventLog:
@@ -30,12 +39,10 @@ class EventLog:
         self.tail: list[dict[str, Any]] = []  # the events read by resume()
         # appends go to the end; resume() reads from a position. A new log's name is fsynced in its directory.
         self._handle: BinaryIO = open_append(path, fsync=fsync)
-        try:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(self._handle.fileno()):
             self._handle.close()
             raise RunLocked(f"run {path.parent.name} is being advanced by another process",
-                            hint="wait for it, or stop the daemon that owns it") from None
+                            hint="wait for it, or stop the daemon that owns it")
         self.size = os.fstat(self._handle.fileno()).st_size
 
     def resume(self, start: dict[str, Any] | None = None) -> bool:
@@ -75,3 +82,18 @@ class EventLog:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def _lock(fd: int) -> bool:
+    """Take the writer lock on `fd`; False if another holder keeps it for longer than LOCK_GRACE."""
+    deadline = None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            now = time.monotonic()
+            deadline = deadline or now + LOCK_GRACE
+            if now >= deadline:
+                return False
+            time.sleep(0.001)

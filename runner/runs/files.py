@@ -120,7 +120,8 @@ class FileStore(FileResources, FileIndexes, FileUpkeep):
         """Replace run.json. Its directory is not fsynced: the log is the truth, and a rename lost to a
         power loss leaves an older snapshot (or none), which every writer and start-up repair from the log."""
         run["events"] = snapshot_marks(log.count, log.last_sha256, log.size)  # type: ignore[attr-defined]
-        write_atomic(self.run_dir(run["id"]) / "run.json", (dumps(run) + "\n").encode(), fsync=self.fsync,
+        # the writer holds the run's log open, so its folder is there: no stat to check it again
+        write_atomic(self.runs_dir / run["id"] / "run.json", (dumps(run) + "\n").encode(), fsync=self.fsync,
                      durable_name=False)
 
     def read_snapshot(self, run_id: str) -> dict[str, Any]:
