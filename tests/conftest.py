@@ -9,6 +9,8 @@
   to `tmp_path`, `SIGNOFF_DATA` to a fresh temp dir outside it) and returns a
   `CliResult(code, out, err, json)`; `json` is the parsed stdout when `--json`
   was passed, else None. It unpacks as `code, out, err, doc = cli([...])`.
+- `postgres_server` (session), `pg_dsn` and `pg_empty_dsn`: a real PostgreSQL
+  the tests start themselves, a fresh database per test (tests/postgres_support.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Callable
 
 import pytest
 
+from postgres_support import pg_dsn, pg_empty_dsn, postgres_server  # noqa: F401 (fixtures)
 from support import CliResult, init_repo, run_cli, write_flow
 from support import git as run_git
 

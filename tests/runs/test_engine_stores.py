@@ -1,17 +1,18 @@
-"""The engine over each store of the `Store` protocol: the file store and the in-memory one.
+"""The engine over each store of the `Store` protocol: the file store, the in-memory one and PostgreSQL.
 
 The same runs (steps, retries, jumps, waits, decisions, callbacks, cancels,
 resources, the writer lock) give the same records and a chain that verifies,
-whichever store keeps them. What is specific to files (run.json on disk, torn
+whichever store keeps them (PostgreSQL: a real server, a fresh database per
+test, tests/postgres_support.py). What is specific to files (run.json on disk, torn
 lines, fsyncs) is tested in test_store.py and test_engine.py against the file
-store alone.
+store alone; what is PostgreSQL's own in test_postgres_store.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -21,6 +22,7 @@ from runner.flows.inputs import resolve_inputs
 from runner.runs.engine import Engine
 from runner.runs.files import FileStore
 from runner.runs.memory import MemoryStore
+from runner.runs.postgres import PostgresStore
 from runner.runs.store import Store
 
 from support import FakeClock, load_test_flow as make_flow
@@ -41,9 +43,18 @@ class Mailbox:
         return self.entries.get((run_id, step_id))
 
 
-@pytest.fixture(params=["files", "memory"])
-def store(request, tmp_path: Path) -> Store:
-    return FileStore(tmp_path / "data") if request.param == "files" else MemoryStore(tmp_path / "scratch")
+@pytest.fixture(params=["files", "memory", "postgres"])
+def store(request, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "files":
+        yield FileStore(tmp_path / "data")
+    elif request.param == "memory":
+        yield MemoryStore(tmp_path / "scratch")
+    else:
+        postgres = PostgresStore(request.getfixturevalue("pg_dsn"), tmp_path / "cache")
+        try:
+            yield postgres
+        finally:
+            postgres.close()
 
 
 @pytest.fixture
