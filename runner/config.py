@@ -32,6 +32,18 @@ class Connection:
 
 
 @dataclass
+class StoreConfig:
+    """`store:`: files in the data directory (the default), or PostgreSQL at `dsn` (resolved: a secret)."""
+
+    kind: str = "files"
+    dsn: str | None = None
+
+    @property
+    def postgres(self) -> bool:
+        return self.kind == "postgres"
+
+
+@dataclass
 class Config:
     path: Path | None = None
     data: dict[str, Any] = field(default_factory=dict)
@@ -42,6 +54,7 @@ class Config:
     # what signs the links in notifications (oldest first, newest last; none: the daemon keeps its own)
     link_secrets: list[str] = field(default_factory=list)
     link_max_age: timedelta | None = None
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     @property
     def declared(self) -> bool:
@@ -132,6 +145,11 @@ def load_config(path: str | Path | None) -> Config:
                 resolved[key] = secrets.resolve(spec[key], what=f"channels.{name}.{key}", base_dir=base)
                 found.append(resolved[key])
         config.channels[name] = resolved
+    store = data.get("store") or {}
+    config.store = StoreConfig(store.get("kind", "files"))
+    if "dsn" in store:
+        config.store.dsn = secrets.resolve(store["dsn"], what="store.dsn", base_dir=base)
+        found.append(config.store.dsn)
     config.link_secrets = _link_secrets(data.get("server") or {}, base)
     found += config.link_secrets
     if (data.get("server") or {}).get("link_max_age"):

@@ -160,8 +160,10 @@ def _to_problems(doc: Document, schema_name: str, error: ValidationError) -> Ite
         field = missing[0] if missing else "?"
         kind = _kind_at(doc, path)
         article = "an" if kind and kind[0] in "aeiou" else "a"
+        # a step, or what the top-level field holds: a connection, a channel, the store
+        noun = "step" if "steps" in path or not path else str(path[0]).removesuffix("s")
         yield doc.problem(path, "schema.required", f"{where} is missing required field '{field}'",
-                          f"{article} {kind} step needs `{field}:`" if kind else f"add `{field}:`")
+                          f"{article} {kind} {noun} needs `{field}:`" if kind else f"add `{field}:`")
         return
     if error.validator in ("enum", "const"):
         options = error.schema.get("enum") or [error.schema.get("const")]

@@ -55,7 +55,7 @@ def init(directory, data, repo, config, as_json) -> None:
 @click.command()
 @common
 def doctor(data, repo, config, as_json) -> None:
-    """Check the config, the repository, the data directory and the connections.
+    """Check the config, the repository, the data directory, the store's database and the connections.
 
     The config check is the one `serve` makes before it starts (every secret and user token resolved).
     JSON: {ok, checks: [{check, ok, detail, hint?}]}. Exit 1 if any check failed.
@@ -107,6 +107,8 @@ def doctor(data, repo, config, as_json) -> None:
     if loaded.get("settings"):
         check("notification links", lambda: _links(loaded["settings"]))
     cfg = loaded.get("config")
+    if cfg and cfg.store.postgres:
+        check("store", lambda: _database(cfg.store.dsn))
     for name, conn in (cfg.connections.items() if cfg else []):
         check(f"connection {name}", lambda conn=conn: _reach(conn.spec))
     ok = all(c["ok"] for c in checks)
@@ -182,6 +184,15 @@ def _links(found) -> str:
     expiry = "expire with the step's deadline" + (f" or after {server['link_max_age']}" if server.get("link_max_age")
                                                    else "")
     return f"pages at {address}; {secret}; links {expiry}"
+
+
+def _database(dsn: str) -> str:
+    """The PostgreSQL store: reachable, and its schema at the version this signoff understands."""
+    from runner.runs.postgres.schema import database_status
+
+    found = database_status(dsn)
+    return (f"PostgreSQL {found['server_version']} at {found['database']} reachable; schema version "
+            f"{found['schema_version']} (this signoff's); `signoff serve` does not run on PostgreSQL yet")
 
 
 def _reach(spec: dict) -> str:

@@ -14,6 +14,7 @@ from runner import secrets
 from runner.auth import LOCAL_USER, TOKEN_FILE, Users, load_users
 from runner.config import Config, load_config
 from runner.daemon.core import Daemon
+from runner.errors import ConfigError
 from runner.releases.service import GitOps
 from runner.daemon.http import create_app
 from runner.runs.files import FileStore
@@ -84,6 +85,10 @@ def build(found: Settings | ServeOptions | Any, *, clock: Clock | None = None) -
     if not isinstance(found, Settings):
         found = load_settings(ServeOptions.of(found))
     config, host, port, base = found.config, found.host, found.port, found.base
+    if config.store.postgres:
+        raise ConfigError("the daemon does not run on PostgreSQL yet: the config's store is kind postgres",
+                          hint="serve with store: {kind: files} (the default) for now; the database is ready for "
+                               "it with `signoff db migrate`")
     data_dir, repo_spec, users, webhook_secret = found.data_dir, found.repo_spec, found.users, found.webhook_secret
     server = config.data.get("server") or {}
     if repo_spec.get("url"):

@@ -97,6 +97,27 @@ def migrate(dsn: str, *, upto: int | None = None) -> tuple[int, int]:
         return before, schema_version(conn)
 
 
+def database_status(dsn: str) -> dict[str, object]:
+    """Where the database is (never its password), its server's version and its schema version, checked
+    against this build's (StoreError if it cannot be reached or is not at this build's version)."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot connect to the database: {_reason(exc)}",
+                         hint="check the store's dsn in the config, and that the server is up") from None
+    with conn:
+        info = conn.info
+        found = {"database": f"{info.host}:{info.port}/{info.dbname}", "server_version": _server(info.server_version),
+                 "schema_version": schema_version(conn), "expected_version": SCHEMA_VERSION}
+        check_schema(conn)
+    return found
+
+
+def _server(number: int) -> str:
+    """libpq's server version number (150018) as PostgreSQL writes it (15.18)."""
+    return f"{number // 10000}.{number % 10000}"
+
+
 def _reason(exc: psycopg.Error) -> str:
     """The server's or libpq's message, first line only (a DSN with a password is never in it)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
