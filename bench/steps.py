@@ -12,7 +12,12 @@ created outside the timing, and only `asyncio.run(engine.advance(run_id))` is
 timed. The listener splits that time into "before the first event" (advance
 re-reads and re-validates the run's flow copy) and the step loop itself.
 
-Run: .venv/bin/python bench/steps.py [--steps N] [--rounds R] [--breakdown] [--profile]
+With `--store postgres` the same run goes to the PostgreSQL store instead: a
+server of its own (tests/postgres_support.Postgres: initdb in a temp dir, fsync
+on, a loopback port; or SIGNOFF_TEST_DSN), a fresh database per round; the
+fsync column is then the bare file loop still, for comparison.
+
+Run: .venv/bin/python bench/steps.py [--steps N] [--rounds R] [--store files|postgres] [--breakdown] [--profile]
   --rounds     fresh runs (default 3); the target is judged on the median
   --breakdown  also time, without a profiler, the phases of re-loading the flow
                copy and the cost of an expression's first (compiling) evaluation
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -33,6 +39,8 @@ from pathlib import Path
 from runner.runs.engine import Engine
 from runner.flows.load import load_flow
 from runner.runs.files import FileStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 TARGET_STEPS_PER_S = 1_000
 STEPS = 1_000
@@ -102,7 +110,7 @@ def breakdown(steps: int) -> None:
           f"{(t1 - t0) / len(exprs) * 1e3:.3f} ms each; cached {(t2 - t1) / len(exprs) * 1e6:.1f} us each")
 
 
-def run_once(steps: int, tmp: Path, profile: bool = False) -> dict:
+def run_once(steps: int, tmp: Path, profile: bool = False, postgres=None) -> dict:
     flow_path = tmp / "bench-steps.yaml"
     flow_path.write_text(flow_yaml(steps))
     flow = load_flow(flow_path)
@@ -112,8 +120,15 @@ def run_once(steps: int, tmp: Path, profile: bool = False) -> dict:
         if event["type"] in ("run_started", "run_finished"):
             marks[event["type"]] = time.perf_counter()
 
-    engine = Engine(FileStore(tmp / "data"), work_dir=tmp, listener=listener)  # Store fsyncs by default
-    assert engine.store.fsync, "the bench must run with fsync on"
+    if postgres is None:
+        store = FileStore(tmp / "data")  # Store fsyncs by default
+        assert store.fsync, "the bench must run with fsync on"
+    else:
+        from runner.runs.postgres import PostgresStore
+
+        dsn = postgres.database()
+        store = PostgresStore(dsn, tmp / "cache")
+    engine = Engine(store, work_dir=tmp, listener=listener)
     run_id = engine.create_run(flow, {}, started_by="bench")
 
     profiler = None
@@ -135,6 +150,14 @@ def run_once(steps: int, tmp: Path, profile: bool = False) -> dict:
     verified = engine.store.verify(run_id)
     assert verified.ok, verified.problems
     run_dir = engine.store.run_dir(run_id)
+    if postgres is not None:
+        snapshot = engine.store.read_snapshot(run_id)
+        store.close()
+        postgres.drop(dsn)
+        return {"elapsed": elapsed, "before_first_event": marks["run_started"] - start,
+                "loop": marks["run_finished"] - marks["run_started"], "events": verified.events,
+                "flow_bytes": flow_path.stat().st_size, "events_bytes": snapshot["events"]["bytes"],
+                "run_json_bytes": len(json.dumps(snapshot)), "profiler": profiler}
     return {
         "elapsed": elapsed,
         "before_first_event": marks["run_started"] - start,
@@ -153,18 +176,34 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="runs (fresh temp dir each); judged on the median")
     parser.add_argument("--breakdown", action="store_true", help="also time the phases, without a profiler")
     parser.add_argument("--profile", action="store_true", help="cProfile one advance and print the top functions")
+    parser.add_argument("--store", choices=("files", "postgres"), default="files",
+                        help="where the run is kept (postgres: a server of its own, or SIGNOFF_TEST_DSN)")
     args = parser.parse_args()
+    postgres = None
+    if args.store == "postgres":
+        from postgres_support import Postgres
+
+        given = os.environ.get("SIGNOFF_TEST_DSN")
+        postgres = Postgres(given) if given else Postgres().start()
+    try:
+        return measure(args, postgres)
+    finally:
+        if postgres is not None:
+            postgres.close()
+
+
+def measure(args: argparse.Namespace, postgres) -> int:
     rounds = 1 if args.profile else args.rounds
     load_before = os.getloadavg()
 
-    print(f"bench/steps.py: {args.steps} set steps, fsync on, {rounds} round(s), Python {sys.version.split()[0]}, "
+    print(f"bench/steps.py: {args.steps} set steps, {args.store} store, fsync on, {rounds} round(s), Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs")
     print("  round  advance s  (re-load s + loop s)  steps/s  loop steps/s  fsyncs/s  steps/s/fsyncs/s (loop)")
     results = []
     for number in range(1, rounds + 1):
         with tempfile.TemporaryDirectory(prefix="signoff-bench-steps-") as name:
             tmp = Path(name)
-            result = run_once(args.steps, tmp, profile=args.profile)
+            result = run_once(args.steps, tmp, profile=args.profile, postgres=postgres)
             result["fsyncs"] = fsync_loop(tmp, FSYNC_LOOPS)
         result["steps_per_s"] = args.steps / result["elapsed"]
         result["loop_per_s"] = args.steps / result["loop"]
@@ -185,8 +224,8 @@ def main() -> int:
           f"{median('fsyncs'):,.0f} fsyncs/s (bare loop, {FSYNC_LOOPS} x append one line + fsync)")
     print(f"  median ratio steps/s / fsyncs/s: {statistics.median(r['steps_per_s'] / r['fsyncs'] for r in results):.3f}"
           f" (step loop only: {statistics.median(r['loop_per_s'] / r['fsyncs'] for r in results):.3f})")
-    print(f"  flow file {last['flow_bytes']:,} bytes; events.jsonl {last['events_bytes']:,} bytes, "
-          f"{last['events']} events; run.json {last['run_json_bytes']:,} bytes")
+    print(f"  flow file {last['flow_bytes']:,} bytes; events {last['events_bytes']:,} bytes, "
+          f"{last['events']} events; snapshot {last['run_json_bytes']:,} bytes")
     print(f"  load average {' '.join(f'{x:.2f}' for x in load_before)} before, "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after")
     print(f"TARGET >= {TARGET_STEPS_PER_S:,} steps/s (advance wall, median): {'MET' if met else 'MISSED'} "
