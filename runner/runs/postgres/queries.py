@@ -104,6 +104,26 @@ SELECT sha256, size, media_type, name, run_id, step, created_at, chunks FROM res
 RESOURCE_RUNS = "SELECT run_id FROM resource_runs WHERE sha256 = %(sha)s ORDER BY added"
 CHUNK = "SELECT data FROM resource_chunks WHERE sha256 = %(sha)s AND n = %(n)s"
 
+# ---- importing a file store (runner.runs.postgres.importer) ------------------------------------
+
+# A run from files arrives whole: its row as the file store had it, no lease; a run already there is kept.
+IMPORT_RUN = """
+INSERT INTO runs (id, flow_source, snapshot, flow, status, draft, event_count, last_sha256, log_bytes)
+VALUES (%(run)s, %(source)s, %(snapshot)s::json, %(flow)s, %(status)s, %(draft)s, %(count)s, %(last)s, %(bytes)s)
+ON CONFLICT (id) DO NOTHING"""
+IMPORT_EVENTS = """
+INSERT INTO events (run_id, seq, line)
+SELECT %(run)s, batch.seq, batch.line FROM unnest(%(seqs)s::integer[], %(lines)s::bytea[]) AS batch (seq, line)"""
+# A run already in the database: how many events it has, and the sha256 of its first `count` lines, each
+# with its newline (as those bytes are in events.jsonl).
+RUN_LOG_DIGEST = """
+SELECT r.event_count,
+       (SELECT encode(sha256(coalesce(string_agg(e.line || '\\x0a'::bytea, ''::bytea ORDER BY e.seq), ''::bytea)), 'hex')
+        FROM events e WHERE e.run_id = r.id AND e.seq < %(count)s)
+FROM runs r WHERE r.id = %(run)s"""
+# An import that did not verify is taken back, only while nobody has written the run since.
+UNDO_IMPORT = "DELETE FROM runs WHERE id = %(run)s AND lease_epoch = 0 AND event_count = %(count)s"
+
 # ---- the daemon lock ---------------------------------------------------------------------------
 
 TRY_DAEMON_LOCK = "SELECT pg_try_advisory_lock(%(key)s)"
