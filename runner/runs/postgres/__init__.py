@@ -6,6 +6,7 @@
     log         `PostgresLog`: a run's one writer, under a fenced lease
     resources   content-addressed resources in chunks
     indexes     the callback index and the runs with kills still to carry out
+    importer    a file store moved into the database, once (`signoff db import`)
 """
 
 from runner.runs.postgres.schema import SCHEMA_VERSION, check_schema, migrate
