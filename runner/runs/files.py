@@ -28,7 +28,7 @@ from runner.runs.file_indexes import FileIndexes
 from runner.runs.file_resources import FileResources
 from runner.runs.file_upkeep import FileUpkeep
 from runner.runs.filelog import EventLog
-from runner.runs.store import RUN_ID, RunLog, Verification, new_run_id, select_runs
+from runner.runs.store import RUN_ID, RunLog, Verification, current_record, new_run_id, select_runs
 
 
 class FileStore(FileResources, FileIndexes, FileUpkeep):
@@ -139,18 +139,7 @@ class FileStore(FileResources, FileIndexes, FileUpkeep):
 
     def read_run(self, run_id: str) -> dict[str, Any]:
         """The current record: the snapshot plus any events written after it."""
-        try:
-            run = self.read_snapshot(run_id)
-        except (NotFound, IntegrityError):
-            run = record.fold(list(self.read_events(run_id)))
-            if not run:
-                raise
-            return run
-        offset = run.get("events", {}).get("bytes", 0)
-        tail = list(self._events_from(run_id, offset))
-        for event in tail:
-            record.apply(run, event)
-        return run
+        return current_record(self, run_id, lambda run: self._events_from(run_id, run.get("events", {}).get("bytes", 0)))
 
     def _fold_log(self, run_id: str) -> dict[str, Any] | None:
         try:

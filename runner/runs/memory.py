@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Iterator
 from runner.errors import IntegrityError, NotFound, RunLocked, StoreError
 from runner.runs import events as record
 from runner.runs.chain import GENESIS, chain, check, dumps, snapshot_marks
-from runner.runs.store import RES_PREFIX, RUN_ID, SHA256, RunFiles, RunLog, Verification, new_run_id, select_runs
+from runner.runs.store import RES_PREFIX, RUN_ID, SHA256, RunFiles, RunLog, Verification, current_record, new_run_id, select_runs
 
 
 @dataclass
@@ -168,16 +168,7 @@ class MemoryStore:
                 yield json.loads(line)
 
     def read_run(self, run_id: str) -> dict[str, Any]:
-        try:
-            run = self.read_snapshot(run_id)
-        except (NotFound, IntegrityError):
-            run = record.fold(list(self.read_events(run_id)))
-            if not run:
-                raise
-            return run
-        for event in self._events_from(run_id, run.get("events", {}).get("bytes", 0)):
-            record.apply(run, event)
-        return run
+        return current_record(self, run_id, lambda run: self._events_from(run_id, run.get("events", {}).get("bytes", 0)))
 
     def read_events(self, run_id: str, *, after: int = -1) -> Iterator[dict[str, Any]]:
         for event in self._events_from(run_id, 0):

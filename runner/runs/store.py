@@ -23,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Protocol
 
+from runner.errors import IntegrityError, NotFound
+from runner.runs import events as record
 from runner.status import ACTIVE_RUN
 
 RUN_ID = re.compile(r"^[0-9]{8}t[0-9]{6}z-[0-9a-f]{8}$")
@@ -34,6 +36,22 @@ def new_run_id(now: datetime) -> str:
     """`20261124t190812z-3f9a2c1b`: sorts by creation time to the microsecond."""
     stamp = now.strftime("%Y%m%dt%H%M%Sz")
     return f"{stamp}-{now.microsecond:05x}{secrets.randbelow(16 ** 3):03x}"
+
+
+def current_record(store: "Store", run_id: str,
+                   tail: Callable[[dict[str, Any]], Iterable[dict[str, Any]]]) -> dict[str, Any]:
+    """`read_run` for any store: the snapshot plus the events after it (`tail(snapshot)`), or the fold
+    of every event when there is no readable snapshot (its NotFound / IntegrityError when no event either)."""
+    try:
+        run = store.read_snapshot(run_id)
+    except (NotFound, IntegrityError):
+        run = record.fold(list(store.read_events(run_id)))
+        if not run:
+            raise
+        return run
+    for event in tail(run):
+        record.apply(run, event)
+    return run
 
 
 def select_runs(newest_first: Iterable[str], read: Callable[[str], dict[str, Any] | None], *,

@@ -36,7 +36,7 @@ from runner.runs.postgres.indexes import PostgresIndexes
 from runner.runs.postgres.log import PostgresLog
 from runner.runs.postgres.resources import CHUNK_SIZE, PostgresResources
 from runner.runs.postgres.schema import _reason, check_schema
-from runner.runs.store import RUN_ID, RunFiles, RunLog, Verification, new_run_id, select_runs
+from runner.runs.store import RUN_ID, RunFiles, RunLog, Verification, current_record, new_run_id, select_runs
 from runner.status import ACTIVE_RUN
 
 DAEMON_LOCK_KEY = 0x5160FE  # pg_try_advisory_lock key of the daemon serving the database
@@ -157,16 +157,8 @@ class PostgresStore(PostgresResources, PostgresIndexes):
 
     def read_run(self, run_id: str) -> dict[str, Any]:
         """The current record: the snapshot plus any events written after it."""
-        try:
-            run = self.read_snapshot(run_id)
-        except (NotFound, IntegrityError):
-            run = record.fold(list(self.read_events(run_id)))
-            if not run:
-                raise
-            return run
-        for event in self.read_events(run_id, after=run.get("events", {}).get("count", 0) - 1):
-            record.apply(run, event)
-        return run
+        return current_record(self, run_id,
+                              lambda run: self.read_events(run_id, after=run.get("events", {}).get("count", 0) - 1))
 
     def list_runs(self, *, flow: str | None = None, status: str | None = None, draft: bool | None = None,
                   limit: int = 50, before: str | None = None, active_only: bool = False) -> list[dict[str, Any]]:
