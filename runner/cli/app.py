@@ -104,7 +104,8 @@ def run_and_exit(group: click.Group) -> NoReturn:
     """Run `group` on the command line; every error becomes one message (and with --json one document) and a code."""
     as_json = "--json" in sys.argv[1:]
     try:
-        group.main(standalone_mode=False)
+        # the completion script's variable, however signoff was started (`signoff`, `python -m runner`)
+        group.main(standalone_mode=False, complete_var="_SIGNOFF_COMPLETE")
     except SignoffError as exc:
         reasons = "".join(f"\n  - {reason}" for reason in getattr(exc, "reasons", []) or [])
         hint = _cli_hint(exc) or exc.hint
