@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from runner.runs import events as record
+from runner.errors import IntegrityError, NotFound
 from runner.runs.store import Verification
 
 GENESIS = "0" * 64
@@ -84,3 +85,16 @@ def check(result: Verification, data: bytes, snapshot: dict[str, Any] | None, sn
     if json.loads(dumps(rebuilt)) != snapshot:
         differing = sorted(k for k in set(rebuilt) | set(snapshot) if rebuilt.get(k) != snapshot.get(k))
         result.problems.append(f"run.json does not match its events (differs in: {', '.join(differing)})")
+
+
+def verified(store: Any, run_id: str, log: bytes) -> Verification:
+    """`verify` for any store, once: the chain of `log` (the run's event lines as written), and that its
+    snapshot is exactly the fold of the events it claims (runner.runs.chain.check)."""
+    result = Verification(run_id)
+    try:
+        snapshot: dict[str, Any] | None = store.read_snapshot(run_id)
+        problem = None
+    except (NotFound, IntegrityError) as exc:
+        snapshot, problem = None, exc.message
+    check(result, log, snapshot, problem)
+    return result

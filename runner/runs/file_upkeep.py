@@ -10,7 +10,7 @@ from typing import Any, Iterator
 from runner.datadir import fsync_dir, is_leftover
 from runner.errors import IntegrityError, NotFound
 from runner.runs.filelog import EventLog
-from runner.runs.store import RUN_ID, RunFiles
+from runner.runs.store import RUN_ID, RunFiles, remove_work
 
 
 class FileUpkeep:
@@ -56,10 +56,7 @@ class FileUpkeep:
             if entry.is_file() and is_leftover(entry.name):
                 os.unlink(entry.path)
                 removed.append(entry.name)
-        if (folder / "work").is_dir():
-            shutil.rmtree(folder / "work", ignore_errors=True)
-            removed.append("work/")
-        return removed
+        return removed + remove_work(folder)
 
     def discard_unborn(self, run_id: str) -> bool:
         """Remove a run folder whose log holds no event (a crash before `run_created` was fsynced).

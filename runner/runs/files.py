@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from runner.datadir import FileLock, fsync_dir, make_dir, make_private, write_atomic
 from runner.errors import IntegrityError, NotFound, StoreError
 from runner.runs import events as record
-from runner.runs.chain import check, dumps, snapshot_marks
+from runner.runs.chain import dumps, snapshot_marks, verified
 from runner.runs.file_indexes import FileIndexes
 from runner.runs.file_resources import FileResources
 from runner.runs.file_upkeep import FileUpkeep
@@ -195,13 +195,5 @@ class FileStore(FileResources, FileIndexes, FileUpkeep):
             time.sleep(0.05)
 
     def _verify_once(self, run_id: str) -> Verification:
-        result = Verification(run_id)
         path = self.run_dir(run_id) / "events.jsonl"
-        data = path.read_bytes() if path.exists() else b""
-        try:
-            snapshot: dict[str, Any] | None = self.read_snapshot(run_id)
-            problem = None
-        except (NotFound, IntegrityError) as exc:
-            snapshot, problem = None, exc.message
-        check(result, data, snapshot, problem)
-        return result
+        return verified(self, run_id, path.read_bytes() if path.exists() else b"")

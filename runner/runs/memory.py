@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ from typing import Any, BinaryIO, Iterator
 
 from runner.errors import IntegrityError, NotFound, RunLocked, StoreError
 from runner.runs import events as record
-from runner.runs.chain import GENESIS, chain, check, dumps, snapshot_marks
-from runner.runs.store import RES_PREFIX, RUN_ID, SHA256, RunFiles, RunLog, Verification, current_record, new_run_id, select_runs
+from runner.runs.chain import GENESIS, chain, dumps, snapshot_marks, verified
+from runner.runs.store import RES_PREFIX, RUN_ID, SHA256, RunFiles, RunLog, Verification, current_record, new_run_id, remove_work, select_runs
 
 
 @dataclass
@@ -187,15 +186,7 @@ class MemoryStore:
             return record.fold(list(self.read_events(run_id))) or None
 
     def verify(self, run_id: str, *, grace: float = 1.0) -> Verification:
-        result = Verification(run_id)
-        data = bytes(self._entry(run_id).log)
-        try:
-            snapshot: dict[str, Any] | None = self.read_snapshot(run_id)
-            problem = None
-        except (NotFound, IntegrityError) as exc:
-            snapshot, problem = None, exc.message
-        check(result, data, snapshot, problem)
-        return result
+        return verified(self, run_id, bytes(self._entry(run_id).log))
 
     # ---- start-up -------------------------------------------------------------
 
@@ -214,11 +205,7 @@ class MemoryStore:
             yield RunFiles(run_id, snapshot, size, lags, (self.scratch / "runs" / run_id / "work").is_dir())
 
     def sweep(self, run_id: str) -> list[str]:
-        work = self.run_dir(run_id) / "work"
-        if work.is_dir():
-            shutil.rmtree(work, ignore_errors=True)
-            return ["work/"]
-        return []
+        return remove_work(self.run_dir(run_id))
 
     def discard_unborn(self, run_id: str) -> bool:
         log = self.open_log(run_id)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +53,14 @@ def current_record(store: "Store", run_id: str,
     for event in tail(run):
         record.apply(run, event)
     return run
+
+
+def remove_work(run_dir: Path) -> list[str]:
+    """Remove the work folder of cut-short attempts (it holds raw, unmasked output); what went."""
+    if (run_dir / "work").is_dir():
+        shutil.rmtree(run_dir / "work", ignore_errors=True)
+        return ["work/"]
+    return []
 
 
 def select_runs(newest_first: Iterable[str], read: Callable[[str], dict[str, Any] | None], *,

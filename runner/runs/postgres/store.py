@@ -30,13 +30,13 @@ from psycopg_pool import ConnectionPool
 
 from runner.errors import IntegrityError, NotFound, RunLocked, StoreError
 from runner.runs import events as record
-from runner.runs.chain import check, dumps, snapshot_marks
+from runner.runs.chain import dumps, snapshot_marks, verified
 from runner.runs.postgres import queries as q
 from runner.runs.postgres.indexes import PostgresIndexes
 from runner.runs.postgres.log import PostgresLog
 from runner.runs.postgres.resources import CHUNK_SIZE, PostgresResources
 from runner.runs.postgres.schema import _reason, check_schema
-from runner.runs.store import RUN_ID, RunFiles, RunLog, Verification, current_record, new_run_id, select_runs
+from runner.runs.store import RUN_ID, RunFiles, RunLog, Verification, current_record, new_run_id, remove_work, select_runs
 from runner.status import ACTIVE_RUN
 
 DAEMON_LOCK_KEY = 0x5160FE  # pg_try_advisory_lock key of the daemon serving the database
@@ -194,14 +194,7 @@ class PostgresStore(PostgresResources, PostgresIndexes):
         self.flow_source(run_id)  # NotFound for no such run
         deadline = time.monotonic() + grace
         while True:
-            result = Verification(run_id)
-            data = b"".join(line + b"\n" for line in self._lines(run_id))
-            try:
-                snapshot: dict[str, Any] | None = self.read_snapshot(run_id)
-                problem = None
-            except (NotFound, IntegrityError) as exc:
-                snapshot, problem = None, exc.message
-            check(result, data, snapshot, problem)
+            result = verified(self, run_id, b"".join(line + b"\n" for line in self._lines(run_id)))
             if not result.lagging or time.monotonic() >= deadline:
                 return result
             time.sleep(0.05)
@@ -228,11 +221,7 @@ class PostgresStore(PostgresResources, PostgresIndexes):
 
     def sweep(self, run_id: str) -> list[str]:
         """Remove the work folders of cut-short attempts (they hold raw, unmasked output)."""
-        work = self.run_dir(run_id) / "work"
-        if work.is_dir():
-            shutil.rmtree(work, ignore_errors=True)
-            return ["work/"]
-        return []
+        return remove_work(self.run_dir(run_id))
 
     def discard_unborn(self, run_id: str) -> bool:
         """Remove a run with no event (a crash before `run_created` committed); not while its creator writes."""
