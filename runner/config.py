@@ -37,6 +37,7 @@ class StoreConfig:
 
     kind: str = "files"
     dsn: str | None = None
+    lease_seconds: float = 5.0  # with postgres: how long a daemon holds a run without renewing
 
     @property
     def postgres(self) -> bool:
@@ -92,6 +93,7 @@ class ClientView:
 
     server_url: str | None = None
     data: Path | None = None
+    database: bool = False  # the config's store is PostgreSQL (its dsn is resolved only when it is opened)
 
 
 def client_view(path: str | Path) -> ClientView:
@@ -112,7 +114,8 @@ def client_view(path: str | Path) -> ClientView:
     elif server.get("public_url"):
         url = str(server["public_url"])
     data_dir = path.parent / data["data"] if isinstance(data.get("data"), str) else None
-    return ClientView(url, data_dir)
+    store = data.get("store") if isinstance(data.get("store"), dict) else {}
+    return ClientView(url, data_dir, store.get("kind") == "postgres")
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -147,6 +150,8 @@ def load_config(path: str | Path | None) -> Config:
         config.channels[name] = resolved
     store = data.get("store") or {}
     config.store = StoreConfig(store.get("kind", "files"))
+    if store.get("lease"):
+        config.store.lease_seconds = parse_duration(store["lease"])
     if "dsn" in store:
         config.store.dsn = secrets.resolve(store["dsn"], what="store.dsn", base_dir=base)
         found.append(config.store.dsn)

@@ -71,15 +71,18 @@ class DaemonProcess:
 
     def __init__(self, root: Path, *, flows: dict[str, str | dict] | None = None, copy: Iterable[str] = (),
                  channels: dict[str, dict] | None = None, public_url: str | None = None,
-                 limits: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
+                 limits: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                 store: dict[str, Any] | None = None, repo: Path | None = None,
+                 tokens: dict[str, str] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.repo = make_repo(self.root / "repo", flows or {}, copy=copy, message=REPO_MESSAGE)
+        # several daemons of one database share a repository and the users' tokens
+        self.repo = repo or make_repo(self.root / "repo", flows or {}, copy=copy, message=REPO_MESSAGE)
         self.data = self.root / "data"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.public_url = (public_url or self.url).format(port=self.port)
-        self.tokens = {name: secrets.token_urlsafe(24) for name in USERS}
+        self.tokens = tokens or {name: secrets.token_urlsafe(24) for name in USERS}
         self.log_path = self.root / "daemon.log"
         self.config_path = self.root / "signoff.yaml"
         self.extra_env = dict(env or {})
@@ -93,6 +96,8 @@ class DaemonProcess:
         }
         if limits:
             config["limits"] = limits
+        if store:
+            config["store"] = store
         self.config_path.write_text(flow_text(config), encoding="utf-8")
         self.process: subprocess.Popen | None = None
         self._log = None

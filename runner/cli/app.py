@@ -35,6 +35,7 @@ class Env:
         self.data_given = bool(data)
         self.config_path = config
         self.daemon_url = view.server_url  # --server and SIGNOFF_SERVER win over it
+        self.database = view.database
 
     def client(self, server: str | None) -> Client:
         """The daemon's API: at --server / SIGNOFF_SERVER, else where the config says it listens."""
@@ -45,6 +46,11 @@ class Env:
         return self.repo / "flows"
 
     def store(self) -> Store:
+        """The runs as the config keeps them: the data directory, or the PostgreSQL database it names."""
+        if self.database:
+            from runner.daemon.serve import open_store  # psycopg only for those who use it
+
+            return open_store(self.config(), self.data)
         return FileStore(self.data)
 
     def config(self) -> Config:

@@ -88,9 +88,11 @@ class NotificationLinks:
 
 class Announcer:
     def __init__(self, *, engine: Engine, store: Store, notifier: Notifier, metrics: Any, clock: Clock,
-                 timers: Any, runs: Any, spawn: Callable[[Any], None], links: NotificationLinks) -> None:
+                 timers: Any, runs: Any, spawn: Callable[[Any], None], links: NotificationLinks,
+                 once: Callable[..., bool] = lambda key, lapse=None: True) -> None:
         self.engine, self.store, self.notifier, self.metrics, self.clock = engine, store, notifier, metrics, clock
         self.timers, self.runs, self._spawn, self.links = timers, runs, spawn, links
+        self.once = once  # a reminder goes out from one daemon of several
 
     def on_event(self, run: dict[str, Any], event: dict[str, Any]) -> None:
         """Listener: a wait that began is announced; a wait with a deadline that timed out too."""
@@ -137,7 +139,7 @@ class Announcer:
         if now < parse_rfc3339(state["remind_at"]):
             return  # the timer of an earlier wait of this step: the current one has its own
         try:
-            if now < deadline:
+            if now < deadline and self.once(f"reminder:{run_id}:{step_id}:{state['remind_at']}"):
                 await self.notify(run, step_id, spec, f"{run['flow']}: reminder for {step_id}",
                                   f"Run {run_id} still waits at '{step_id}'; the deadline is {state['wake_at']}.",
                                   reminder=True)
@@ -161,8 +163,7 @@ class Announcer:
                              links=[link.get("title") or "" for link in links], **marks)
 
     async def _note(self, run_id: str, kind: str, **fields: Any) -> None:
-        async with self.runs.lock(run_id):
-            try:
-                self.engine.note(run_id, kind, **fields)
-            except Exception:
-                log.exception("could not record %s for run %s", kind, run_id, extra={"run_id": run_id})
+        try:
+            await self.runs.write(run_id, lambda: self.engine.note(run_id, kind, **fields))
+        except Exception:
+            log.exception("could not record %s for run %s", kind, run_id, extra={"run_id": run_id})

@@ -33,8 +33,7 @@ class Approvals:
         # refused at once, whatever the run is doing: never queued behind an earlier step to land on
         # a later wait (the engine checks again under the run's lock)
         self.engine.check_waiting(run, step_id)
-        async with self.runs.lock(run_id):
-            receipt, run = self.engine.deliver(run_id, step_id, message)
+        receipt, run = await self.runs.write(run_id, lambda: self.engine.deliver(run_id, step_id, message))
         if receipt.outcome:
             self.runs.schedule(run_id)
         return receipt, run

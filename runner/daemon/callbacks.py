@@ -53,8 +53,10 @@ def answer(target: CallbackTarget, entry: dict[str, Any], *, replay: bool) -> di
 
 class Callbacks:
     def __init__(self, *, engine: Engine, store: Store, inbox: Inbox, clock: Clock,
-                 schedule: Callable[[str], None], pool: Any = None) -> None:
+                 schedule: Callable[[str], None], pool: Any = None, remembers_open: bool = True) -> None:
         self.engine, self.store, self.inbox, self.clock = engine, store, inbox, clock
+        # with several daemons on one database, a step may end on another one: ask the record every time
+        self.remembers_open = remembers_open
         self._schedule = schedule
         self._pool = pool
         self._targets: dict[str, CallbackTarget] = {}  # callback token -> its target
@@ -95,7 +97,8 @@ class Callbacks:
         for step_id, token in tokens.items():
             if run["steps"][step_id]["status"] in OPEN_STATUSES and step_id not in received:
                 self._remember(token, run["id"], step_id, flow)
-                self._open.add((run["id"], step_id))
+                if self.remembers_open:
+                    self._open.add((run["id"], step_id))
 
     def still_expected(self, run_id: str, step_id: str) -> bool:
         """Whether an accepted callback is still to be recorded by its run (inbox entries at start-up)."""

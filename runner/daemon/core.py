@@ -39,7 +39,8 @@ from runner.daemon.callbacks import Callbacks, CallbackTarget
 from runner.daemon.catalog import LIVE_CHANGES, Catalog
 from runner.daemon.detached import DetachedKills
 from runner.daemon.hooks import Hooks
-from runner.daemon.inbox import Inbox
+from runner.daemon.backends import backend_for
+from runner.daemon.cluster import Cluster
 from runner.daemon.listeners import Listeners, inbox_consumption, metrics_counting
 from runner.daemon.longpoll import LongPolls
 from runner.daemon.metrics import Metrics
@@ -74,16 +75,18 @@ class Daemon:
         self.public_url = public_url.rstrip("/")
         self.clock = clock or Clock()
         # what signs the links in notifications and the web pages check them with: a rotation list, newest last
-        self.web_secrets: list[str] = list(config.link_secrets) or [kept_link_secret(store.data_dir)]
+        self.threads = ThreadPools()
+        self.backend = backend_for(store, pool=self.threads.files, kept_link_secret=kept_link_secret)
+        self.shared = self.backend.shared  # several daemons may serve this store
+        self.web_secrets: list[str] = list(config.link_secrets) or [self.backend.link_secret()]
         self.link_max_age: timedelta | None = config.link_max_age
         for secret in self.web_secrets:
             config.masker.add(secret)
         self.metrics = Metrics()
-        self.threads = ThreadPools()
         self.kind_pools = Pools()  # what step kinds share across runs (ssh connections), closed at stop
         self.side = SideTasks()
         gitops.pool = self.threads.git
-        self.inbox = Inbox(store.data_dir / "inbox.jsonl", fsync=store.fsync, pool=self.threads.files)
+        self.inbox = self.backend.inbox
         self.timers = Timers(self.clock)
         self.polls = LongPolls(store)
         self.listeners = Listeners([])  # filled below, once the services that listen exist
@@ -96,20 +99,21 @@ class Daemon:
                              artifact_link=self.links.artifact)
         self.visibility = Visibility(engine=self.engine, store=store, users=users)
         self.callbacks = Callbacks(engine=self.engine, store=store, inbox=self.inbox, clock=self.clock,
-                                   schedule=self.schedule, pool=self.threads.files)
+                                   schedule=self.schedule, pool=self.threads.files, remembers_open=not self.shared)
         self.runs = RunTasks(engine=self.engine, store=store, gitops=gitops, metrics=self.metrics, timers=self.timers,
                              callbacks=self.callbacks, inbox=self.inbox, visibility=self.visibility,
-                             stopping=lambda: self.side.stopping)
+                             stopping=lambda: self.side.stopping, shared=self.shared,
+                             writer_wait=2 * getattr(store, "lease", 0.0))
         self.approvals = Approvals(engine=self.engine, store=store, users=users, runs=self.runs,
                                    visibility=self.visibility, run_url=self.run_url)
         self.announcer = Announcer(engine=self.engine, store=store, notifier=Notifier(config.channels),
                                    metrics=self.metrics, clock=self.clock, timers=self.timers, runs=self.runs,
-                                   spawn=self.side.spawn, links=self.links)
+                                   spawn=self.side.spawn, links=self.links, once=self.backend.once)
         self.kills = DetachedKills(engine=self.engine, store=store, config=config, runs=self.runs,
-                                   pools=self.kind_pools, spawn=self.side.spawn)
+                                   pools=self.kind_pools, spawn=self.side.spawn, once=self.backend.once)
         self.scheduler = Scheduler(engine=self.engine, store=store, gitops=gitops, clock=self.clock,
                                    metrics=self.metrics, timers=self.timers, schedule_run=self.schedule,
-                                   spawn=self.side.spawn)
+                                   spawn=self.side.spawn, state=self.backend.schedules)
         self.hooks = Hooks(engine=self.engine, store=store, gitops=gitops, config=config, metrics=self.metrics,
                            schedule_run=self.schedule)
         self.catalog = Catalog(gitops=gitops, config=config, work_dir=work_dir)
@@ -135,6 +139,11 @@ class Daemon:
         self.store.sweep_shared()
         self.side.supervise(self.timers.run(self._due), "timers")
         self.side.supervise(self.gitops.watch(), "ref-watcher")
+        if self.shared:
+            self.cluster = Cluster(store=self.store, runs=self.runs, polls=self.polls, kills_sweep=self.kills.sweep,
+                                   pool=self.threads.files)
+            self.side.supervise(self.cluster.listen(), "wake-ups")
+            self.side.supervise(self.cluster.sweep(), "sweeper")
         resumed = parked = 0
         for run in active_runs(self.engine, self.store):
             self.callbacks.expect(run)

@@ -20,12 +20,14 @@ from runner.status import EventType
 from runner.steps.base import Pools
 
 log = logging.getLogger(__name__)
+KILL_CLAIM_SECONDS = 120.0  # a daemon that died carrying out a kill: another takes it up after this
 
 
 class DetachedKills:
     def __init__(self, *, engine: Engine, store: Store, config: Any, runs: Any, pools: Pools,
-                 spawn: Callable[[Any], None]) -> None:
+                 spawn: Callable[[Any], None], once: Callable[..., bool] = lambda key, lapse=None: True) -> None:
         self.engine, self.store, self.config, self.runs, self._spawn = engine, store, config, runs, spawn
+        self.once = once  # a kill is carried out by one daemon of several
         self.pools = pools
         self._stopping: set[tuple[str, str]] = set()  # detached workers being killed now (run, job)
 
@@ -39,18 +41,21 @@ class DetachedKills:
         key = (run_id, request["job"])
         if key in self._stopping:
             return  # already under way (the start-up sweep and a new request)
+        # a kill that failed stays outstanding, and the claim lapses, so a later sweep tries it again
+        if not self.once(f"kill:{run_id}:{request['job']}", lapse=KILL_CLAIM_SECONDS):
+            return  # another daemon of the same database is carrying it out
         self._stopping.add(key)
         try:
             killed = await kills.kill(self.engine.flow_of(run_id), request, config=self.config, draft=draft,
                                       pools=self.pools)
-            async with self.runs.lock(run_id):
-                try:
-                    run = self.engine.note(run_id, EventType.DETACHED_KILLED, **killed)
-                except Exception:
-                    log.exception("could not record detached_killed for run %s", run_id, extra={"run_id": run_id})
-                    return
-                if not kills.outstanding(run):
-                    self.store.kills_settled(run_id)
+            try:
+                run = await self.runs.write(run_id, lambda: self.engine.note(run_id, EventType.DETACHED_KILLED,
+                                                                             **killed))
+            except Exception:
+                log.exception("could not record detached_killed for run %s", run_id, extra={"run_id": run_id})
+                return
+            if not kills.outstanding(run):
+                self.store.kills_settled(run_id)
         finally:
             self._stopping.discard(key)
 

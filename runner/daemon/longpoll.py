@@ -28,6 +28,10 @@ class LongPolls:
 
     def on_event(self, run: dict[str, Any], event: dict[str, Any]) -> None:
         """Listener: wake whoever waits on this run."""
-        changed = self._changed.pop(run["id"], None)
+        self.wake(run["id"])
+
+    def wake(self, run_id: str) -> None:
+        """The run recorded something (here, or on another daemon of the same database)."""
+        changed = self._changed.pop(run_id, None)
         if changed is not None:
             changed.set()

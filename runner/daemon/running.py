@@ -22,14 +22,20 @@ from runner.status import EventType, RunStatus, is_terminal
 log = logging.getLogger(__name__)
 LOCKED_RETRY_SECONDS = 0.5
 CANCEL_WAIT_SECONDS = 10
+WRITER_POLL_SECONDS = 0.02
 
 
 class RunTasks:
     def __init__(self, *, engine: Engine, store: Store, gitops: Any, metrics: Any, timers: Any,
-                 callbacks: Any, inbox: Any, visibility: Any, stopping: Callable[[], bool]) -> None:
+                 callbacks: Any, inbox: Any, visibility: Any, stopping: Callable[[], bool],
+                 shared: bool = False, writer_wait: float = 0.0) -> None:
         self.engine, self.store, self.gitops, self.metrics = engine, store, gitops, metrics
         self.timers, self.callbacks, self.inbox, self.visibility = timers, callbacks, inbox, visibility
         self._stopping = stopping
+        # several daemons on one database: a run held by another is that daemon's to advance (it is
+        # woken for what arrives, and the sweep takes up what a dead one held), so no retry here
+        self.shared = shared
+        self.writer_wait = writer_wait  # how long a decision or a note waits for another daemon's writer
         self.tasks: dict[str, asyncio.Task] = {}  # run id -> the task advancing it now
         self._again: set[str] = set()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()  # gone when unused
@@ -84,6 +90,10 @@ class RunTasks:
         except asyncio.CancelledError:
             pass  # a cancel (the engine recorded it) or the daemon stopping (the run stays resumable)
         except RunLocked:
+            if self.shared:
+                log.debug("run %s is advanced by another daemon", run_id,
+                          extra={"event": "advance_elsewhere", "run_id": run_id})
+                return
             # another process (a `run --local`, a CLI repair) has the run's log: try again shortly
             log.info("run %s is held by another process; retrying", run_id,
                      extra={"event": "advance_deferred", "run_id": run_id})
@@ -92,6 +102,20 @@ class RunTasks:
             log.exception("advancing run %s failed", run_id, extra={"event": "advance_failed", "run_id": run_id})
         finally:
             self._forget_task(run_id, asyncio.current_task())  # at once: a schedule() right after starts anew
+
+    async def write(self, run_id: str, record: Callable[[], Any]) -> Any:
+        """`record()` (an engine call that writes into the run) under the run's writer lock; with several
+        daemons, waiting up to `writer_wait` for another daemon that holds the run to let go of it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.writer_wait
+        while True:
+            async with self.lock(run_id):
+                try:
+                    return record()
+                except RunLocked:
+                    if not self.shared or loop.time() >= deadline:
+                        raise
+            await asyncio.sleep(WRITER_POLL_SECONDS)
 
     def lock(self, run_id: str) -> asyncio.Lock:
         """The run's writer lock in this daemon: whoever records into the run holds it."""

@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 
 class Scheduler:
     def __init__(self, *, engine: Engine, store: Store, gitops: Any, clock: Clock, metrics: Any, timers: Timers,
-                 schedule_run: Callable[[str], None], spawn: Callable[[Any], None]) -> None:
+                 schedule_run: Callable[[str], None], spawn: Callable[[Any], None], state: ScheduleState) -> None:
         self.engine, self.store, self.gitops, self.clock, self.metrics = engine, store, gitops, clock, metrics
         self.timers, self._schedule_run, self._spawn = timers, schedule_run, spawn
-        self.state = ScheduleState(store.data_dir)
+        self.state = state
 
     def live_changed(self, resolution: Resolution) -> None:
         """What is live changed (the ref watcher says): plan every schedule again."""

@@ -17,7 +17,9 @@ from runner.daemon.core import Daemon
 from runner.errors import ConfigError
 from runner.releases.service import GitOps
 from runner.daemon.http import create_app
+from runner.releases.dbstate import release_state
 from runner.runs.files import FileStore
+from runner.runs.postgres.store import PostgresStore
 from runner.timeutil import Clock, parse_duration
 from runner.releases.mirror import RepoSource
 
@@ -85,10 +87,6 @@ def build(found: Settings | ServeOptions | Any, *, clock: Clock | None = None) -
     if not isinstance(found, Settings):
         found = load_settings(ServeOptions.of(found))
     config, host, port, base = found.config, found.host, found.port, found.base
-    if config.store.postgres:
-        raise ConfigError("the daemon does not run on PostgreSQL yet: the config's store is kind postgres",
-                          hint="serve with store: {kind: files} (the default) for now; the database is ready for "
-                               "it with `signoff db migrate`")
     data_dir, repo_spec, users, webhook_secret = found.data_dir, found.repo_spec, found.users, found.webhook_secret
     server = config.data.get("server") or {}
     if repo_spec.get("url"):
@@ -99,16 +97,28 @@ def build(found: Settings | ServeOptions | Any, *, clock: Clock | None = None) -
         work_dir = (base / repo_spec["path"]).resolve() if repo_spec.get("path") else found.repo
         source = RepoSource(path=work_dir)
     public_url = server.get("public_url") or f"http://{host}:{port}"
-    store = FileStore(data_dir)
+    store = open_store(config, data_dir)
     if webhook_secret:
         config.masker.add(webhook_secret)
-    gitops = GitOps(source=source, data_dir=data_dir, config=config, webhook_secret=webhook_secret,
+    gitops = GitOps(source=source, data_dir=release_state(store), config=config, webhook_secret=webhook_secret,
                     poll_interval=parse_duration(repo_spec.get("poll_interval", "15s")))
     daemon = Daemon(config=config, store=store, users=users, gitops=gitops, work_dir=work_dir,
                     public_url=public_url, clock=clock)
     limits = config.limits
     app = create_app(daemon, body_limit=int(limits.get("body_max_bytes", 1024 * 1024)))
     return daemon, app, host, port
+
+
+def open_store(config: Any, data_dir: Path) -> FileStore | PostgresStore:
+    """The store the config names: files in `data_dir` (the default), or the PostgreSQL database at its dsn
+    (whose schema must be this signoff's: StoreError saying what to run otherwise), with `data_dir` as the
+    local folder for the runs' scratch files."""
+    if config.store.postgres:
+        if not config.store.dsn:
+            raise ConfigError("the config's store is kind postgres but names no dsn",
+                              hint="add store.dsn: {env: SIGNOFF_DSN} (a secret reference) to the config")
+        return PostgresStore(config.store.dsn, data_dir, lease=config.store.lease_seconds)
+    return FileStore(data_dir)
 
 
 def serve(found: Settings) -> None:
@@ -130,7 +140,8 @@ def _announce(daemon: Daemon, host: str, port: int) -> None:
     local = [u for u in daemon.users.by_hash.values() if u.name == LOCAL_USER]
     print(f"signoff daemon on http://{host}:{port}  (public URL {daemon.public_url})", file=sys.stderr)
     print(f"  flows:  {daemon.gitops.source.url or daemon.repo / 'flows'}", file=sys.stderr)
-    print(f"  data:   {daemon.store.data_dir.resolve()}", file=sys.stderr)
+    where = "PostgreSQL (shared with every daemon on it)" if daemon.shared else daemon.store.data_dir.resolve()
+    print(f"  data:   {where}", file=sys.stderr)
     if local:
         print(f"  token:  {(daemon.store.data_dir / TOKEN_FILE).resolve()} (the CLI on this machine reads it)",
               file=sys.stderr)

@@ -145,9 +145,11 @@ class Resolution:
 class Resolver:
     """Computes the live version of every flow from refs, verdicts, seen tags and overrides."""
 
-    def __init__(self, repo_path: Path, data_dir: Path, *, config: Any = None, clock: Clock | None = None) -> None:
+    def __init__(self, repo_path: Path, data_dir: "Path | State", *, config: Any = None,
+                 clock: Clock | None = None) -> None:
         self.repo_path = repo_path
-        self.state = State(data_dir)
+        # a data dir (the state under <data>/releases), or a state of its own (in the database)
+        self.state = data_dir if isinstance(data_dir, State) else State(data_dir)
         self.tag_words: dict[str, dict[str, Any]] = {}
         self.config = config
         self.clock = clock or Clock()

@@ -75,7 +75,8 @@ INSERT INTO events (run_id, seq, line)
 SELECT fenced.id, batch.seq, batch.line
 FROM fenced, unnest(%(seqs)s::integer[], %(lines)s::bytea[]) AS batch (seq, line)"""
 WRITE_SNAPSHOT = """
-UPDATE runs SET snapshot = %(snapshot)s::json, flow = %(flow)s, status = %(status)s, draft = %(draft)s
+UPDATE runs SET snapshot = %(snapshot)s::json, flow = %(flow)s, status = %(status)s, draft = %(draft)s,
+                wake_at = %(wake_at)s
 WHERE id = %(run)s AND lease_epoch = %(epoch)s"""
 
 # ---- the callback index, kills -------------------------------------------------------------
@@ -124,6 +125,66 @@ FROM runs r WHERE r.id = %(run)s"""
 # An import that did not verify is taken back, only while nobody has written the run since.
 UNDO_IMPORT = "DELETE FROM runs WHERE id = %(run)s AND lease_epoch = 0 AND event_count = %(count)s"
 
-# ---- the daemon lock ---------------------------------------------------------------------------
+# ---- several daemons on one database (runner.runs.postgres.shared, .inbox) -------------------------
 
-TRY_DAEMON_LOCK = "SELECT pg_try_advisory_lock(%(key)s)"
+REGISTER_DAEMON = """
+INSERT INTO daemons (holder) VALUES (%(holder)s)
+ON CONFLICT (holder) DO UPDATE SET started_at = now(), seen_at = now()"""
+DAEMON_ALIVE = "UPDATE daemons SET seen_at = now() WHERE holder = %(holder)s"
+DAEMON_GONE = "DELETE FROM daemons WHERE holder = %(holder)s"
+LIVE_DAEMONS = """
+SELECT holder, started_at, seen_at FROM daemons WHERE seen_at > now() - %(within)s * interval '1 second'
+ORDER BY holder"""
+
+# Active runs nobody holds that need a writer: queued or running ones (a dead writer's, or not yet
+# started), waits that are due, and waits with a callback accepted. Rows another daemon's sweep is
+# looking at now are skipped; the lease then decides who advances each.
+ORPHANED_RUNS = """
+SELECT id FROM runs r
+WHERE status IN ('queued', 'running', 'waiting') AND (lease_until IS NULL OR lease_until < now())
+  AND (status IN ('queued', 'running') OR wake_at <= now()
+       OR EXISTS (SELECT 1 FROM inbox m WHERE m.run_id = r.id AND m.entry IS NOT NULL))
+ORDER BY id LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED"""
+
+# the first to insert a key does the thing; a claim past its `until` may be taken again
+TAKE_CLAIM = """
+INSERT INTO claims (key, holder, until) VALUES (%(key)s, %(holder)s, now() + %(lapse)s * interval '1 second')
+ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, until = excluded.until
+WHERE claims.until IS NOT NULL AND claims.until < now()"""
+SETTLE_CLAIM = "UPDATE claims SET until = NULL WHERE key = %(key)s AND holder = %(holder)s"
+
+SCHEDULE_CLAIMS = "SELECT key, slot, run_id, creating FROM schedule_claims"
+SCHEDULE_CLAIM = "SELECT slot FROM schedule_claims WHERE key = %(key)s"
+CLAIM_SLOT = """
+INSERT INTO schedule_claims (key, slot, run_id, creating) VALUES (%(key)s, %(slot)s, %(run)s, true)
+ON CONFLICT (key) DO UPDATE SET slot = excluded.slot, run_id = excluded.run_id, creating = true
+WHERE schedule_claims.slot < excluded.slot"""
+SLOT_CREATED = "UPDATE schedule_claims SET creating = false WHERE key = %(key)s AND creating"
+
+RELEASE_LOCK = "SELECT pg_advisory_xact_lock(%(key)s)"
+RELEASE_STATE = "SELECT value::text FROM release_state WHERE name = %(name)s"
+SAVE_RELEASE_STATE = """
+INSERT INTO release_state (name, value) VALUES (%(name)s, %(value)s::json)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value"""
+APPEND_RELEASE_HISTORY = "INSERT INTO release_history (flow, entry) VALUES (%(flow)s, %(entry)s::json)"
+RELEASE_HISTORY = """
+SELECT entry::text FROM release_history WHERE %(flow)s::text IS NULL OR flow = %(flow)s ORDER BY id"""
+
+SETTING = "SELECT value FROM settings WHERE name = %(name)s"
+KEEP_SETTING = "INSERT INTO settings (name, value) VALUES (%(name)s, %(value)s) ON CONFLICT (name) DO NOTHING"
+
+# ---- the inbox: accepted callbacks not yet recorded; the first per step wins ------------------------
+
+INBOX_ACCEPT = """
+INSERT INTO inbox (run_id, step, entry)
+SELECT batch.run, batch.step, batch.entry::json
+FROM unnest(%(runs)s::text[], %(steps)s::text[], %(entries)s::text[]) AS batch (run, step, entry)
+ON CONFLICT (run_id, step) DO NOTHING
+RETURNING run_id, step"""
+INBOX_ENTRY = "SELECT entry::text, true FROM inbox WHERE run_id = %(run)s AND step = %(step)s"
+INBOX_CLOSE = """
+INSERT INTO inbox (run_id, step, entry) VALUES (%(run)s, %(step)s, NULL)
+ON CONFLICT (run_id, step) DO NOTHING"""
+INBOX_CONSUMED = "DELETE FROM inbox WHERE run_id = %(run)s AND step = %(step)s"
+INBOX_COUNT = "SELECT count(*) FROM inbox WHERE entry IS NOT NULL"

@@ -35,21 +35,23 @@ from runner.runs.postgres import queries as q
 from runner.runs.postgres.indexes import PostgresIndexes
 from runner.runs.postgres.log import PostgresLog
 from runner.runs.postgres.resources import CHUNK_SIZE, PostgresResources
+from runner.runs.postgres.shared import PostgresShared
 from runner.runs.postgres.schema import _reason, check_schema
 from runner.runs.store import RUN_ID, RunFiles, RunLog, Verification, current_record, new_run_id, remove_work, select_runs
-from runner.status import ACTIVE_RUN
+from runner.status import ACTIVE_RUN, RunStatus
+from runner.timeutil import parse_rfc3339
 
-DAEMON_LOCK_KEY = 0x5160FE  # pg_try_advisory_lock key of the daemon serving the database
 LEASE_SECONDS = 5.0
 
 
-class PostgresStore(PostgresResources, PostgresIndexes):
+class PostgresStore(PostgresResources, PostgresIndexes, PostgresShared):
     """Runs in a PostgreSQL database; `close()` closes its connection pool."""
 
     def __init__(self, dsn: str, cache_dir: str | Path, *, lease: float = LEASE_SECONDS, pool_size: int = 8,
                  chunk_size: int = CHUNK_SIZE) -> None:
         self.dsn = dsn
         self.cache_dir = Path(cache_dir)
+        self.data_dir = self.cache_dir  # the local folder (the runs' scratch files, the CLI's token)
         self.lease = lease
         self.chunk_size = chunk_size
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
@@ -126,7 +128,7 @@ class PostgresStore(PostgresResources, PostgresIndexes):
         """Replace the snapshot, fenced by the writer's lease (RunLocked if another writer took the run)."""
         run["events"] = snapshot_marks(log.count, log.last_sha256, log.size)  # type: ignore[attr-defined]
         params = {"run": run["id"], "epoch": log.epoch, "snapshot": dumps(run), "flow": run.get("flow"),  # type: ignore[attr-defined]
-                  "status": run.get("status"), "draft": bool(run.get("draft"))}
+                  "status": run.get("status"), "draft": bool(run.get("draft")), "wake_at": next_wake(run)}
         if not self._count(q.WRITE_SNAPSHOT, params):
             log.lost = True  # type: ignore[attr-defined]
             raise RunLocked(f"run {run['id']} was taken over by another writer; its snapshot was not written")
@@ -203,12 +205,23 @@ class PostgresStore(PostgresResources, PostgresIndexes):
 
     @contextmanager
     def daemon_lock(self) -> Iterator[None]:
-        """Held by the one daemon serving this database: a session advisory lock on a connection of its own."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            if not conn.execute(q.TRY_DAEMON_LOCK, {"key": DAEMON_LOCK_KEY}).fetchone()[0]:
-                raise StoreError("another signoff daemon is already serving this database",
-                                 hint="stop it first (several daemons on one database are not supported yet)")
+        """Several daemons serve one database, none special: each is listed in `daemons` while it runs
+        (what it advances, it holds by the runs' leases, not by this)."""
+        self._count(q.REGISTER_DAEMON, {"holder": self.holder})
+        try:
             yield
+        finally:
+            try:
+                self._count(q.DAEMON_GONE, {"holder": self.holder})
+            except psycopg.Error:
+                pass  # the database is away: the row ages out of `live_daemons`
+
+    def live_daemons(self, within: float = 30.0) -> list[dict[str, Any]]:
+        """The daemons that said they were alive within `within` seconds."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(q.LIVE_DAEMONS, {"within": within}).fetchall()
+        return [{"holder": holder, "started_at": started.isoformat(), "seen_at": seen.isoformat()}
+                for holder, started, seen in rows]
 
     def scan(self) -> Iterator[RunFiles]:
         """Every run as the database has it, for start-up: its snapshot and whether events follow it."""
@@ -242,3 +255,15 @@ class PostgresStore(PostgresResources, PostgresIndexes):
                 os.unlink(entry.path)
                 removed.append(f"resources/{entry.name}")
         return removed
+
+
+def next_wake(run: dict[str, Any]) -> datetime | None:
+    """When a waiting run is next due: its wait's deadline, or its reminder if that comes first and is unsent."""
+    if run.get("status") != RunStatus.WAITING:
+        return None
+    state = (run.get("steps") or {}).get(run.get("current_step") or "", {})
+    times = [state.get("wake_at")]
+    if not state.get("reminded_at"):
+        times.append(state.get("remind_at"))
+    found = [parse_rfc3339(t) for t in times if t]
+    return min(found) if found else None
