@@ -144,6 +144,8 @@ class RunTasks:
         run = self.store.read_run(run_id)
         if run["status"] != RunStatus.QUEUED:
             return True
+        if self.shared:  # several daemons: a slot is claimed in the database, so two cannot both start one
+            return self.store.take_flow_slot(run["flow"], limit, run_id)
         active = sum(len(self.store.list_runs(flow=run["flow"], status=s, limit=limit)) for s in ("running", "waiting"))
         return active < limit
 

@@ -48,14 +48,7 @@ class Verdict:
 
     def settle(self) -> None:
         """Every run on disk reaches a final status within the bound; keep its record and events."""
-        data = self.chaos.daemon.data / "runs"
-        on_disk = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
-        for run_id in on_disk:
-            self.chaos.open_gate(run_id)  # runs started by a request in doubt are held by a gate too
-        runs = [r for r in on_disk if _has_events(data / r)]
-        for run_id in sorted(set(on_disk) - set(runs)):
-            self.problem(f"run directory {run_id} has no events (a half-created run was left behind): "
-                         f"{sorted(p.name for p in (data / run_id).iterdir())}")
+        runs = self.recorded_runs()
 
         def all_ended() -> bool:
             for run_id in runs:
@@ -82,6 +75,18 @@ class Verdict:
         self._check_concurrency()
         for run_id, events in self.events.items():
             self._check_history(run_id, events)
+
+    def recorded_runs(self) -> list[str]:
+        """The runs the data dir holds (each gate opened: runs started by a request in doubt wait on one too)."""
+        data = self.chaos.daemon.data / "runs"
+        on_disk = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+        for run_id in on_disk:
+            self.chaos.open_gate(run_id)
+        runs = [r for r in on_disk if _has_events(data / r)]
+        for run_id in sorted(set(on_disk) - set(runs)):
+            self.problem(f"run directory {run_id} has no events (a half-created run was left behind): "
+                         f"{sorted(p.name for p in (data / run_id).iterdir())}")
+        return runs
 
     def _check_listing(self) -> None:
         """GET /api/v1/runs (what `runs list` and `pending` see) shows every run, with its final status."""

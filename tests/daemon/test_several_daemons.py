@@ -13,7 +13,6 @@ import pytest
 from daemon_support import DaemonProcess, event_types
 from support import approval_step, callback_step, flow_doc, make_repo, set_step, wait_until
 
-pytestmark = pytest.mark.usefixtures("postgres_server")
 LEASE = "1s"
 
 
@@ -30,21 +29,34 @@ def flows(tmp_path: Path) -> dict[str, dict]:
     }
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, pg_dsn: str):
-    """Three daemons on one database and one repository."""
-    repo = make_repo(tmp_path / "repo", flows(tmp_path), message="flows for several daemons")
+@pytest.fixture(scope="module")
+def daemons(tmp_path_factory, postgres_server):
+    """Three daemons on one database and one repository, for the whole module."""
+    root = tmp_path_factory.mktemp("several")
+    dsn = postgres_server.database()
+    repo = make_repo(root / "repo", flows(root), message="flows for several daemons")
     store = {"kind": "postgres", "dsn": {"env": "SIGNOFF_DSN"}, "lease": LEASE}
-    first = DaemonProcess(tmp_path / "d1", repo=repo, store=store, env={"SIGNOFF_DSN": pg_dsn})
-    daemons = [first] + [DaemonProcess(tmp_path / f"d{n}", repo=repo, store=store, env={"SIGNOFF_DSN": pg_dsn},
+    first = DaemonProcess(root / "d1", repo=repo, store=store, env={"SIGNOFF_DSN": dsn})
+    started = [first] + [DaemonProcess(root / f"d{n}", repo=repo, store=store, env={"SIGNOFF_DSN": dsn},
                                        tokens=first.tokens) for n in (2, 3)]
     try:
-        for daemon in daemons:
+        for daemon in started:
             daemon.start()
-        yield daemons
+        yield root, started
     finally:
-        for daemon in daemons:
+        for daemon in started:
             daemon.close()
+        postgres_server.drop(dsn)
+
+
+@pytest.fixture
+def cluster(daemons):
+    """The three daemons, each running (one a test killed is started again for the next)."""
+    root, started = daemons
+    for daemon in started:
+        if daemon.process is None:
+            daemon.start()
+    return started
 
 
 def test_a_decision_on_another_daemon_moves_the_run_and_every_daemon_shows_it(cluster):
@@ -77,9 +89,9 @@ def test_a_callback_is_accepted_once_whichever_daemon_it_reaches(cluster):
     assert event_types(first.events(run["id"])).count("callback_received") == 1
 
 
-def test_the_runs_of_a_killed_daemon_move_on_elsewhere_within_the_lease(cluster, tmp_path):
+def test_the_runs_of_a_killed_daemon_move_on_elsewhere_within_the_lease(cluster, daemons):
     first, second, third = cluster
-    marker = tmp_path / "side-effects.txt"
+    marker = daemons[0] / "side-effects.txt"
     run = first.start_run("slow")
     wait_until(lambda: marker.exists() and marker.read_text().count("started") == 1, timeout=20)
     first.kill()

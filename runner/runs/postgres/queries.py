@@ -152,6 +152,12 @@ TAKE_CLAIM = """
 INSERT INTO claims (key, holder, until) VALUES (%(key)s, %(holder)s, now() + %(lapse)s * interval '1 second')
 ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, until = excluded.until
 WHERE claims.until IS NOT NULL AND claims.until < now()"""
+# one of a flow's `concurrency` slots, held by a run (not a daemon) until that run is no longer active
+TAKE_FLOW_SLOT = """
+INSERT INTO claims (key, holder, until) VALUES (%(key)s, %(run)s, NULL)
+ON CONFLICT (key) DO UPDATE SET holder = excluded.holder
+WHERE claims.holder = excluded.holder
+   OR NOT EXISTS (SELECT 1 FROM runs WHERE id = claims.holder AND status IN ('queued', 'running', 'waiting'))"""
 SETTLE_CLAIM = "UPDATE claims SET until = NULL WHERE key = %(key)s AND holder = %(holder)s"
 
 SCHEDULE_CLAIMS = "SELECT key, slot, run_id, creating FROM schedule_claims"

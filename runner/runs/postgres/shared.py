@@ -55,6 +55,12 @@ class PostgresShared:
         """The claimed thing is done: the claim never lapses."""
         self._rowcount(q.SETTLE_CLAIM, {"key": key, "holder": self.holder})
 
+    def take_flow_slot(self, flow: str, limit: int, run_id: str) -> bool:
+        """One of the flow's `limit` concurrency slots for the run (kept if it has one); False if all are held
+        by active runs. The slot is the run's until it ends, whichever daemon advances it."""
+        return any(self._rowcount(q.TAKE_FLOW_SLOT, {"key": f"concurrency:{flow}:{n}", "run": run_id})
+                   for n in range(limit))
+
     # ---- schedule slots -----------------------------------------------------------------------
 
     def schedule_claims(self) -> dict[str, dict[str, Any]]:
