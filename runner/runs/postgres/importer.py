@@ -4,8 +4,10 @@ What moves: each run (its flow copy, every event line byte for byte, so its
 hash chain verifies as it did, and its snapshot), the resources (bytes,
 metadata, and which runs hold them), the callback index and the kill list. A
 run's scratch folders (`work/`) and dead writers' temp files stay behind.
-Release state (`<data>/releases/`) has no place in the PostgreSQL store yet:
-it is left where it is, and the report says so.
+With them the daemon's shared state: the release state (`<data>/releases/`:
+its documents, unless the database has one of that name already, and its
+history, when the database has none yet), the link secret (so links already
+sent keep working) and the schedule slots claimed.
 
 The data dir's daemon lock is held throughout, so no daemon serves it (or
 starts) meanwhile. It is safe to run again: a run already in the database with
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from runner.errors import NotFound
@@ -30,8 +33,8 @@ from runner.runs.postgres.store import PostgresStore
 from runner.runs.store import RUN_ID, SHA256
 
 EVENT_BATCH = 1000  # event lines per INSERT
-RELEASES_NOTE = ("release state (live versions, pins, yanks, history) was not imported: the PostgreSQL store "
-                 "has no place for it yet; it stays in {path}")
+RELEASES_NOTE = ("the database had release state already: its documents {kept} were kept, not replaced by "
+                 "those of {path}")
 INBOX_NOTE = ("{path} is not empty: it may hold callbacks the daemon accepted and has not recorded yet, which "
               "were not imported: start the daemon on the data dir once so it records them, stop it, then import again")
 
@@ -52,6 +55,7 @@ class ImportReport:
     callbacks: int = 0
     kills: int = 0
     releases_found: bool = False
+    releases_imported: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -68,7 +72,7 @@ class ImportReport:
             "bytes": {"events": self.event_bytes, "resources": self.resource_bytes,
                       "total": self.event_bytes + self.resource_bytes},
             "callbacks": self.callbacks, "kills": self.kills,
-            "releases": {"found": self.releases_found, "imported": False},
+            "releases": {"found": self.releases_found, "imported": self.releases_imported},
             "imported": self.imported, "skipped": self.skipped, "conflicts": self.conflicting,
             "failures": self.failed, "notes": self.notes,
         }
@@ -97,14 +101,45 @@ class _Import:
         self._resources()
         self._callbacks()
         self._kills()
-        releases = self.files.data_dir / "releases"
-        self.report.releases_found = any(_listdir(releases))
-        if self.report.releases_found:
-            self.report.notes.append(RELEASES_NOTE.format(path=releases))
+        self._shared_state()
         inbox = self.files.data_dir / "inbox.jsonl"
         if inbox.is_file() and inbox.stat().st_size:
             self.report.notes.append(INBOX_NOTE.format(path=inbox))
         return self.report
+
+    def _shared_state(self) -> None:
+        """The release state, the link secret and the schedule slots, where the database has none yet."""
+        data = self.files.data_dir
+        releases = data / "releases"
+        names = sorted(n for n in _listdir(releases) if n.endswith(".json"))
+        self.report.releases_found = bool(names) or (releases / "history.jsonl").is_file()
+        kept = []
+        for name in names:
+            if self.store.release_value(name[:-5]) is not None:
+                kept.append(name[:-5])
+            else:
+                self.store.save_release_value(name[:-5], json.loads((releases / name).read_text()))
+        if (releases / "history.jsonl").is_file() and not self.store.release_history():
+            for line in (releases / "history.jsonl").read_text().splitlines():
+                if line.strip():
+                    self.store.append_release_history(json.loads(line))
+        self.report.releases_imported = self.report.releases_found
+        if kept:
+            self.report.notes.append(RELEASES_NOTE.format(kept=kept, path=releases))
+        secret = data / "link_secret"
+        if secret.is_file() and secret.read_text().strip():
+            with self.store.pool.connection() as conn:
+                conn.execute(q.KEEP_SETTING, {"name": "link_secret", "value": secret.read_text().strip()})
+        try:
+            claims = json.loads((data / "schedules.json").read_text())
+        except (OSError, ValueError):
+            claims = {}
+        for key, claim in claims.items() if isinstance(claims, dict) else ():
+            if isinstance(claim, dict) and claim.get("slot"):
+                self.store.claim_slot(key, datetime.fromisoformat(claim["slot"]), claim.get("run"))
+                if not claim.get("creating"):
+                    self.store.slot_created(key)
+
 
     # ---- runs ---------------------------------------------------------------------------
 
