@@ -85,10 +85,14 @@ class Client:
             kind = BY_STATUS.get(response.status_code, SignoffError)
             message = error.get("message") or f"HTTP {response.status_code}"
             if kind is Invalid:
-                raise Invalid(message, error.get("reasons"), hint=error.get("hint"), fields=error.get("fields"))
-            if kind is Unauthorized:
-                raise Unauthorized(message, hint=self._token_hint())
-            raise kind(message, hint=error.get("hint"))
+                failure = Invalid(message, error.get("reasons"), hint=error.get("hint"), fields=error.get("fields"))
+            elif kind is Unauthorized:
+                failure = Unauthorized(message, hint=self._token_hint())
+            else:
+                failure = kind(message, hint=error.get("hint"))
+            # the daemon's own answer, for callers that pass it on as it was (the MCP server's tool errors)
+            failure.status, failure.answer = response.status_code, error  # type: ignore[attr-defined]
+            raise failure
         return response.status_code, body
 
     def _token_hint(self) -> str:

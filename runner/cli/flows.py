@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import click
 
@@ -24,19 +24,22 @@ def validate(paths: tuple[str, ...], ref: str | None, data, repo, config, as_jso
     JSON: {ok, flows: [{file, name, ok, errors: [{file, line, column, path, rule,
     message, hint}], warnings: [...]}]}. Exit 1 if any flow has an error.
     """
-    env = Env(data, repo, config)
-    cfg = env.config() if config else None
+    document, reports = validation(Env(data, repo, config), paths, ref)
+    emit(as_json, document, render.validation(reports), exit_code=0 if document["ok"] else 1)
+
+
+def validation(env: Env, paths: Sequence[str], ref: str | None) -> tuple[dict[str, Any], list[FlowReport]]:
+    """`validate`'s JSON document (and its reports): the files at `paths` (default flows/), or as committed at `ref`."""
+    cfg = env.config() if env.config_path else None
     if ref:
         reports = [_check_at_ref(env, ref, Path(p), cfg) for p in _flow_files_at(env, ref, paths)]
     else:
         files = expand_paths(list(paths) or [env.flows_dir])
         reports = [check_file(path, config=cfg) for path in files]
-    ok = all(r.ok for r in reports)
-    emit(as_json, {"ok": ok, "flows": [r.to_dict() for r in reports]}, render.validation(reports),
-         exit_code=0 if ok else 1)
+    return {"ok": all(r.ok for r in reports), "flows": [r.to_dict() for r in reports]}, reports
 
 
-def _flow_files_at(env: Env, ref: str, paths: tuple[str, ...]) -> list[str]:
+def _flow_files_at(env: Env, ref: str, paths: Sequence[str]) -> list[str]:
     if paths:
         return [os.path.relpath(Path(p).resolve(), env.repo) if Path(p).exists() else p for p in paths]
     return flow_sources.flow_paths_at(env.repo, ref)

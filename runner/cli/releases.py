@@ -183,7 +183,12 @@ def diff(flow, ref, data, repo, config, as_json) -> None:
 
     JSON: {flow, live: {tag, commit} | null, draft: {ref, commit}, diff, steps: {added, removed, changed}}.
     """
-    env = Env(data, repo, config)
+    document, human = diff_document(Env(data, repo, config), flow, ref)
+    emit(as_json, document, human)
+
+
+def diff_document(env: Env, flow: str, ref: str | None) -> tuple[dict[str, Any], str]:
+    """`diff`'s JSON document and its text: FLOW at `ref` (default: the working tree) against its live version."""
     live = _resolver(env).resolve().flows.get(flow)
     with FlowRepo(env.repo) as git_repo:
         old = (git_repo.flow_file(live.release.commit, flow) or b"") if live and live.release else b""
@@ -207,7 +212,7 @@ def diff(flow, ref, data, repo, config, as_json) -> None:
     human = "".join(lines) or "no difference\n"
     human += "steps: " + ", ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v) if any(summary.values()) \
         else "steps: unchanged"
-    emit(as_json, document, human)
+    return document, human
 
 
 def _plain(data: bytes) -> dict[str, Any]:
