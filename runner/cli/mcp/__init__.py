@@ -8,6 +8,7 @@ server was given (SIGNOFF_TOKEN), through the daemon at --server / SIGNOFF_SERVE
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import click
@@ -33,6 +34,8 @@ def mcp(server, data, repo, config, as_json) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="signoff mcp: %(levelname)s %(message)s")
     actions = Actions(Env(data, repo, config), server)
+    # the SDK's many models would make the collections at exit last seconds: they live as long as we do
+    gc.freeze()
     anyio.run(serve_stdio, actions)
 
 

@@ -19,7 +19,8 @@ RUN_ID = {"type": "string", "minLength": 1, "description": "The run's id, e.g. 2
 INPUTS = {"type": "object", "description": "The flow's inputs by name (see its `inputs:`); defaults fill the rest."}
 WAIT_SECONDS = {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS,
                 "description": "Wait up to this many seconds for the run to reach `wait_until` before answering "
-                               "(0: answer at once). The answer is the run as it is then, whether or not it got there."}
+                               "(0: answer at once; keep it under your client's request timeout). The answer is the run as it is "
+                               "then, whether or not it got there."}
 WAIT_UNTIL = {"type": "string", "enum": ["settled", "ended"], "default": "settled",
               "description": "settled: the run is no longer queued or running (it waits for a person, a callback "
                              "or a timer, or it ended); ended: it reached a final status."}
