@@ -54,6 +54,16 @@ steps:
     values: {ticket: "${{ steps.review.outputs.inputs.ticket }}"}
 """
 
+WORKER = """
+name: worker
+steps:
+  - id: done
+    kind: callback
+    schema: {type: object, required: [result]}
+    timeout: 1h
+    on_timeout: fail
+"""
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
@@ -218,6 +228,11 @@ def test_an_agent_authors_runs_has_it_approved_and_releases(daemon: GitOpsDaemon
         [flow] = releases["flows"]
         assert flow["live"]["tag"] == "ship-note/v1.0.0" and flow["live"]["commit"] == release["commit"]
 
+        # now live: a live run starts from the release, and its starter may cancel it
+        live = await ada.call("start_run", flow="ship-note", inputs={"note": "v2"}, wait_seconds=20)
+        assert live["draft"] is False and live["commit"] == release["commit"] and live["status"] == "waiting"
+        assert (await ada.call("cancel_run", run_id=live["id"]))["status"] == "cancelled"
+
     in_session(story)
 
 
@@ -237,5 +252,16 @@ def test_a_non_approver_is_refused_with_the_apis_error(daemon: GitOpsDaemon) -> 
         release = await dave.refused("release_flow", flow="gate", version="1.0.0", ref="gate")
         assert release["status"] == 403 and "release role" in release["error"]["message"]
         assert (await dave.call("cancel_run", run_id=run["id"]))["status"] == "cancelled"
+
+        # a callback any user (or worker) may post, by its URL; the same one again is a replay
+        daemon.branch("worker", {"worker": WORKER}, message="worker")
+        run = await dave.call("run_draft", flow="worker", ref="worker", wait_seconds=20)
+        assert run["status"] == "waiting" and run["current_step"] == "done"
+        url = daemon.callback_url(run, "done")
+        accepted = await dave.call("post_callback", target=url, payload={"result": "ok"})
+        assert accepted["status"] == 202 and accepted["accepted"] is True and accepted["run"] == run["id"]
+        assert (await dave.call("post_callback", target=url, payload={"result": "ok"}))["status"] == 200
+        done = await dave.call("show_run", run_id=run["id"], wait_until="ended", wait_seconds=20)
+        assert done["status"] == "succeeded" and done["steps"]["done"]["outputs"]["payload"] == {"result": "ok"}
 
     in_session(story)
