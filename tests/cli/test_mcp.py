@@ -10,6 +10,7 @@ refused as the API refuses it), see the run end, release, and see it live.
 
 from __future__ import annotations
 
+import inspect
 import json
 import secrets
 import sys
@@ -23,6 +24,9 @@ from yamlcompat import YAML
 
 from gitops_support import GitOpsDaemon
 from support import broken_flow, flow_text, simple_flow
+
+from runner.cli.mcp.actions import Actions
+from runner.cli.mcp.catalogue import TOOLS
 
 AUTHOR = {"roles": ["run", "approve", "release"], "groups": ["ops"]}
 EXPECTED_TOOLS = {"validate_flows", "diff_flow", "run_draft", "start_run", "list_runs", "show_run", "run_events",
@@ -131,6 +135,15 @@ def first_leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
+
+
+def test_every_tool_has_an_action_that_takes_exactly_its_arguments() -> None:
+    for tool in TOOLS:
+        parameters = inspect.signature(getattr(Actions, tool.name)).parameters
+        names = [name for name in parameters if name != "self"]
+        assert set(names) == set(tool.input_schema["properties"]), tool.name
+        required = {name for name in names if parameters[name].default is inspect.Parameter.empty}
+        assert required == set(tool.input_schema["required"]), tool.name
 
 
 def test_the_tools_are_listed_with_their_schemas(daemon: GitOpsDaemon) -> None:
