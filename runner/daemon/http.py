@@ -26,6 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runner import jsonvalue
+from runner.daemon import openapi
 from runner.daemon.core import LIVE_CHANGES, Daemon, User, page_start, run_status
 from runner.daemon.web.app import web_mount
 from runner.errors import (Conflict, FlowInvalid, Forbidden, Invalid, NotFound, RunLocked, SignoffError, TooLarge,
@@ -242,6 +243,9 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(daemon.metrics.render(), media_type=daemon.metrics.content_type)
 
+    async def contract(request: Request) -> Response:
+        return Response(openapi.rendered(daemon.public_url), media_type="application/json")
+
     routes = [
         Route("/api/v1/health", health),
         Route("/api/v1/flows", flows),
@@ -258,6 +262,7 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         Route("/hooks/{flow}", hook, methods=["POST"]),
         Route("/api/v1/git/webhook", git_webhook, methods=["POST"]),
         Route("/metrics", metrics),
+        Route(openapi.PATH, contract),  # the OpenAPI document of every route above (not the pages below)
         web_mount(daemon),  # the reviewer's pages, under /ui
     ]
 
