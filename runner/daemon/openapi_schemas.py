@@ -120,7 +120,12 @@ def _errors_and_runs() -> dict[str, dict[str, Any]]:
         "DecisionAnswer": obj("The decision, recorded (fsynced) before this answer.", {
             "accepted": {"const": True}, "final": {"type": "boolean", "description": "It settled the step "
                                                                                    "(the quorum is reached, or a reject)."},
-            "decision": ref("Event"), "run": ref("Run")}),
+            "decision": obj("The decision as recorded (the `decision` event, before its place in the chain).", {
+                "type": {"const": "decision"}, "by": text(), "decision": text(), "final": FLAG,
+                "decided_by": {"type": ["string", "null"]}, "comment": {"type": ["string", "null"]},
+                "inputs": maybe(ANY_OBJECT), "context_sha256": {"type": ["string", "null"]}},
+                required=("type", "by", "decision", "final")),
+            "run": ref("Run")}),
         "CallbackAnswer": obj("A callback, accepted once and durable.", {
             "accepted": {"const": True}, "replay": {"type": "boolean", "description": "The identical body "
                                                                                     "again: nothing changed."},
