@@ -38,13 +38,16 @@ ERRORS = {
     503: ("RunLocked", "Another process is advancing the run for a moment; ask again after Retry-After "
                        "seconds."),
 }
+ANY_JSON = {"description": "Any JSON value (a callback step's own `schema` may ask more)."}
+INPUTS = {"type": "object", "description": "The flow's inputs."}
+PUSH = {"type": "object", "description": "The push event (only its signature is read: the daemon re-reads the refs)."}
 LOCATION = {"Location": {"description": "The run's URL in the API.", "schema": {"type": "string"}}}
 
 
 @dataclass(frozen=True)
 class Answer:
     description: str
-    schema: str | None = None                   # a component name; None: no JSON body
+    schema: str | dict[str, Any] | None = None  # a component's name, or a schema; None: no body
     media_type: str = "application/json"
     headers: dict[str, Any] = field(default_factory=dict)
 
@@ -59,7 +62,7 @@ class Operation:
     tag: str
     auth: bool = True                           # a bearer token is needed
     parameters: tuple[dict[str, Any], ...] = ()
-    body: str | None = None                     # a component name, or "any" for any JSON value
+    body: str | dict[str, Any] | None = None    # a component's name, or a schema
     body_required: bool = False
 
     @property
@@ -99,15 +102,15 @@ LIVE_CHANGE_OPERATIONS = {
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/api/v1/health", "Liveness and the live release", {200: Answer("The daemon's state.", "Health")},
               (), "daemon", auth=False),
-    Operation("GET", PATH, "This document", {200: Answer("The OpenAPI 3.1 document.", "any")}, (), "daemon",
+    Operation("GET", PATH, "This document", {200: Answer("The OpenAPI 3.1 document.", {"type": "object"})}, (), "daemon",
               auth=False),
     Operation("GET", "/metrics", "Prometheus metrics (the text exposition format)",
-              {200: Answer("The metrics.", "text", media_type="text/plain")}, (), "daemon", auth=False),
+              {200: Answer("The metrics.", {"type": "string"}, media_type="text/plain")}, (), "daemon", auth=False),
     Operation("GET", "/api/v1/flows", "Flows with live version, drafts and refused releases",
               {200: Answer("The flows.", "FlowCatalog")}, (401,), "flows"),
     Operation("POST", "/api/v1/flows/{flow}/runs", "Start a run (the run role); a draft with `ref`",
               {201: Answer("The new run, queued or running.", "Run", headers=LOCATION)},
-              (401, 403, 404, 409, 413, 422), "runs", parameters=(FLOW,), body="StartRun"),
+              (401, 403, 404, 413, 422), "runs", parameters=(FLOW,), body="StartRun"),
     *(Operation("POST", f"/api/v1/flows/{{flow}}/{change}", summary, {status: Answer("Done, and recorded with who, "
                                                                                     "when and why.", answer)},
                 (401, 403, 404, 409, 413, 422), "releases", parameters=(FLOW,), body=body,
@@ -124,7 +127,7 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: Answer("A page of runs.", "RunPage")}, (401, 422), "runs", parameters=(
                   query_param("flow", "Only runs of this flow.", {"type": "string"}),
                   query_param("status", "Only runs with this status.", {"enum": RUN_STATUSES}),
-                  query_param("draft", "Only draft runs (true) or only live ones (false).",
+                  query_param("draft", "Only draft runs (true) or only live ones (false); other values are ignored.",
                               {"enum": ["true", "false"]}),
                   query_param("limit", "Runs per page (more than 1000 is capped at 1000).",
                               {"type": "integer", "minimum": 1, "maximum": 10**9, "default": 50}),
@@ -144,7 +147,7 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: Answer("`signoff logs --json`.", "Logs")}, (401, 404), "runs",
               parameters=(RUN, query_param("step", "Only this step.", {"type": "string"}))),
     Operation("POST", "/api/v1/runs/{run_id}/cancel", "Cancel a run (your own; admins any)",
-              {200: Answer("The run, cancelled (or as it ended already).", "Run")}, (401, 403, 404, 409, 503),
+              {200: Answer("The run, cancelled (or its cancel under way); a run that ended already is a 409.", "Run")}, (401, 403, 404, 409, 503),
               "runs", parameters=(RUN,)),
     Operation("POST", "/api/v1/runs/{run_id}/steps/{step_id}/decision",
               "Approve, reject or request changes on a waiting approval step (an allowed reviewer)",
@@ -154,7 +157,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/api/v1/pending", "The approvals the caller may decide, with their rendered context",
               {200: Answer("The pending approvals.", "PendingList")}, (401,), "approvals"),
     Operation("GET", "/api/v1/resources/{sha256}", "A resource's bytes (to those who may see a run that stored it)",
-              {200: Answer("The bytes, with the media type recorded for them.", "bytes", media_type="*/*")},
+              {200: Answer("The bytes, with the media type recorded for them.", {}, media_type="*/*")},
               (401, 404), "runs", parameters=(path_param("sha256", "The resource's sha256 (res://<sha256>).",
                                                          pattern=SHA256),)),
     Operation("POST", "/callbacks/{token}", "An external system resumes a callback step (the URL is the "
@@ -163,32 +166,33 @@ OPERATIONS: tuple[Operation, ...] = (
                200: Answer("The identical callback again: a replay, nothing changes.", "CallbackAnswer")},
               (404, 409, 413, 422), "callbacks", auth=False,
               parameters=(path_param("token", "The per-run, per-step token of `${{ callbacks.<id>.url }}`."),),
-              body="any"),
+              body=ANY_JSON),
     Operation("POST", "/hooks/{flow}", "Start the live flow from its webhook trigger (HMAC-signed)",
-              {201: Answer("The new run.", "Run", headers=LOCATION)}, (401, 403, 404, 409, 413, 422), "callbacks",
-              auth=False, parameters=(FLOW, SIGNATURE), body="inputs"),
+              {201: Answer("The new run.", "Run", headers=LOCATION)}, (401, 403, 404, 413, 422), "callbacks",
+              auth=False, parameters=(FLOW, SIGNATURE), body=INPUTS),
     Operation("POST", "/api/v1/git/webhook", "A signed push notification: re-read the refs now",
-              {202: Answer("Taken (polling stays the backstop).", "GitWebhookAnswer")}, (401, 403, 413, 422),
+              {202: Answer("Taken (polling stays the backstop).", "GitWebhookAnswer")}, (401, 403, 413),
               "releases", auth=False, parameters=(SIGNATURE, header_param(
-                  "X-GitHub-Delivery", "The delivery's id; a redelivery is dropped."),), body="any"),
+                  "X-GitHub-Delivery", "The delivery's id; a redelivery is dropped."),), body=PUSH),
 )
 
 
+def _schema(named: str | dict[str, Any]) -> dict[str, Any]:
+    return ref(named) if isinstance(named, str) else named
+
+
 def _answer(answer: Answer) -> dict[str, Any]:
-    schema = {"any": {}, "text": {"type": "string"}, "bytes": {}}.get(answer.schema or "", None)
     described: dict[str, Any] = {"description": answer.description}
-    if answer.schema:
-        described["content"] = {answer.media_type: {"schema": ref(answer.schema) if schema is None else schema}}
+    if answer.schema is not None:
+        described["content"] = {answer.media_type: {"schema": _schema(answer.schema)}}
     if answer.headers:
         described["headers"] = answer.headers
     return described
 
 
 def _body(operation: Operation) -> dict[str, Any]:
-    schema = {"any": {"description": "Any JSON value (a callback step's own `schema` may ask more)."},
-              "inputs": {"type": "object", "description": "The flow's inputs."}}.get(operation.body or "")
-    return {"required": operation.body_required,
-            "content": {"application/json": {"schema": schema if schema is not None else ref(operation.body)}}}
+    assert operation.body is not None
+    return {"required": operation.body_required, "content": {"application/json": {"schema": _schema(operation.body)}}}
 
 
 def _operation(operation: Operation) -> dict[str, Any]:
@@ -200,7 +204,7 @@ def _operation(operation: Operation) -> dict[str, Any]:
                                  "security": [{"bearer": []}] if operation.auth else []}
     if operation.parameters:
         described["parameters"] = list(operation.parameters)
-    if operation.body:
+    if operation.body is not None:
         described["requestBody"] = _body(operation)
     return described
 
