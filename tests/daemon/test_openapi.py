@@ -103,6 +103,8 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert not problems, "\n".join(problems)
     assert document["openapi"].startswith("3.1.") and document["jsonSchemaDialect"] == openapi.DIALECT
     Draft202012Validator.check_schema({"$defs": document["components"]["schemas"]})
+    ids = [operation["operationId"] for item in document["paths"].values() for operation in item.values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
     for where, node in walk(document):
         target = node.get("$ref")
         if isinstance(target, str):
@@ -131,7 +133,7 @@ def test_every_route_of_the_app_is_documented_and_every_documented_one_served(re
     assert "/ui/" in document["info"]["description"]
 
 
-def test_auth_is_documented_per_operation(real_app: Any) -> None:
+def test_auth_is_documented_per_operation() -> None:
     document = openapi.document()
     open_ones = {(method.upper(), path) for path, item in document["paths"].items()
                  for method, operation in item.items() if operation["security"] == []}
