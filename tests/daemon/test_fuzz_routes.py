@@ -85,6 +85,7 @@ ROUTES = [
     Route("POST", "/hooks/{flow}", frozenset({201, 403, 413, 422}), body="hook", weight=5),
     Route("POST", "/api/v1/git/webhook", frozenset({202, 403, 413, 422}), body="git", weight=2),
     Route("GET", "/metrics", frozenset({200})),
+    Route("GET", "/api/v1/openapi.json", frozenset({200})),
     *(Route("POST", f"/api/v1/flows/{{flow}}/{change}", frozenset({200, 201, 403, 409, 413, 422}), body="any")
       for change in ("release", "pin", "unpin", "yank", "unyank")),
 ]
