@@ -243,6 +243,11 @@ def test_real_answers_match_the_document(world: tuple[GitOpsDaemon, Answers], re
     check("POST", "/api/v1/runs/{run_id}/cancel", daemon.api("dave").post(f"/api/v1/runs/{other['id']}/cancel"))
     check("POST", "/api/v1/runs/{run_id}/cancel", api.post(f"/api/v1/runs/{other['id']}/cancel"))
     check("GET", "/api/v1/resources/{sha256}", api.get("/api/v1/resources/" + "0" * 64))  # 404
+    large = daemon.start_run("worker")
+    check("POST", "/callbacks/{token}", daemon.post_callback(large["callbacks"]["done"], {"blob": "b" * 70_000}))
+    stored = daemon.wait_end(large["id"])["steps"]["done"]["payload"]
+    assert stored.startswith("res://"), stored
+    check("GET", "/api/v1/resources/{sha256}", api.get(f"/api/v1/resources/{stored.removeprefix('res://')}"))
     check("GET", "/metrics", nobody.get("/metrics"))
 
     daemon.tag("v1.0.0")
