@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import click
 
-from runner.cli import render
+from runner.cli import local_wait, render
 from runner.cli.app import SERVER_HELP, Env, common, emit, server_option
 from runner.cli.client import Client
 from runner.errors import Interrupted, UsageError
@@ -33,13 +33,18 @@ from runner.status import RunStatus
 @click.option("--local", is_flag=True, help="Run in this process, from the working tree (or --ref).")
 @click.option("--server", envvar="SIGNOFF_SERVER", metavar="URL", help=SERVER_HELP)
 @click.option("--follow/--no-follow", default=True, help="Show steps live as they happen (default).")
+@click.option("--allow-self-approval", is_flag=True,
+              help="With --local: let me approve my own run where a step allows it (allow_self_approval: true).")
 @common
 def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: bool, server: str | None,
-        follow: bool, data, repo, config, as_json: bool) -> None:
+        follow: bool, allow_self_approval: bool, data, repo, config, as_json: bool) -> None:
     """Start a run of FLOW through the daemon (or in this process with --local).
 
     With --follow (the default) it shows each step as it happens and waits for the
     end. JSON: the final run record. Exit 0 if the run succeeded, 1 otherwise.
+
+    A --local run that waits serves its callbacks and decisions on a loopback port
+    (printed), and on a terminal asks for its approvals as the local user.
     """
     env = Env(data, repo, config)
     if not local:
@@ -63,6 +68,13 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
     parsed = load_flow_bytes(source.data, source.label, expect_name=expect, config=cfg)
     values = resolve_inputs(parsed, _inputs_from(inputs_file, pairs))
     progress = render.Progress(show_output=follow and not as_json)
+    if local_wait.waits_for_answers(parsed):
+        record = local_wait.run_local(store=env.store(), flow=parsed, inputs=values, source=source, config=cfg,
+                                      work_dir=env.repo, listener=progress if follow else None,
+                                      allow_self_approval=allow_self_approval)
+        emit(as_json, record, render.run_detail(record),
+             exit_code=0 if record["status"] == RunStatus.SUCCEEDED else 1)
+        return
     engine = Engine(env.store(), work_dir=env.repo, config=cfg, masker=cfg.masker,
                     listener=progress if follow else None)
     run_id = engine.create_run(parsed, values, started_by=getpass.getuser(), draft=True, ref=source.ref,
