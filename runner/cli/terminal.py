@@ -88,8 +88,8 @@ class Terminal:
         if approve_refusal is not None:
             self.say(f"  you cannot approve here: {approve_refusal.message}"
                      + (f"\n  hint: {approve_refusal.hint}" if approve_refusal.hint else "")
-                     + "\n  waiting for the decision route; you may still "
-                     + " or ".join(choice.replace("_", " ") for choice in offered) + " here")
+                     + "\n  you may still " + " or ".join(choice.replace("_", " ") for choice in offered)
+                     + ", here or through the decision route")
         keys = {"approve": "[a]pprove", "reject": "[r]eject", "request_changes": f"request [c]hanges "
                 f"(back to {spec.get('rewind_to')})"}
         question = "decide: " + ", ".join(keys[choice] for choice in offered) + "? "
