@@ -49,11 +49,6 @@ RECHECK_SECONDS = 1.0  # a parked run with no deadline (none should be): looked 
 SELF_APPROVAL_FLAG = "--allow-self-approval"
 
 
-def waits_for_answers(flow: Flow) -> bool:
-    """Whether a run of the flow may wait for people or systems (an approval, a callback)."""
-    return any((kind := kind_named(step.kind)) is not None and kind.waits for step in flow.steps)
-
-
 class LocalDirectory(Users):
     """The users of a local run: one person, the local user, who stands for every approver a step names."""
 

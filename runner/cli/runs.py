@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import click
 
-from runner.cli import local_wait, render
+from runner.cli import render
 from runner.cli.app import SERVER_HELP, Env, common, emit, server_option
 from runner.cli.client import Client
 from runner.errors import Interrupted, UsageError
@@ -23,6 +23,7 @@ from runner.runs import kills
 from runner.runs.engine import Engine
 from runner.runs.events import apply as apply_event
 from runner.status import RunStatus
+from runner.steps.base import kind_named
 
 
 @click.command()
@@ -68,7 +69,8 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
     parsed = load_flow_bytes(source.data, source.label, expect_name=expect, config=cfg)
     values = resolve_inputs(parsed, _inputs_from(inputs_file, pairs))
     progress = render.Progress(show_output=follow and not as_json)
-    if local_wait.waits_for_answers(parsed):
+    if any((kind := kind_named(step.kind)) is not None and kind.waits for step in parsed.steps):
+        from runner.cli import local_wait  # the loopback server and the prompt: loaded only for a run that waits
         record = local_wait.run_local(store=env.store(), flow=parsed, inputs=values, source=source, config=cfg,
                                       work_dir=env.repo, listener=progress if follow else None,
                                       allow_self_approval=allow_self_approval)

@@ -29,7 +29,7 @@ Decide = Callable[[dict[str, Any]], Awaitable[tuple[Any, dict[str, Any]]]]
 
 
 def describe_approval(run: dict[str, Any], step_id: str, spec: dict[str, Any], context: str) -> str:
-    """The approval as a reviewer sees it: context, links, approvers, deadline, what a decision may carry."""
+    """The approval as a reviewer sees it: context, links, approvers, deadline, what a decision carries."""
     state = run["steps"][step_id]
     lines = [f"── approval '{step_id}' of run {run['id']} ({run['flow']}), started by {run.get('started_by')} ──"]
     shown = context.rstrip("\n").split("\n") if context else []
@@ -47,8 +47,10 @@ def describe_approval(run: dict[str, Any], step_id: str, spec: dict[str, Any], c
                      + (", required to approve" if field.get("required") else "")
                      + (f", default {field['default']}" if "default" in field else "")
                      + (f" - {field['description']}" if field.get("description") else ""))
-    if spec.get("require_comment") not in (None, "never", False):
-        lines.append(f"  a comment is required ({'always' if spec['require_comment'] in (True, 'always') else 'to reject or request changes'})")
+    setting = spec.get("require_comment")
+    if setting not in (None, "never", False):
+        when = "always" if setting in (True, "always") else "to reject or request changes"
+        lines.append(f"  a comment is required ({when})")
     lines.append(f"  context sha256: {state.get('context_sha256')}")
     return "\n".join(lines) + "\n"
 
