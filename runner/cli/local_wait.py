@@ -22,6 +22,7 @@ import asyncio
 import getpass
 import hmac
 import io
+import os
 import secrets
 import signal
 import sys
@@ -265,9 +266,13 @@ async def run_waiting(local: LocalWait, sock: Any, *, body_limit: int) -> dict[s
 
 
 def terminal_of(stream: Any = None) -> Terminal | None:
-    """The terminal to ask on: stdin when it is a tty, else None (then only the decision route decides)."""
+    """The terminal to ask on: stdin when it is a tty this process has the foreground of, else None (then
+    only the decision route decides; a background job that read its terminal would be stopped)."""
     stream = stream or sys.stdin
     try:
-        return Terminal(stream.fileno(), sys.stderr) if stream.isatty() else None
+        fd = stream.fileno()
+        if not stream.isatty() or os.tcgetpgrp(fd) != os.getpgrp():
+            return None
     except (AttributeError, ValueError, OSError):
         return None
+    return Terminal(fd, sys.stderr)
