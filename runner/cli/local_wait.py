@@ -107,8 +107,9 @@ class LocalWait:
         run = self.store.read_run(self.run_id)
         message = {"type": EventType.DECISION, "user": self.person, **{k: body.get(k) for k in DECISION_FIELDS}}
         self.engine.check_waiting(run, step_id)  # refused at once if the step does not wait now
-        if body.get("decision") == "approve":
-            refusal = self.approve_refusal(run, step_id)
+        flow = self.engine.flow_of(self.run_id, run.get("flow_sha256"))
+        if body.get("decision") == "approve" and kind_named(flow.step(step_id).kind).takes_decisions:
+            refusal = self.approve_refusal(run, step_id)  # (a step of another kind: deliver says it takes none)
             if refusal is not None:
                 raise refusal
         async with self.lock:

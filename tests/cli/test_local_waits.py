@@ -267,6 +267,10 @@ def test_without_a_terminal_the_decision_route_decides_with_the_printed_token(re
             bearer = {"Authorization": f"Bearer {token}"}
             assert http.post(f"/api/v1/runs/{run_id}x/steps/review/decision", json=body,
                              headers=bearer).status_code == 404
+            assert http.post(f"/api/v1/runs/{run_id}/steps/nope/decision", json=body,
+                             headers=bearer).status_code == 404
+            assert http.post(f"/api/v1/runs/{run_id}/steps/prep/decision", json=body,
+                             headers=bearer).status_code == 409  # it does not wait
             bad = http.post(route, json={**body, "decision": "maybe"}, headers=bearer)
             assert bad.status_code == 422, bad.text
             answer = http.post(route, json=body, headers=bearer)
