@@ -48,6 +48,9 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
     (printed), and on a terminal asks for its approvals as the local user.
     """
     env = Env(data, repo, config)
+    if allow_self_approval and not local:
+        raise UsageError("--allow-self-approval is for --local runs",
+                         hint="through the daemon, the step's allow_self_approval alone decides")
     if not local:
         given = _inputs_from(inputs_file, pairs)
         with env.client(server) as client:

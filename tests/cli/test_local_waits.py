@@ -395,3 +395,10 @@ def test_remote_worker_callback_posts_to_the_local_run_over_ssh(repo, env, tmp_p
     assert record["steps"]["results"]["outputs"]["artifacts"]["report.md"].startswith("res://")
     assert record["steps"]["tell-ops"]["outputs"]["delivered"] is True
     verified(env, record["id"])
+
+
+def test_the_self_approval_flag_is_refused_for_a_daemon_run(repo, env):
+    done = subprocess.run(signoff_cmd("run", "ask", "--allow-self-approval"), cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--allow-self-approval is for --local runs" in done.stderr
