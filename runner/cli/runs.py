@@ -73,8 +73,8 @@ def run(flow: str, pairs: tuple[str, ...], inputs_file, ref: str | None, local: 
     values = resolve_inputs(parsed, _inputs_from(inputs_file, pairs))
     progress = render.Progress(show_output=follow and not as_json)
     if any((kind := kind_named(step.kind)) is not None and kind.waits for step in parsed.steps):
-        from runner.cli import local_wait  # the loopback server and the prompt: loaded only for a run that waits
-        record = local_wait.run_local(store=env.store(), flow=parsed, inputs=values, source=source, config=cfg,
+        from runner.cli.local_wait import run_local  # the loopback server and the prompt: only for a run that waits
+        record = run_local(store=env.store(), flow=parsed, inputs=values, source=source, config=cfg,
                                       work_dir=env.repo, listener=progress if follow else None,
                                       allow_self_approval=allow_self_approval)
         emit(as_json, record, render.run_detail(record),
