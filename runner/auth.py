@@ -17,7 +17,10 @@ not see does not exist for them (the API answers 404).
 Who may decide an approval is decided here too (`may_decide`), for the decision
 route, the approval kind, `pending` and the web pages alike: the `approve` role,
 a place among the step's approvers, and, to approve, not being the run's starter
-unless the step allows self-approval.
+unless the step allows self-approval. A release waiting for approval is judged by
+the same rules (`may_decide_release`): the approve role, a place among the release
+rule's approvers, and, to approve, not being one of the release's own authors
+(mapped from git identities to users by `Users.of_git`) unless the rule allows it.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class User:
 class Users:
     by_hash: dict[str, User] = field(default_factory=dict)
     groups: dict[str, set[str]] = field(default_factory=dict)
+    git_emails: dict[str, str] = field(default_factory=dict)   # lower-cased address -> user name
+    git_names: dict[str, str] = field(default_factory=dict)    # author name -> user name
 
     def authenticate(self, token: str | None) -> User | None:
         if not token:
@@ -90,6 +95,22 @@ class Users:
     def names(self) -> list[str]:
         return sorted(u.name for u in self.by_hash.values())
 
+    def of_git(self, identity: str | None) -> str | None:
+        """The user a git identity (`Name <email>`) belongs to: by the config's git_emails, then git_names,
+        then `<user>@signoff.invalid` (the tagger of a tag the daemon made for that user); None if nobody."""
+        if not identity:
+            return None
+        name, _, rest = identity.partition(" <")
+        email = rest.rstrip(">").strip().lower()
+        if email in self.git_emails:
+            return self.git_emails[email]
+        if name.strip() in self.git_names:
+            return self.git_names[name.strip()]
+        local, _, domain = email.partition("@")
+        if domain == "signoff.invalid" and local in self.names():
+            return local
+        return None
+
 
 def may_see_run(user: User, run: dict[str, Any], users: Users, approvers: Iterable[str] = ()) -> bool:
     """Whether `user` may read `run` (record, events, resources). `approvers`: every entry the run's own
@@ -110,6 +131,7 @@ class Refusal(StrEnum):
     NO_APPROVE_ROLE = "no_approve_role"
     NOT_AN_APPROVER = "not_an_approver"
     OWN_RUN = "own_run"
+    OWN_RELEASE = "own_release"
 
 
 @dataclass(frozen=True)
@@ -157,6 +179,39 @@ def may_decide(user: User, run: Mapping[str, Any] | None = None, step_id: str | 
     return DecisionRight()
 
 
+def may_decide_release(user: User, pending: Mapping[str, Any] | None = None, users: Users | None = None, *,
+                       decision: str = "approve") -> DecisionRight:
+    """Whether `user` may take `decision` on a release waiting for approval, by the rules of `may_decide`.
+
+    `pending` is the waiting release as runner.releases.approval keeps it: its `rule` (approvers,
+    allow_self_approval), its `authors` (git identities) and `released_by` (who made the tag through
+    the daemon). With no `pending`, only the approve role is checked.
+    """
+    if not user.can("approve"):
+        return DecisionRight(Refusal.NO_APPROVE_ROLE, f"{user.name} may not decide releases (needs the approve role)")
+    if pending is None:
+        return DecisionRight()
+    rule = pending.get("rule") or {}
+    approvers = list(rule.get("approvers") or [])
+    what = f"{pending.get('flow')} {pending.get('tag')}"
+    if users is None or not users.allowed(user, approvers):
+        return DecisionRight(Refusal.NOT_AN_APPROVER, f"{user.name} is not an approver of the release {what} "
+                                                      f"(approvers: {', '.join(approvers) or 'nobody'})",
+                             hint="the live release's signoff-release.yaml names who may approve")
+    if decision == "approve" and not rule.get("allow_self_approval") and user.name in release_authors(pending, users):
+        return DecisionRight(Refusal.OWN_RELEASE, f"{user.name} authored the release {what} and may not approve it",
+                             hint="another approver must decide (allow_self_approval is false)")
+    return DecisionRight()
+
+
+def release_authors(pending: Mapping[str, Any], users: Users) -> set[str]:
+    """The users who authored a waiting release: its tagger (or committer), the authors of its new commits,
+    and whoever released it through the daemon."""
+    found = {users.of_git(identity) for identity in pending.get("authors") or []}
+    found.add(pending.get("released_by"))
+    return {name for name in found if name}
+
+
 def may_change_live(user: User, change: str) -> bool:
     """Whether `user` may make this change of what is live (release, pin, unpin, yank, unyank)."""
     return user.can(LIVE_CHANGE_ROLES[change])
@@ -189,6 +244,10 @@ def load_users(config_data: dict[str, Any], data_dir: Path, base_dir: Path | Non
         for group in member_of:
             users.groups.setdefault(group, set()).add(name)
         user = User(name, frozenset(spec.get("roles") or []), frozenset(member_of))
+        for email in spec.get("git_emails") or []:
+            users.git_emails[email.lower()] = name
+        for git_name in spec.get("git_names") or []:
+            users.git_names[git_name] = name
         if spec.get("token_sha256"):
             digest = spec["token_sha256"].lower()
         elif spec.get("token") is not None:

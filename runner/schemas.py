@@ -28,7 +28,7 @@ _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a numbe
                "object": "a mapping", "array": "a list", "null": "null"}
 
 
-SCHEMA_NAMES = ("flow", "config", "run")
+SCHEMA_NAMES = ("flow", "config", "run", "release")
 
 
 def schema_text(name: str) -> str:

@@ -19,6 +19,7 @@ import semver
 
 from runner.errors import Conflict, FlowInvalid, Invalid, NotFound, SignoffError, UsageError
 from runner.flows.load import check_bytes
+from runner.releases import approval
 from runner.releases.live import Resolver
 from runner.releases.repo import FlowRepo
 from runner.timeutil import Clock, rfc3339
@@ -142,6 +143,9 @@ def override(repo_path: Path, data_dir: Path, kind: str, flow: str, version: str
         if known is None or version.removeprefix("v") not in known.versions:
             raise NotFound(f"{flow} has no release {version}",
                            hint=f"its releases: {', '.join(known.versions) if known and known.versions else 'none'}")
+        if approval.is_rejected(resolver.state, flow, version):
+            raise UsageError(f"{flow} {version} was rejected in release approval, so it cannot be pinned",
+                             hint="pin a release that was approved or live before")
         verdict = resolver.verdict_for(flow, version) or {}
         if not verdict.get("ok"):
             first = (verdict.get("errors") or [{}])[0]

@@ -29,7 +29,9 @@ import semver
 from runner.datadir import FILE_MODE, make_dir, open_append, write_atomic
 from runner.errors import NotFound, UsageError
 from runner.flows.load import check_bytes
+from runner.releases.approval import LIVE, WAIT, Gate
 from runner.releases.repo import FlowRepo, Refs
+from runner.releases.rules import RULE_FILE, check_rules
 from runner.timeutil import Clock, rfc3339
 
 log = logging.getLogger(__name__)
@@ -123,11 +125,13 @@ class LiveFlow:
     prereleases: list[str] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)   # every non-pre-release candidate, newest first
     removed: bool = False       # the newest valid release no longer contains the flow
+    pending: list[dict[str, Any]] = field(default_factory=list)   # releases waiting for approval (approval.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"flow": self.name, "live": self.release.to_dict() if self.release else None,
                 "pinned": self.pinned, "yanked": self.yanked, "refused": self.refused,
-                "prereleases": self.prereleases, "versions": self.versions, "removed": self.removed}
+                "prereleases": self.prereleases, "versions": self.versions, "removed": self.removed,
+                "pending": self.pending}
 
 
 @dataclass
@@ -163,12 +167,14 @@ class Resolver:
             overrides = self.state.load("overrides", {"pins": {}, "yanks": {}})
             self.tag_words = self.state.load("tag_words", {})
             releases, problems, ignored = self._releases(refs, seen)
+            self.gate = Gate(repo, self.state, self.state.load("live", {}), self.clock)
             flows = self._choose(repo, releases, verdicts, overrides)
             if record:
                 self.state.save("seen", seen)
                 self.state.save("tag_words", self.tag_words)
                 self.state.save("verdicts", verdicts)
                 self._record_changes(flows, cause or {})
+                self.gate.save()
         return Resolution(flows, problems, bool(releases), ignored)
 
     # ---- tags -----------------------------------------------------------------------
@@ -213,6 +219,9 @@ class Resolver:
         for name, data in sorted(files.items()):
             report = check_bytes(data, f"flows/{name}.yaml@{release.tag}", expect_name=name, config=self.config)
             errors += [p.to_dict() for p in report.errors]
+        rules = repo.file_at(release.commit, RULE_FILE)  # it becomes the live rule: it must be valid too
+        if rules is not None:
+            errors += [p.to_dict() for p in check_rules(rules, f"{RULE_FILE}@{release.tag}")]
         verdicts[key] = {"ok": not errors, "errors": errors[:50], "flows": sorted(files),
                          "checked_at": rfc3339(self.clock.now())}
         if errors:
@@ -264,8 +273,14 @@ class Resolver:
                 older = candidates[candidates.index(candidate) + 1:]
                 live.removed = any(repo.flow_blob_id(c.commit, name) for c in older)
                 break
-            live.release = candidate
-            break
+            admitted = self.gate.admit(name, candidate, verdict, pinned=bool(live.pinned))
+            if admitted == LIVE:
+                live.release = candidate
+                break
+            if admitted == WAIT:  # pending approval: the live version is an older one
+                continue
+        live.pending = self.gate.settle_flow(name, live.release.tag if live.release else None,
+                                             pinned=bool(live.pinned))
         return live
 
     def _record_changes(self, flows: dict[str, LiveFlow], cause: dict[str, Any]) -> None:
@@ -276,9 +291,12 @@ class Resolver:
             commit = live.release.commit if live.release else None
             before = current.get(name) or {}
             if before.get("tag") != tag or before.get("commit") != commit:
+                approval = self.gate.went_live(name, tag) or {}
+                approved_by = [a["by"] for a in approval.get("approvals") or []] or None
                 self.state.append_history({"at": rfc3339(self.clock.now()), "flow": name, "tag": tag,
                                            "commit": commit, "previous": before.get("tag"),
-                                           "pinned": live.pinned, **cause})
+                                           "pinned": live.pinned, **cause,
+                                           **({"approved_by": approved_by} if approved_by else {})})
                 current[name] = {"tag": tag, "commit": commit}
                 changed = True
         if changed:

@@ -177,6 +177,27 @@ class FlowRepo:
         blob = self._flow_blob(commit, name)
         return blob.data_stream.read() if blob is not None else None
 
+    def file_at(self, commit: str, path: str) -> bytes | None:
+        """A file's bytes at a commit, or None if it is not there."""
+        try:
+            return self.read(commit, path)
+        except NotFound:
+            return None
+
+    def committer(self, commit: str) -> str:
+        found = self.repo.commit(commit).committer
+        return f"{found.name} <{found.email}>"
+
+    def committed_at(self, commit: str) -> int:
+        return self.repo.commit(commit).committed_date
+
+    def authors_since(self, base: str | None, commit: str, *, limit: int = 500) -> list[str]:
+        """`Name <email>` of every author of a commit reachable from `commit` and not from `base` (at most
+        `limit` commits, newest first), in order of first appearance."""
+        span = f"{base}..{commit}" if base else commit
+        out = self.repo.git.log("--format=%an <%ae>", f"--max-count={limit}", span, "--")
+        return list(dict.fromkeys(line for line in out.splitlines() if line.strip()))
+
     # ---- writing tags -------------------------------------------------------------
 
     def create_tag(self, name: str, commit: str, message: str, *, tagger: tuple[str, str] | None = None) -> TagInfo:
