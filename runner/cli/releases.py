@@ -11,7 +11,7 @@ import click
 
 from runner.releases import changes as liveops
 from runner.cli import render
-from runner.cli.app import Env, common, emit
+from runner.cli.app import Env, common, emit, server_option
 from runner.cli.client import Client, address_of
 from runner.errors import ConfigError, NotFound, SignoffError, Unauthorized
 from runner.releases.live import Resolver, drafts as live_drafts
@@ -37,8 +37,9 @@ def releases(flow, data, repo, config, as_json) -> None:
     """Live version of every flow: tag, commit, tagger, pins, yanks, refusals, drafts, history.
 
     JSON: {tagged, flows: [{flow, live: {tag, version, commit, tagger, date, message, scope} | null, pinned,
-    yanked, refused: [{tag, commit, errors}], prereleases, removed, drafts: [{branch, commit}], history}],
-    problems: [{tag, problem, message}], ignored_tags}.
+    yanked, refused: [{tag, commit, errors}], prereleases, removed, pending: [{flow, tag, version, commit,
+    status, since, base, rule, authors, approvals, diff, validation, ...}], drafts: [{branch, commit}],
+    history}], problems: [{tag, problem, message}], ignored_tags}.
     """
     env = Env(data, repo, config)
     resolver = _resolver(env)
@@ -225,6 +226,34 @@ def _plain(data: bytes) -> dict[str, Any]:
     return plain if isinstance(plain, dict) else {}
 
 
+def release_decision_command(name: str, decision: str, summary: str) -> click.Command:
+    """`release-approve` / `release-reject`: a decision on a release pending approval, through the daemon."""
+
+    @click.command(name, help=summary + "\n\nJSON: {flow, tag, version, decision, status, final, release, live}.")
+    @click.argument("flow")
+    @click.argument("version")
+    @click.option("--comment", "-m", help="Why (kept in the release history).")
+    @server_option
+    @common
+    def command(flow, version, comment, server, data, repo, config, as_json) -> None:
+        env = Env(data, repo, config)
+        with env.client(server) as client:
+            _, answer = client.call("POST", f"/api/v1/releases/{flow}/v{version.removeprefix('v')}/decision",
+                                    json={"decision": decision, "comment": comment})
+        live = ((answer.get("live") or {}).get("live") or {}).get("tag") or "nothing"
+        state = {"pending": "recorded; more approvals needed", "approved": "approved",
+                 "rejected": "rejected: it will never go live"}.get(answer["status"], answer["status"])
+        emit(as_json, answer, f"{decision} {flow} {answer['tag']}: {state}; live is {live}")
+
+    return command
+
+
+release_approve = release_decision_command("release-approve", "approve",
+                                           "Approve a release pending approval (FLOW VERSION, e.g. deploy 1.2.0).")
+release_reject = release_decision_command("release-reject", "reject",
+                                          "Reject a release pending approval: it is recorded and never goes live.")
+
+
 def register(group: click.Group) -> None:
-    for command in (releases, release, pin, unpin, yank, diff):
+    for command in (releases, release, pin, unpin, yank, diff, release_approve, release_reject):
         group.add_command(command)

@@ -189,6 +189,8 @@ def releases(flows: list[dict[str, Any]], *, tagged: bool, problems: list[dict[s
             note.append("refused " + ",".join(r["tag"] for r in entry["refused"]))
         if entry["removed"]:
             note.append("removed in the newest release")
+        for item in entry.get("pending") or []:
+            note.append(f"PENDING APPROVAL {item['tag']} ({len(item['approvals'])}/{item['rule']['min_approvals']})")
         if entry["drafts"]:
             note.append("drafts: " + ",".join(d["branch"] for d in entry["drafts"]))
         rows.append([entry["flow"], live["tag"] if live else "-", live["commit"][:12] if live else "",

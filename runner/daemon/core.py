@@ -45,6 +45,7 @@ from runner.daemon.listeners import Listeners, inbox_consumption, metrics_counti
 from runner.daemon.longpoll import LongPolls
 from runner.daemon.metrics import Metrics
 from runner.daemon.pools import ThreadPools
+from runner.daemon.release_approvals import ReleaseApprovals
 from runner.daemon.running import RunTasks
 from runner.daemon.scheduler import Scheduler
 from runner.daemon.startup import active_runs, parked_quietly
@@ -117,6 +118,8 @@ class Daemon:
         self.hooks = Hooks(engine=self.engine, store=store, gitops=gitops, config=config, metrics=self.metrics,
                            schedule_run=self.schedule)
         self.catalog = Catalog(gitops=gitops, config=config, work_dir=work_dir)
+        self.release_approvals = ReleaseApprovals(gitops=gitops, users=users, notifier=self.announcer.notifier,
+                                                  public_url=self.public_url, spawn=self.side.spawn)
         gitops.on_change = self.scheduler.live_changed
         self.listeners.listeners = [
             ("long-poll wake-ups", self.polls.on_event),
@@ -268,6 +271,10 @@ class Daemon:
 
     async def change_live(self, change: str, flow: str, body: dict[str, Any], user: User) -> dict[str, Any]:
         return await self.catalog.change_live(change, flow, body, user)
+
+    async def decide_release(self, flow: str, version: str, user: User, body: dict[str, Any]) -> dict[str, Any]:
+        """A decision on a release pending approval (the API, the pages, signed links and MCP all call this)."""
+        return await self.release_approvals.decide(flow, version, user, body)
 
 
 def kept_link_secret(data_dir: Path) -> str:

@@ -229,6 +229,16 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
             return JSONResponse(answer, status_code=201 if change == "release" else 200)
         return route
 
+    async def release_decision(request: Request) -> Response:
+        user = user_of(request)
+        body = await read_json(request, body_limit)
+        params = request.path_params
+        return JSONResponse(await daemon.decide_release(params["flow"], params["version"], user, body))
+
+    async def pending_releases(request: Request) -> Response:
+        user = user_of(request)
+        return JSONResponse({"user": user.name, "pending": daemon.release_approvals.pending_for(user)})
+
     async def hook(request: Request) -> Response:
         body = await read_body(request, body_limit)
         run = await daemon.hooks.hook(request.path_params["flow"], body, request.headers.get("x-hub-signature-256"))
@@ -251,6 +261,8 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         Route("/api/v1/flows", flows),
         Route("/api/v1/flows/{flow}/runs", start_run, methods=["POST"]),
         *[Route(f"/api/v1/flows/{{flow}}/{change}", live_change(change), methods=["POST"]) for change in LIVE_CHANGES],
+        Route("/api/v1/releases/pending", pending_releases),
+        Route("/api/v1/releases/{flow}/{version}/decision", release_decision, methods=["POST"]),
         Route("/api/v1/runs", list_runs),
         Route("/api/v1/runs/{run_id}", get_run),
         Route("/api/v1/runs/{run_id}/events", run_events),

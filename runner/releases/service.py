@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.releases import changes as liveops
+from runner.releases import approval, changes as liveops
 from runner.errors import NotFound
 from runner.flows.load import find_flow_file, load_flow_bytes
 from runner.releases.live import Resolution, Resolver, drafts
@@ -60,6 +60,7 @@ class GitOps:
         self.error: str | None = None
         self.last_ok: str | None = None
         self.on_change = on_change
+        self.on_resolved: Callable[[Resolution], None] | None = None  # after every good read (release approval)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.pool: Executor | None = None  # the thread git runs on, its owner's (None: the loop's default executor)
@@ -99,6 +100,8 @@ class GitOps:
             log.info("live versions: %s", _live_map(resolution), extra={"event": "live_changed"})
             if self.on_change:
                 self.on_change(resolution)
+        if self.on_resolved:
+            self.on_resolved(resolution)
         return resolution
 
     def nudge(self) -> None:
@@ -124,6 +127,19 @@ class GitOps:
                                                         mirror=self.source.remote))
         await self.reconcile(change)
         return document
+
+    async def decide_release(self, flow: str, version: str, user: Any, users: Any, decision: str,
+                             comment: str | None) -> dict[str, Any]:
+        """Record a decision on a release pending approval, then re-read the live versions at once."""
+        if not FLOW_NAME.match(flow):
+            raise NotFound(f"no flow named {flow!r}", hint="flow names are lower-case letters, digits and -")
+        record = await self.git(lambda: approval.decide(self.resolver.state, flow, version, user, users, decision,
+                                                        comment, clock=self.clock))
+        await self.reconcile("release decision")
+        return record
+
+    async def announced(self, keys: list[str]) -> None:
+        await self.git(approval.mark_announced, self.resolver.state, keys, rfc3339(self.clock.now()))
 
     # ---- where a run's flow comes from ------------------------------------------------
 
@@ -169,8 +185,10 @@ class GitOps:
 
     def health(self) -> dict[str, Any]:
         live = _live_map(self.resolution) if self.resolution else {}
+        pending = {name: [item["tag"] for item in flow.pending]
+                   for name, flow in (self.resolution.flows.items() if self.resolution else ()) if flow.pending}
         return {"source": self.source.url or str(self.source.path), "tagged": self.tagged, "live": live,
-                "error": self.error, "last_reconciled": self.last_ok,
+                "pending_approval": pending, "error": self.error, "last_reconciled": self.last_ok,
                 "problems": self.resolution.problems if self.resolution else []}
 
 

@@ -20,7 +20,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runner.daemon.web import artifacts, decisions, lists, signin
+from runner.daemon.web import artifacts, decisions, lists, release_decisions, signin
 from runner.daemon.web.context import Pages
 
 STATIC = Path(__file__).parent / "static"
@@ -57,6 +57,7 @@ def web_app(daemon: Any) -> ASGIApp:
         *signin.routes(pages),
         *lists.routes(pages),
         *decisions.routes(pages),
+        *release_decisions.routes(pages),
         *artifacts.routes(pages),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]

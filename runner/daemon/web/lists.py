@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from runner.auth import may_decide_release
 from runner.daemon.visibility import page_start, run_status
 from runner.daemon.web.context import Pages
 from runner.daemon.web.views import moment, time_left
@@ -65,8 +66,9 @@ def page_of_runs(pages: Pages, user: Any, filters: dict[str, Any], before: str |
     return shown, shown[-1]["id"] if len(found) > PAGE_SIZE else None
 
 
-def release_rows(pages: Pages) -> dict[str, Any]:
-    """Per flow: what is live (tag, tagger, message), pins, yanks, refusals and its history with who."""
+def release_rows(pages: Pages, user: Any = None) -> dict[str, Any]:
+    """Per flow: what is live (tag, tagger, message), pins, yanks, refusals, releases pending approval (with
+    what `user` may decide of each, by runner.auth.may_decide_release) and its history with who."""
     catalog = pages.daemon.catalog.flows()
     try:
         history = pages.daemon.gitops.resolver.state.history_by_flow()
@@ -74,10 +76,25 @@ def release_rows(pages: Pages) -> dict[str, Any]:
         history = {}
     rows = []
     for entry in catalog["flows"]:
-        rows.append({**entry, "history": list(reversed(history.get(entry["flow"], [])[-HISTORY_SHOWN:]))})
+        pending = [{**item, "form": pending_form(pages, user, item)} for item in entry.get("pending") or []]
+        rows.append({**entry, "pending": pending,
+                     "history": list(reversed(history.get(entry["flow"], [])[-HISTORY_SHOWN:]))})
     health = pages.daemon.gitops.health()
     return {"tagged": catalog["tagged"], "flows": rows, "problems": health.get("problems") or [],
             "error": health.get("error"), "repo_history": list(reversed(history.get(None, [])[-HISTORY_SHOWN:]))}
+
+
+def pending_form(pages: Pages, user: Any, item: dict[str, Any]) -> dict[str, Any] | None:
+    """The decision form of a pending release for `user`: None if they may decide nothing of it."""
+    if user is None:
+        return None
+    users = pages.daemon.users
+    if not may_decide_release(user, item, users, decision="reject"):
+        return None
+    approve = may_decide_release(user, item, users)
+    already = user.name in {a["by"] for a in item.get("approvals") or []}
+    return {"approve": bool(approve) and not already, "already": already,
+            "approve_refusal": "You approved it; it waits for other approvers." if already else approve.message}
 
 
 def routes(pages: Pages) -> list[Route]:
@@ -96,7 +113,7 @@ def routes(pages: Pages) -> list[Route]:
 
     async def releases(request: Request) -> Response:
         user, session = pages.signed_in(request)
-        return pages.render(request, "releases.html", session=session, user=user, **release_rows(pages))
+        return pages.render(request, "releases.html", session=session, user=user, **release_rows(pages, user))
 
     return [
         Route("/", pages.guard(inbox), methods=["GET"]),
