@@ -82,6 +82,9 @@ def release(flow, version, ref, message, rollback, server, data, repo, config, a
              + (f" (was {previous})" if previous else ""))
     if document.get("push_error"):
         human += f"\nwarning: {document['push_error']}"
+    if any(item["tag"] == document["tag"] for item in (document.get("live") or {}).get("pending") or []):
+        live = ((document.get("live") or {}).get("live") or {}).get("tag") or "nothing"
+        human += f"\npending approval (signoff-release.yaml): live stays {live} until it is approved"
     emit(as_json, document, human + render.how_changed(document))
 
 

@@ -21,6 +21,7 @@ Every decision is appended to the release history with who, when and the comment
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any
 
 from runner.auth import User, Users, may_decide_release
@@ -47,6 +48,7 @@ class Gate:
         self.notes: list[dict[str, Any]] = []     # history entries, appended by save()
         self.records: dict[str, dict[str, Any]] = state.load(RECORDS, {})
         self.accepted: dict[str, list[str]] = state.load(ACCEPTED, None) or self._accepted_from_history()
+        self._as_loaded = json.dumps([self.records, self.accepted], sort_keys=True)
         self.waiting: dict[str, str] = {}          # flow -> the tag that waits for it (the newest)
         self.created: list[dict[str, Any]] = []    # records made by this resolve
         self._rules: dict[str, bytes | None] = {}
@@ -101,9 +103,10 @@ class Gate:
         return self.records.get(record_key(flow, tag)) if tag else None
 
     def save(self) -> None:
-        """Keep what this resolve found (a resolve that does not record keeps nothing)."""
-        self.state.save(RECORDS, self.records)
-        self.state.save(ACCEPTED, self.accepted)
+        """Keep what this resolve found (a resolve that does not record keeps nothing); unchanged, nothing."""
+        if json.dumps([self.records, self.accepted], sort_keys=True) != self._as_loaded:
+            self.state.save(RECORDS, self.records)
+            self.state.save(ACCEPTED, self.accepted)
         for entry in self.notes:
             self.state.append_history(entry)
 
