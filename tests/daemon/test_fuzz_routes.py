@@ -80,6 +80,9 @@ ROUTES = [
     Route("POST", "/api/v1/runs/{run_id}/steps/{step_id}/decision", frozenset({200, 403, 409, 413, 422, 503}),
           body="decision", weight=5),
     Route("GET", "/api/v1/pending", frozenset({200})),
+    Route("GET", "/api/v1/releases/pending", frozenset({200})),
+    Route("POST", "/api/v1/releases/{flow}/{version}/decision", frozenset({200, 403, 409, 413, 422}),
+          body="decision", weight=2),
     Route("GET", "/api/v1/resources/{sha256}", frozenset({200}), weight=2),
     Route("POST", "/callbacks/{token}", frozenset({200, 202, 409, 413, 422}), body="callback", weight=5),
     Route("POST", "/hooks/{flow}", frozenset({201, 403, 413, 422}), body="hook", weight=5),
@@ -139,6 +142,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
             "step_id": ["review", "review", "review", "done", "show"],
             "token": [worker["callbacks"]["done"], big["callbacks"]["done"]],
             "flow": ["numbers", "numbers", "gate", "worker"],
+            "version": ["1.0.0", "v1.0.0", "1.1.0", "v9.9.9"],
             "sha256": [resource[len("res://"):]],
         }
         yield world
