@@ -17,6 +17,7 @@ from runner.config import load_config
 from runner.errors import ConfigError, Forbidden, UsageError
 from runner.releases import approval, changes
 from runner.releases.live import Resolver
+from runner.schemas import load_schema
 from support import flow_text, git, make_repo, simple_flow, write_config, write_flow
 
 ROOT = changes.Actor("root", "daemon", "emergency")
@@ -131,3 +132,21 @@ def test_the_config_takes_git_emails_and_git_names(tmp_path: Path) -> None:
     bad = write_config(tmp_path, {"users": {"alice": {"token_sha256": "0" * 64, "git_emails": ["not an address"]}}})
     with pytest.raises(ConfigError, match="git_emails"):
         load_config(bad)
+
+
+def test_the_release_schema_describes_every_field_and_allows_no_others() -> None:
+    schema = load_schema("release")
+
+    def walk(node: object, where: str) -> list[str]:
+        problems = []
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "additionalProperties" not in node:
+                problems.append(f"{where}: an object without additionalProperties")
+            for name, field in (node.get("properties") or {}).items():
+                if "description" not in field:
+                    problems.append(f"{where}.{name}: no description")
+            for key, value in node.items():
+                problems += walk(value, f"{where}.{key}")
+        return problems
+
+    assert walk(schema, "release") == []
