@@ -123,6 +123,21 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/api/v1/releases", "The live version of every flow, with pins, yanks, refusals, drafts "
                                          "and history", {200: Answer("`signoff releases --json`.", "Releases")},
               (401,), "releases"),
+    Operation("GET", "/api/v1/releases/pending", "Releases waiting for approval that the caller may decide",
+              {200: Answer("`{user, pending: [...]}`: each pending release with its diff against live, its "
+                           "validation, its tagger and the approvals so far.", {"type": "object",
+                                                                             "required": ["user", "pending"]})},
+              (401,), "releases"),
+    Operation("POST", "/api/v1/releases/{flow}/{version}/decision",
+              "Approve or reject a release waiting for approval (the release rule's approvers; never its author)",
+              {200: Answer("The release's approval record after the decision (live once enough approved).",
+                           {"type": "object"})},
+              (401, 403, 404, 409, 413, 422), "releases",
+              parameters=(FLOW, path_param("version", "The release's version, as in its tag (`1.2.0` or `v1.2.0`).")),
+              body={"type": "object", "required": ["decision"], "properties": {
+                  "decision": {"enum": ["approve", "reject"], "description": "The decision."},
+                  "comment": {"type": ["string", "null"], "description": "Why (kept in the release history)."}}},
+              body_required=True),
     Operation("GET", "/api/v1/runs", "The runs the caller may see, newest first, paged",
               {200: Answer("A page of runs.", "RunPage")}, (401, 422), "runs", parameters=(
                   query_param("flow", "Only runs of this flow.", {"type": "string"}),
