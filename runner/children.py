@@ -28,6 +28,8 @@ import threading
 from pathlib import Path
 from typing import Mapping
 
+from runner.dryrun import refuse
+
 PASSED = ("PATH", "HOME", "LANG", "TZ")  # plus every LC_* variable
 PASSED_PREFIXES = ("LC_",)
 
@@ -112,6 +114,7 @@ class Child:
 
 async def spawn(argv: list[str], *, cwd: Path, env: Mapping[str, str]) -> Child:
     """Start `argv` in a session of its own with only stdin, stdout and stderr; OSError if it cannot start."""
+    refuse(f"start {argv[0]}")  # a replay never starts a process
     loop = asyncio.get_running_loop()
     # the pipes are made here, so each read end has one owner (its transport): a file object that
     # Popen also kept would be closed twice, and the second close could hit a descriptor number

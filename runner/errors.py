@@ -14,7 +14,8 @@
     ├── Conflict                 the run's state says no (409)
     ├── Invalid                  a request's content is wrong (422), with reasons
     ├── Interrupted              ^C (exit 130), with what goes on without us
-    └── TooLarge                 a body over its limit (413)
+    ├── TooLarge                 a body over its limit (413)
+    └── SideEffectRefused        a replay reached something that would touch the world
 
 Every error carries what a user needs to fix it: a message, and where it helps a
 hint. The CLI turns any SignoffError into a message and its exit code; nothing
@@ -159,3 +160,9 @@ class TooLarge(SignoffError):
     """A body over its size limit (HTTP 413)."""
 
     code = "too_large"
+
+
+class SideEffectRefused(SignoffError):
+    """A replay (runner.runs.replay) reached a command, request, notification or connection: refused."""
+
+    code = "side_effect_refused"

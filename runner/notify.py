@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from runner.dryrun import refuse
+
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +80,7 @@ class Notifier:
         self.timeout = timeout
 
     async def send(self, name: str, message: Message) -> Delivery:
+        refuse(f"a notification to channel '{name}'")  # a replay never sends one
         channel = self.channels.get(name)
         if channel is None:
             return Delivery(name, False, 0, f"channel '{name}' is not defined in the config")

@@ -23,7 +23,7 @@ from runner.flows.model import Step
 from runner.runs.transitions import PARKED
 from runner.runs.waits import Waits
 from runner.status import TERMINAL_STEP, EventType, RunStatus, StepStatus, is_terminal
-from runner.steps.base import Done, Park, StepContext, StepKind, kind_named
+from runner.steps.base import Done, Park, StepContext, StepKind
 from runner.timeutil import format_duration, parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Driver(Waits):
             if not wanted:
                 self.record(EventType.STEP_SKIPPED, step=step.id, reason="its `if` was false", by_jump=False)
                 return StepStatus.SKIPPED
-        kind = kind_named(step.kind)
+        kind = self.engine.kind_named(step.kind)
         instant = bool(kind and kind.instant)
         if attempt == 1:
             self.recorder.output_sent.pop(step.id, None)

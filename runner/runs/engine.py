@@ -31,7 +31,7 @@ from runner.runs.recorder import Listener
 from runner.runs.store import Store
 from runner.secrets import Masker
 from runner.status import EventType, StepStatus, is_terminal
-from runner.steps.base import Mailbox, Pools, Receipt, kind_named
+from runner.steps.base import Mailbox, Pools, Receipt, StepKind, kind_named
 from runner.timeutil import Clock, parse_rfc3339
 
 __all__ = ["Engine", "Listener", "SHUTDOWN", "OUTPUT_THRESHOLD"]
@@ -50,7 +50,8 @@ class Engine:
                  rng: random.Random | None = None, users: Any = None, public_url: str | None = None,
                  accepts_messages: bool = False, mailbox: Mailbox | None = None,
                  pools: Pools | None = None,
-                 artifact_link: Callable[[str, str], tuple[str, str]] | None = None) -> None:
+                 artifact_link: Callable[[str, str], tuple[str, str]] | None = None,
+                 kinds: Callable[[str], StepKind | None] | None = None) -> None:
         self.store = store
         self.work_dir = Path(work_dir)
         self.config = config
@@ -65,6 +66,8 @@ class Engine:
         self.mailbox = mailbox  # callbacks accepted for runs but not yet recorded by them (the daemon's inbox)
         self.pools = pools or Pools()  # shared by the kinds across runs; closed by whoever made them
         self.artifact_link = artifact_link  # signed links to artifacts in the messages steps send (the daemon's)
+        # the step kinds by name: the build's, or stand-ins (a replay answers every effect from a recording)
+        self.kind_named = kinds or kind_named
         self.evaluator = Evaluator()
         self._flows: dict[str, Flow] = {}  # validated flow copies by sha256: each is checked once
         self._run_flows: dict[str, Flow] = {}  # run id -> its flow (a run never changes flow)
@@ -84,7 +87,7 @@ class Engine:
         self._remember(flow)
         tokens = {}
         for step in flow.steps:
-            kind = kind_named(step.kind)
+            kind = self.kind_named(step.kind)
             token = kind.mint_token(step) if kind is not None else None
             if token is not None:
                 tokens[step.id] = token

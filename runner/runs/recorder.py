@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from runner.runs import events as record
 from runner.runs.store import RunLog
 from runner.status import EventType
-from runner.steps.base import StepKind, kind_named
+from runner.steps.base import StepKind
 from runner.timeutil import rfc3339
 
 if TYPE_CHECKING:
@@ -72,7 +72,8 @@ class Recorder:
         The run goes on the store's list of outstanding kills first, so the daemon's start-up finds them.
         """
         if self.cleaners is None:
-            kinds = {id(kind): kind for kind in map(kind_named, {s.kind for s in self.flow.steps}) if kind}
+            named = map(self.engine.kind_named, {s.kind for s in self.flow.steps})
+            kinds = {id(kind): kind for kind in named if kind}
             self.cleaners = [kind for kind in kinds.values() if kind.leaves_work]
         if not self.cleaners:
             return

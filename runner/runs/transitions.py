@@ -15,7 +15,6 @@ from runner.flows.model import Flow, Step
 from runner.runs.recorder import Recorder
 from runner.runs.store import RunLog
 from runner.status import EventType, RunStatus, StepStatus
-from runner.steps.base import kind_named
 
 if TYPE_CHECKING:
     from runner.runs.engine import Engine
@@ -42,7 +41,7 @@ class Transitions:
         if status == PARKED:
             return PARKED
         state = self.run["steps"][step.id]
-        kind = kind_named(step.kind)
+        kind = self.engine.kind_named(step.kind)
         if status == StepStatus.SUCCEEDED and kind is not None and kind.ends_run:
             return self.end_here(step, state["outputs"])
         if status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):

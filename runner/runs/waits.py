@@ -16,7 +16,7 @@ from runner.errors import Conflict, NotFound, StepFailed
 from runner.flows.model import Step
 from runner.runs.transitions import PARKED, Transitions
 from runner.status import EventType, StepStatus
-from runner.steps.base import Expired, Park, Receipt, StepContext, StepKind, kind_named
+from runner.steps.base import Expired, Park, Receipt, StepContext, StepKind
 from runner.timeutil import rfc3339
 
 
@@ -34,7 +34,7 @@ class Waits(Transitions):
 
     async def finish_wait(self, step: Step, wake_at: datetime, kind: StepKind | None = None,
                           ctx: StepContext | None = None) -> StepStatus | str:
-        kind = kind or kind_named(step.kind)
+        kind = kind or self.engine.kind_named(step.kind)
         ctx = ctx or self.step_context(step, kind, self.run["steps"][step.id]["attempts"], render=False)
         settled = self.settle(step, kind, ctx)
         if settled is not None:
@@ -83,7 +83,7 @@ class Waits(Transitions):
             step = self.flow.step(step_id)
         except KeyError:
             raise NotFound(f"run {self.run_id} has no step '{step_id}'") from None
-        kind = kind_named(step.kind)
+        kind = self.engine.kind_named(step.kind)
         if kind is None or not kind.takes_decisions:
             raise Conflict(f"step '{step_id}' is a {step.kind} step; it takes no decisions")
         self.engine.check_waiting(self.run, step_id)
@@ -107,7 +107,7 @@ class Waits(Transitions):
     def record_unused(self, step_id: str, entry: dict[str, Any] | None) -> None:
         if entry is None or step_id in (self.run.get("callbacks_received") or {}):
             return
-        kind = kind_named(self.flow.step(step_id).kind)
+        kind = self.engine.kind_named(self.flow.step(step_id).kind)
         event = kind.unused(self.run, step_id, entry) if kind is not None else None
         if event is not None:
             self.record(event.pop("type"), step=step_id, flush=False, **self.engine.masker.mask(event))

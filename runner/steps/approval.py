@@ -41,6 +41,7 @@ def _needs_comment(setting: Any, decision: str) -> bool:
 
 class ApprovalKind(BaseWaitingKind):
     name = "approval"
+    pure = True  # computes its result (or its park) from the run alone
     takes_decisions = True
     asks_decision = True
     # `context` is rendered once, as the wait begins; the jumps are step ids
@@ -112,6 +113,15 @@ class ApprovalKind(BaseWaitingKind):
                    "comment": state.get("comment"), "inputs": state.get("inputs") or {},
                    "approved_by": [a["by"] for a in state.get("approvals") or []] if approved else []}
         return Receipt(outcome=StepStatus.SUCCEEDED if approved else StepStatus.REJECTED, outputs=outputs)
+
+    def replay_answer(self, visit: dict[str, Any]) -> Receipt:
+        """A recorded final decision, fed again: its `decision` event (the record's decision, decided_by and
+        comment, which on_reject and rewind_to read) and the step's end as it was recorded."""
+        outputs = dict(visit.get("outputs") or {})
+        event = {"type": EventType.DECISION, "by": outputs.get("decided_by"), "decision": outputs.get("decision"),
+                 "comment": outputs.get("comment"), "inputs": outputs.get("inputs") or {}, "final": True,
+                 "decided_by": outputs.get("decided_by"), "replayed": True} if outputs.get("decision") else None
+        return Receipt(event=event, outcome=visit["status"], outputs=outputs, error=visit.get("error"))
 
     def rewind_to(self, step: Step, state: dict[str, Any]) -> str | None:
         """request_changes sends the run back to `rewind_to`."""

@@ -54,6 +54,11 @@ reverse order of creation) by `Pools.close()` when the owner stops.
 Duration fields (`timeout`, `duration`, `remind_before`) may be expressions;
 `ctx.duration(field)` renders and checks one when the step starts.
 
+Replay (runner.runs.replay) asks a kind `rendered_effect(ctx)`: the rendered fields it would act on
+(None for a kind that touches nothing), `describe_effect` (one line of it), and of a waiting kind
+`replay_answer(visit)`: the Receipt a recorded answer makes. Only `pure` kinds' `execute` may run in
+a replay: every other kind's `execute` and `kill_leftover` refuse inside runner.dryrun's guard.
+
 A kind raises StepFailed for its own failures; the engine does every piece of
 bookkeeping (events, retries, timeouts, outputs to resources, masking), so a
 new kind is one new module here and a line in `KIND_MODULES`.
@@ -62,6 +67,7 @@ new kind is one new module here and a line in `KIND_MODULES`.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -69,6 +75,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, ClassVar, Protocol, TypeVar
 
+from runner.dryrun import refusing
 from runner.errors import Conflict, SignoffError, StepFailed
 from runner.flows.expressions import has_expression
 from runner.flows.model import Flow, Step
@@ -307,9 +314,28 @@ class BaseKind:
     takes_decisions: ClassVar[bool] = False
     asks_decision: ClassVar[bool] = False
     leaves_work: ClassVar[bool] = False
+    pure: ClassVar[bool] = False  # execute does no I/O beyond the run's store: a replay may call it
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.pure:  # inside a replay, what touches the world refuses (runner.dryrun)
+            for hook in ("execute", "kill_leftover"):
+                if hook in cls.__dict__:
+                    setattr(cls, hook, refusing(cls.__dict__[hook], hook))
 
     async def execute(self, ctx: StepContext) -> Done | Park:
         raise NotImplementedError
+
+    def rendered_effect(self, ctx: StepContext) -> dict[str, Any] | None:
+        """The rendered fields this step would act on in the world; None: it touches nothing."""
+        return None
+
+    def describe_effect(self, effect: dict[str, Any]) -> str:
+        return json.dumps(effect, sort_keys=True, default=str)
+
+    def replay_answer(self, visit: dict[str, Any]) -> Receipt:
+        """A waiting kind's recorded answer (status, outputs, error of the visit) as the Receipt it makes."""
+        return Receipt(outcome=visit["status"], outputs=dict(visit.get("outputs") or {}), error=visit.get("error"))
 
     async def wake(self, ctx: StepContext) -> Done | Expired:
         raise StepFailed(f"a {self.name} step does not park", retryable=False)

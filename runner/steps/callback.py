@@ -43,6 +43,7 @@ def parse_payload(body: bytes, schema: dict | None) -> Any:
 
 class CallbackKind(BaseWaitingKind):
     name = "callback"
+    pure = True  # computes its result (or its park) from the run alone
     unrendered_fields = frozenset({"on_timeout"})  # a step id
 
     def mint_token(self, step: Step) -> str:

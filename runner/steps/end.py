@@ -16,6 +16,7 @@ STATUSES = ("succeeded", "failed", "rejected", "cancelled")
 
 class EndKind(BaseKind):
     name = "end"
+    pure = True  # computes its result (or its park) from the run alone
     instant = True
     ends_run = True
 

@@ -23,6 +23,17 @@ MAX_BODY = 16 * 1024 * 1024
 class HttpKind(BaseKind):
     name = "http"
 
+    def rendered_effect(self, ctx: StepContext) -> dict[str, Any]:
+        """The request as it would be sent, named by its connection (whose secrets stay in the config)."""
+        body = {"json": ctx.spec["json"]} if "json" in ctx.spec else {"body": ctx.spec.get("body")}
+        return {"connection": ctx.spec["connection"], "method": ctx.spec.get("method", "GET"),
+                "path": ctx.spec.get("path", "/"), "query": ctx.spec.get("query"),
+                "headers": ctx.spec.get("headers"), **body, "expect": ctx.spec.get("expect")}
+
+    def describe_effect(self, effect: dict[str, Any]) -> str:
+        sent = json.dumps(effect["json"], sort_keys=True, default=str) if "json" in effect else effect.get("body")
+        return f"{effect['method']} {effect['connection']} {effect['path']}" + (f" {sent}" if sent else "")
+
     async def execute(self, ctx: StepContext) -> Done:
         if ctx.config is None:
             raise StepFailed("http steps need a config with connections (--config / SIGNOFF_CONFIG)",

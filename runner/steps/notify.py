@@ -5,6 +5,8 @@ engine's owner makes them (the daemon), its token delivered but never logged."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from runner.notify import Message, Notifier
 from runner.steps.base import BaseKind, Done, StepContext
 
@@ -13,6 +15,14 @@ RES_PREFIX = "res://"
 
 class NotifyKind(BaseKind):
     name = "notify"
+
+    def rendered_effect(self, ctx: StepContext) -> dict[str, Any]:
+        """The message as it would be sent: channel, text and links."""
+        return {"channel": ctx.spec["channel"], "message": str(ctx.spec["message"]),
+                "links": list(ctx.spec.get("links") or [])}
+
+    def describe_effect(self, effect: dict[str, Any]) -> str:
+        return f"notify {effect['channel']}: {effect['message']}"
 
     async def execute(self, ctx: StepContext) -> Done:
         channels = ctx.config.channels if ctx.config is not None else {}

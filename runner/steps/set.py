@@ -7,6 +7,7 @@ from runner.steps.base import BaseKind, Done, StepContext
 
 class SetKind(BaseKind):
     name = "set"
+    pure = True  # computes its result (or its park) from the run alone
     instant = True
 
     async def execute(self, ctx: StepContext) -> Done:

@@ -46,6 +46,14 @@ class ShellKind(BaseKind):
     name = "shell"
     shell_fields = ("run",)
 
+    def rendered_effect(self, ctx: StepContext) -> dict[str, Any]:
+        """The command as it would run: its text, shell, folder, environment and output mode."""
+        return {"run": ctx.spec["run"], "shell": ctx.spec.get("shell", "bash"), "cwd": ctx.spec.get("cwd"),
+                "env": dict(ctx.env), "output": ctx.spec.get("output")}
+
+    def describe_effect(self, effect: dict[str, Any]) -> str:
+        return f"$ {effect['run']}" + (f"  (in {effect['cwd']})" if effect.get("cwd") else "")
+
     async def execute(self, ctx: StepContext) -> Done:
         work = ctx.run_dir / "work" / f"{ctx.step.id}-{ctx.attempt}"
         try:

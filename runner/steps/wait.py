@@ -11,6 +11,7 @@ from runner.timeutil import parse_rfc3339, rfc3339
 
 class WaitKind(BaseKind):
     name = "wait"
+    pure = True  # computes its result (or its park) from the run alone
 
     async def execute(self, ctx: StepContext) -> Park:
         if ctx.spec.get("duration"):

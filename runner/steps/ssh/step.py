@@ -197,6 +197,16 @@ class SshKind(BaseKind):
     leaves_work = True
     leftovers = staticmethod(sshjobs.leftovers)  # the engine asks: what an event leaves running on hosts
 
+    def rendered_effect(self, ctx: StepContext) -> dict[str, Any]:
+        """The remote command as it would run: connection, command, folder, env, detach and file copies."""
+        spec = ctx.spec
+        return {"connection": spec["connection"], "run": spec["run"], "cwd": spec.get("cwd"), "env": dict(ctx.env),
+                "detach": spec.get("detach", False), "output": spec.get("output"),
+                "upload": spec.get("upload"), "download": spec.get("download")}
+
+    def describe_effect(self, effect: dict[str, Any]) -> str:
+        return f"ssh {effect['connection']}: {effect['run']}" + ("  (detached)" if effect.get("detach") else "")
+
     async def kill_leftover(self, request: dict[str, Any], *, config: Any, draft: bool,
                             pools: Pools) -> dict[str, Any]:
         """Carry out one kill request of a run (runner.steps.ssh.jobs.kill); its `detached_killed` fields."""
