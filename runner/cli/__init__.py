@@ -6,10 +6,10 @@ from typing import NoReturn
 
 import click
 
-from runner.cli import completion, db, decisions, flows, mcp, releases, runs, setup
+from runner.cli import completion, db, decisions, flows, mcp, releases, replay, runs, setup
 from runner.cli.app import new_group, run_and_exit
 
-FAMILIES = (flows, runs, decisions, releases, setup, db, completion, mcp)
+FAMILIES = (flows, runs, decisions, releases, replay, setup, db, completion, mcp)
 
 
 def build() -> click.Group:

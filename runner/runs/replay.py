@@ -211,10 +211,10 @@ def _judge(entry: dict[str, Any], recording: Recording, baseline: dict[tuple[str
         entry["old_status"] = old["status"]
         entry["outputs"]["old"] = old.get("outputs")
     rendered = entry["rendered"]
-    if recorded_kind is None:
-        verdict = "added"
-    elif entry["status"] == StepStatus.WAITING:
+    if entry["status"] == StepStatus.WAITING:  # no recorded answer: the replay stops here
         verdict = "would_wait"
+    elif recorded_kind is None:
+        verdict = "added"
     elif entry["skipped"]:
         verdict = "same" if old is not None else (
             "changed" if recording.visits.get(step_id) or recording.skips.get(step_id) else "would_run")

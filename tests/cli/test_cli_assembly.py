@@ -12,7 +12,7 @@ from runner.cli import FAMILIES, build
 
 COMMANDS = ["approve", "callback", "cancel", "completion", "db", "diff", "doctor", "init", "mcp", "pending", "pin", "reject", "release",
             "release-approve", "release-reject",
-            "releases", "request-changes", "resource", "run", "runs", "serve", "unpin", "validate", "yank"]
+            "releases", "replay", "request-changes", "resource", "run", "runs", "serve", "unpin", "validate", "yank"]
 CLI_DIR = Path(runner.cli.__file__).parent
 
 
