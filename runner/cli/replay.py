@@ -68,8 +68,11 @@ def _draft(env: Env, flow: str, ref: str | None, cfg: Any) -> tuple[Flow, dict[s
     if ref:
         try:
             source = flow_sources.at_ref(env.repo, ref, f"flows/{flow}.yaml")
-        except NotFound:
-            source = flow_sources.at_ref(env.repo, ref, f"flows/{flow}.yml")
+        except NotFound as missing:
+            try:
+                source = flow_sources.at_ref(env.repo, ref, f"flows/{flow}.yml")
+            except NotFound:
+                raise missing from None
     else:
         source = flow_sources.working_tree(env.repo, find_flow_file(env.flows_dir, flow))
     parsed = load_flow_bytes(source.data, source.label, expect_name=flow, config=cfg)

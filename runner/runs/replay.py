@@ -69,7 +69,9 @@ async def areplay_run(store: Store, run_id: str, draft_flow: Flow, *, config: An
         await _pass(recording, recording.flow, baseline, config, Path(scratch) / "recorded")
         feed = Feed(recording, baseline=baseline.effects)
         run, events = await _pass(recording, draft_flow, feed, config, Path(scratch) / "draft")
-    return _report(recording, draft_flow, feed, run, events)
+    report = _report(recording, draft_flow, feed, run, events)
+    masker = getattr(config, "masker", None)  # a rendered command may hold a value that must not be shown
+    return masker.mask(report) if masker is not None else report
 
 
 async def areplay_recent(store: Store, flow_name: str, draft_flow: Flow, *, last: int, config: Any = None,

@@ -54,10 +54,9 @@ reverse order of creation) by `Pools.close()` when the owner stops.
 Duration fields (`timeout`, `duration`, `remind_before`) may be expressions;
 `ctx.duration(field)` renders and checks one when the step starts.
 
-Replay (runner.runs.replay) asks a kind `rendered_effect(ctx)`: the rendered fields it would act on
-(None for a kind that touches nothing), `describe_effect` (one line of it), and of a waiting kind
-`replay_answer(visit)`: the Receipt a recorded answer makes. Only `pure` kinds' `execute` may run in
-a replay: every other kind's `execute` and `kill_leftover` refuse inside runner.dryrun's guard.
+Replay (runner.runs.replay) asks `rendered_effect(ctx)` (the rendered fields a kind acts on in the world;
+None: it touches nothing), `describe_effect` and a waiting kind's `replay_answer(visit)`. Only a `pure`
+kind's `execute` may run in a replay: the others' `execute` and `kill_leftover` refuse (runner.dryrun).
 
 A kind raises StepFailed for its own failures; the engine does every piece of
 bookkeeping (events, retries, timeouts, outputs to resources, masking), so a
@@ -273,6 +272,7 @@ class StepKind(Protocol):
     takes_decisions: bool
     asks_decision: bool
     leaves_work: bool
+    pure: bool
 
     async def execute(self, ctx: StepContext) -> Done | Park: ...
 
@@ -297,6 +297,11 @@ class StepKind(Protocol):
 
     def parse_payload(self, body: bytes, schema: dict | None) -> Any: ...
 
+    # what a replay asks (runner.runs.replay)
+    def rendered_effect(self, ctx: StepContext) -> dict[str, Any] | None: ...
+    def describe_effect(self, effect: dict[str, Any]) -> str: ...
+    def replay_answer(self, visit: dict[str, Any]) -> Receipt: ...
+
 
 class WaitingKind(StepKind, Protocol):
     """A kind that waits for people or systems (`waits`): it parks, and `wake` ends the wait at its deadline."""
@@ -318,10 +323,9 @@ class BaseKind:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.pure:  # inside a replay, what touches the world refuses (runner.dryrun)
-            for hook in ("execute", "kill_leftover"):
-                if hook in cls.__dict__:
-                    setattr(cls, hook, refusing(cls.__dict__[hook], hook))
+        for hook in () if cls.pure else ("execute", "kill_leftover"):  # refused in a replay (runner.dryrun)
+            if hook in cls.__dict__:
+                setattr(cls, hook, refusing(cls.__dict__[hook], hook))
 
     async def execute(self, ctx: StepContext) -> Done | Park:
         raise NotImplementedError

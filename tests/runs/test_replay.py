@@ -214,6 +214,40 @@ def test_recorded_decisions_are_fed_and_a_new_wait_stops_the_replay(tmp_path) ->
     assert [(e["step"], e["verdict"]) for e in stopped["steps"]] == [("review", "same"), ("second", "would_wait")]
 
 
+REWOUND = """\
+name: rewound
+steps:
+  - id: prepare
+    kind: shell
+    run: echo draft number ${{ steps.review.outputs.comment | default('one', true) }}
+  - id: review
+    kind: approval
+    approvers: [group:ops]
+    timeout: 1h
+    rewind_to: prepare
+"""
+
+
+def test_each_visit_of_a_rewound_step_gets_its_own_recorded_answer(tmp_path) -> None:
+    repo = make_repo(tmp_path / "repo", {"rewound": REWOUND})
+    harness = reviewing(tmp_path)
+    run_id = harness.start(draft_at(repo, "main", "rewound"), draft=False)
+    asyncio.run(harness.engine.advance(run_id, hold=False))
+    harness.engine.deliver(run_id, "review", {"user": BOB, "decision": "request_changes", "comment": "two"})
+    asyncio.run(harness.engine.advance(run_id, hold=False))
+    harness.engine.deliver(run_id, "review", {"user": BOB, "decision": "approve"})
+    run = asyncio.run(harness.engine.advance(run_id, hold=False))
+    assert run["status"] == "succeeded"
+
+    report = replay_run(harness.store, run_id, draft_at(repo, "main", "rewound"))
+
+    assert [(e["step"], e["visit"], e["verdict"]) for e in report["steps"]] == [
+        ("prepare", 1, "same"), ("review", 1, "same"), ("prepare", 2, "same"), ("review", 2, "same")]
+    assert [e["outputs"]["new"].get("stdout") for e in report["steps"] if e["step"] == "prepare"] == [
+        "draft number one\n", "draft number two\n"]
+    assert report["status"] == "succeeded"
+
+
 TIMED = """\
 name: timed
 steps:
@@ -262,7 +296,7 @@ def test_a_step_the_draft_removed_is_listed_and_a_run_of_another_flow_is_refused
 # ---- nothing touches the world -------------------------------------------------------------------
 
 
-class Listener:
+class SshPort:
     """A TCP port on loopback that counts the connections made to it (an ssh host nobody may reach)."""
 
     def __init__(self) -> None:
@@ -282,7 +316,7 @@ class Listener:
             self.accepted += 1
             conn.close()
 
-    def __enter__(self) -> "Listener":
+    def __enter__(self) -> "SshPort":
         self._thread.start()
         return self
 
@@ -314,7 +348,7 @@ steps:
 def test_replay_never_executes_a_side_effect(tmp_path) -> None:
     """Every kind with an effect, fed or changed or new: no request, message, connection or file."""
     with HttpServer({"POST /orders": lambda r, n: json_reply(201, {"id": n}),
-                     "POST /hook": lambda r, n: json_reply(200, {})}) as server, Listener() as host:
+                     "POST /hook": lambda r, n: json_reply(200, {})}) as server, SshPort() as host:
         config = {"connections": {"api": {"kind": "http", "base_url": server.url},
                                   "box": {"kind": "ssh", "host": "127.0.0.1", "port": host.port, "user": "nobody"}},
                   "channels": {"hook": {"kind": "webhook", "url": f"{server.url}/hook"}}}
