@@ -5,8 +5,9 @@ from a recording. Inside `no_side_effects()` anything that would reach the
 world raises SideEffectRefused instead: the `execute` and `kill_leftover` of
 every step kind that is not `pure` (runner.steps.base wraps them), a child
 process (runner.children.spawn) and a notification (runner.notify). The mark
-is a context variable, so it holds for the replay's own task (and the tasks
-and threads it starts) and never for anything else the same process runs.
+is a context variable, so it holds for the replay's own task (and the tasks it
+starts, and threads started with `asyncio.to_thread`) and never for anything
+else the same process runs.
 """
 
 from __future__ import annotations

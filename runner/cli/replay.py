@@ -84,8 +84,12 @@ def _human(report: dict[str, Any]) -> str:
     lines = [f"replay of run {report['run']} ({report['flow']}, recorded {recorded['status']}) against "
              f"{report['draft'].get('ref') or report['draft']['file']}"]
     for entry in report["steps"]:
-        change = (f"{entry['old_status']} -> {entry['status']}" if entry["old_status"] != entry["status"]
-                  else str(entry["status"] or ""))
+        if entry["status"] is None:  # removed: only the recording has it
+            change = f"(recorded {entry['old_status']})"
+        elif entry["old_status"] not in (None, entry["status"]):
+            change = f"{entry['old_status']} -> {entry['status']}"
+        else:
+            change = entry["status"]
         line = f"  {entry['verdict']:<10} {entry['step']:<20} {entry['kind']:<9} {change}"
         if entry["assumed"]:
             line += " (assumed)"
