@@ -11,6 +11,8 @@
   was passed, else None. It unpacks as `code, out, err, doc = cli([...])`.
 - `postgres_server` (session), `pg_dsn` and `pg_empty_dsn`: a real PostgreSQL
   the tests start themselves, a fresh database per test (tests/postgres_support.py).
+  With SIGNOFF_TEST_STORE=postgres every daemon the tests start (DaemonProcess,
+  InProcessDaemon) keeps its runs in a fresh database of that server instead of files.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Callable
 
 import pytest
 
-from postgres_support import pg_dsn, pg_empty_dsn, postgres_server  # noqa: F401 (fixtures)
+from postgres_support import close_shared, pg_dsn, pg_empty_dsn, postgres_server  # noqa: F401 (fixtures)
 from support import CliResult, init_repo, run_cli, write_flow
 from support import git as run_git
 
@@ -81,3 +83,7 @@ def running(daemon):
     if daemon.process is None:
         daemon.start()
     return daemon
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    close_shared()  # the PostgreSQL server, if any test or daemon started it

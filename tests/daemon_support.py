@@ -34,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import itertools
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import httpx
+from postgres_support import on_postgres, shared_server
 from support import eventually, flow_text, free_port, git, make_repo, run_schema_errors, signoff_env, wait_until
 
 REPO_MESSAGE = "flows for the daemon tests"
@@ -59,6 +62,7 @@ USERS: dict[str, dict[str, Any]] = {
     "rita": {"roles": ["release"]},
     "root": {"roles": ["admin"]},
 }
+_databases = itertools.count(1)
 OBSERVER = "root"  # who the observing helpers read as: an admin, who may see every run
 GROUPS: dict[str, dict[str, Any]] = {
     "editors": {"members": ["bob", "carol"]},
@@ -86,6 +90,9 @@ class DaemonProcess:
         self.log_path = self.root / "daemon.log"
         self.config_path = self.root / "signoff.yaml"
         self.extra_env = dict(env or {})
+        if store is None and on_postgres():
+            store = {"kind": "postgres", "dsn": {"env": "SIGNOFF_DSN"}}
+            self.extra_env.setdefault("SIGNOFF_DSN", shared_server().database())
         config: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": self.port, "public_url": self.public_url},
             "repo": {"path": str(self.repo)},
@@ -346,6 +353,10 @@ class InProcessDaemon:
             config["users"] = {name: {"token_sha256": hashlib.sha256(name.encode()).hexdigest(), **spec}
                                for name, spec in USERS.items()}
             config["groups"] = GROUPS
+        if on_postgres():  # the daemon runs in this process: its database is named in this environment
+            variable = f"SIGNOFF_TEST_DSN_{next(_databases)}"
+            os.environ[variable] = shared_server().database()
+            config["store"] = {"kind": "postgres", "dsn": {"env": variable}}
         (Path(root) / "signoff.yaml").write_text(flow_text(config), encoding="utf-8")
         return Path(root)
 

@@ -158,14 +158,34 @@ class Postgres:
         self.stop()
 
 
+_shared: Postgres | None = None
+
+
+def shared_server() -> Postgres:
+    """The session's server, started on first use (by the fixture, or by the daemon helpers when the whole
+    suite runs on PostgreSQL), closed by `close_shared` at the end of the session."""
+    global _shared
+    if _shared is None:
+        given = os.environ.get("SIGNOFF_TEST_DSN")
+        _shared = Postgres(given) if given else Postgres().start()
+    return _shared
+
+
+def close_shared() -> None:
+    global _shared
+    if _shared is not None:
+        _shared.close()
+        _shared = None
+
+
+def on_postgres() -> bool:
+    """SIGNOFF_TEST_STORE=postgres: every daemon the tests start keeps its runs in a fresh database."""
+    return os.environ.get("SIGNOFF_TEST_STORE") == "postgres"
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Postgres]:
-    given = os.environ.get("SIGNOFF_TEST_DSN")
-    server = Postgres(given) if given else Postgres().start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield shared_server()
 
 
 @pytest.fixture
