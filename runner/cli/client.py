@@ -7,10 +7,11 @@ and the token from SIGNOFF_TOKEN, or, for a daemon on this machine, from the
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import httpx
@@ -76,20 +77,37 @@ class Client:
                                hint="start it with `signoff serve`, or set --server / SIGNOFF_SERVER") from None
         except httpx.HTTPError as exc:
             raise SignoffError(f"{method} {self.server}{path}: {exc}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"raw": response.text[:500]}
+        body = _body(response)
         if response.status_code >= 400:
-            error = body.get("error", {}) if isinstance(body, dict) else {}
-            kind = BY_STATUS.get(response.status_code, SignoffError)
-            message = error.get("message") or f"HTTP {response.status_code}"
-            if kind is Invalid:
-                raise Invalid(message, error.get("reasons"), hint=error.get("hint"), fields=error.get("fields"))
-            if kind is Unauthorized:
-                raise Unauthorized(message, hint=self._token_hint())
-            raise kind(message, hint=error.get("hint"))
+            self._refuse(response.status_code, body)
         return response.status_code, body
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it comes (a resource's bytes); an error status raises as `call` does."""
+        try:
+            with self.http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._refuse(response.status_code, _body(response))
+                yield response
+        except httpx.ConnectError:
+            raise SignoffError(f"cannot reach the daemon at {self.server}",
+                               hint="start it with `signoff serve`, or set --server / SIGNOFF_SERVER") from None
+        except httpx.HTTPError as exc:
+            raise SignoffError(f"{method} {self.server}{path}: {exc}") from None
+
+    def _refuse(self, status: int, body: Any) -> None:
+        """The error of an answer with an error status, as the CLI reports it."""
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        error = error if isinstance(error, dict) else {}
+        kind = BY_STATUS.get(status, SignoffError)
+        message = error.get("message") or f"HTTP {status}"
+        if kind is Invalid:
+            raise Invalid(message, error.get("reasons"), hint=error.get("hint"), fields=error.get("fields"))
+        if kind is Unauthorized:
+            raise Unauthorized(message, hint=self._token_hint())
+        raise kind(message, hint=error.get("hint"))
 
     def _token_hint(self) -> str:
         """Where the token the daemon refused came from, and how to give the right one."""
@@ -101,3 +119,10 @@ class Client:
                     "know: point --data / SIGNOFF_DATA at that daemon's data directory, or set SIGNOFF_TOKEN")
         return (f"the token came from {self.token_source}; the daemon at {self.server} knows no such token: "
                 "set SIGNOFF_TOKEN to a token from its config")
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return {"raw": response.text[:500]}

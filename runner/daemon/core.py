@@ -11,6 +11,7 @@ One asyncio loop runs everything. The services, each in its own module:
     visibility   who may read which run and resource
     hooks        the webhook trigger and the git push webhook
     catalog      the flows offered, and changes of what is live
+    inspection   a run's verification and logs, the releases and a diff, as the CLI prints them
     detached     kills of detached remote jobs a run asked for
     listeners    the ordered, contained listeners of the engine's events
     tasks        named supervised side tasks, and short background ones
@@ -40,6 +41,7 @@ from runner.daemon.catalog import LIVE_CHANGES, Catalog
 from runner.daemon.detached import DetachedKills
 from runner.daemon.hooks import Hooks
 from runner.daemon.inbox import Inbox
+from runner.daemon.inspection import Inspection
 from runner.daemon.listeners import Listeners, inbox_consumption, metrics_counting
 from runner.daemon.longpoll import LongPolls
 from runner.daemon.metrics import Metrics
@@ -113,6 +115,7 @@ class Daemon:
         self.hooks = Hooks(engine=self.engine, store=store, gitops=gitops, config=config, metrics=self.metrics,
                            schedule_run=self.schedule)
         self.catalog = Catalog(gitops=gitops, config=config, work_dir=work_dir)
+        self.inspection = Inspection(store=store, visibility=self.visibility, gitops=gitops, pool=self.threads.files)
         gitops.on_change = self.scheduler.live_changed
         self.listeners.listeners = [
             ("long-poll wake-ups", self.polls.on_event),

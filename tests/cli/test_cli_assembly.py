@@ -10,7 +10,7 @@ import click
 import runner.cli
 from runner.cli import FAMILIES, build
 
-COMMANDS = ["approve", "callback", "cancel", "completion", "db", "diff", "doctor", "init", "pending", "pin", "reject", "release",
+COMMANDS = ["approve", "callback", "cancel", "completion", "db", "diff", "doctor", "init", "logs", "pending", "pin", "reject", "release",
             "releases", "request-changes", "resource", "run", "runs", "serve", "unpin", "validate", "yank"]
 CLI_DIR = Path(runner.cli.__file__).parent
 
