@@ -11,7 +11,7 @@ import contextlib
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 from urllib.parse import urlparse
 
 import httpx
@@ -70,13 +70,8 @@ class Client:
         if reason is not None:  # NaN, or text that is not Unicode (from the command line, say)
             raise UsageError(f"{reason}; it cannot be sent as JSON",
                              hint="numbers must be finite, and text valid Unicode (UTF-8)")
-        try:
+        with self._transport(method, path):
             response = self.http.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            raise SignoffError(f"cannot reach the daemon at {self.server}",
-                               hint="start it with `signoff serve`, or set --server / SIGNOFF_SERVER") from None
-        except httpx.HTTPError as exc:
-            raise SignoffError(f"{method} {self.server}{path}: {exc}") from None
         body = _body(response)
         if response.status_code >= 400:
             self._refuse(response.status_code, body)
@@ -85,19 +80,24 @@ class Client:
     @contextlib.contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
         """A response whose body is read as it comes (a resource's bytes); an error status raises as `call` does."""
+        with self._transport(method, path), self.http.stream(method, path, **kwargs) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._refuse(response.status_code, _body(response))
+            yield response
+
+    @contextlib.contextmanager
+    def _transport(self, method: str, path: str) -> Iterator[None]:
+        """A failure to talk to the daemon at all, as one message (and how to fix the usual one)."""
         try:
-            with self.http.stream(method, path, **kwargs) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._refuse(response.status_code, _body(response))
-                yield response
+            yield
         except httpx.ConnectError:
             raise SignoffError(f"cannot reach the daemon at {self.server}",
                                hint="start it with `signoff serve`, or set --server / SIGNOFF_SERVER") from None
         except httpx.HTTPError as exc:
             raise SignoffError(f"{method} {self.server}{path}: {exc}") from None
 
-    def _refuse(self, status: int, body: Any) -> None:
+    def _refuse(self, status: int, body: Any) -> NoReturn:
         """The error of an answer with an error status, as the CLI reports it."""
         error = body.get("error", {}) if isinstance(body, dict) else {}
         error = error if isinstance(error, dict) else {}
