@@ -63,6 +63,9 @@ class Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.http.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:

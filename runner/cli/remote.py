@@ -166,7 +166,7 @@ class ApiReader:
         return self._get(f"/api/v1/flows/{_segment(flow, 'flow')}/diff", ref=ref)
 
     def close(self) -> None:
-        self.client.__exit__()
+        self.client.close()
 
 
 def reader(env: Env, server: str | None) -> Reader:
@@ -182,9 +182,9 @@ def reader(env: Env, server: str | None) -> Reader:
         return LocalReader(env)
     if server:
         return ApiReader(env.client(server))
-    if env.data_given or not env.config_path or env.data.is_dir() or not env.daemon_url:
-        return LocalReader(env)
-    return ApiReader(env.client(None))  # the config names a daemon, and its data directory is not here
+    if not env.data_given and env.config_path and env.daemon_url and not env.data.is_dir():
+        return ApiReader(env.client(None))  # the config names a daemon, and its data directory is not here
+    return LocalReader(env)
 
 
 def _segment(value: str, what: str = "run") -> str:
