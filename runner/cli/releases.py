@@ -13,7 +13,7 @@ from runner.releases import changes as liveops
 from runner.cli import render
 from runner.cli.app import Env, common, emit, server_option
 from runner.cli.client import Client, address_of
-from runner.cli.remote import reader
+from runner.cli.remote import LocalReader, reader
 from runner.errors import ConfigError, SignoffError, Unauthorized
 from runner.yamldoc import DocumentError, read_file
 
@@ -167,11 +167,22 @@ def diff(flow, ref, server, data, repo, config, as_json) -> None:
     """
     with closing(reader(Env(data, repo, config), server)) as source:
         document = source.diff(flow, ref)
+    emit(as_json, document, diff_text(document))
+
+
+def diff_document(env: Env, flow: str, ref: str | None) -> tuple[dict[str, Any], str]:
+    """`diff`'s JSON document and its text, from this machine's repository and data (for callers holding an Env)."""
+    document = LocalReader(env).diff(flow, ref)
+    return document, diff_text(document)
+
+
+def diff_text(document: dict[str, Any]) -> str:
+    """A diff document for a person: the unified diff, then the steps that changed."""
     summary = document["steps"]
     human = document["diff"] or "no difference\n"
-    human += "steps: " + ", ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v) if any(summary.values()) \
-        else "steps: unchanged"
-    emit(as_json, document, human)
+    if any(summary.values()):
+        return human + "steps: " + ", ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v)
+    return human + "steps: unchanged"
 
 
 def register(group: click.Group) -> None:

@@ -20,7 +20,7 @@ STREAMS = ("stdout", "stderr")
 def step_logs(store: Store, run: dict[str, Any], step: str | None = None) -> dict[str, Any]:
     """{run, steps: [{step, status, attempts, stdout, stderr}]}, in the record's step order; `step` for one.
 
-    A stream a step did not produce (an approval, a set) is null.
+    A stream a step did not produce (an approval, a set) is empty text.
     """
     steps = run.get("steps") or {}
     if step is not None and step not in steps:
@@ -34,7 +34,7 @@ def _step_entry(store: Store, name: str, state: dict[str, Any]) -> dict[str, Any
     outputs = state.get("outputs") if isinstance(state.get("outputs"), dict) else {}
     entry: dict[str, Any] = {"step": name, "status": state.get("status"), "attempts": state.get("attempts", 0)}
     for stream in STREAMS:
-        entry[stream] = _text(store, outputs.get(stream))
+        entry[stream] = _text(store, outputs.get(stream) or "")
     return entry
 
 

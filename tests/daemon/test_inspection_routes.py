@@ -112,7 +112,7 @@ def test_logs_give_each_steps_recorded_output_with_small_resources_as_text(daemo
                     "stderr": "hello err\n"}
     assert finished["steps"]["loud"]["outputs"]["stdout"].startswith("res://")  # kept as a resource ...
     assert loud["stdout"] == "x" * 70000  # ... and given back as its text
-    assert note["stdout"] is None and note["stderr"] is None
+    assert note["stdout"] == "" and note["stderr"] == ""  # a set step has no streams
     one = ok(daemon.api("alice").get(path, params={"step": "talk"}))
     assert one == {"run": finished["id"], "steps": [talk]}
     error = not_found(daemon.api("alice").get(path, params={"step": "nope"}))

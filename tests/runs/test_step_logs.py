@@ -30,7 +30,7 @@ def test_streams_are_given_as_recorded_and_resources_up_to_the_limit_as_text(tmp
     assert steps["kept"]["stdout"] == "small \ufffd text"  # bytes that are not UTF-8 are replaced, not fatal
     assert steps["kept"]["stderr"] == run["steps"]["kept"]["outputs"]["stderr"]  # over the limit: the reference
     assert steps["lost"]["stdout"] == run["steps"]["lost"]["outputs"]["stdout"]  # a resource gone: the reference
-    assert steps["review"]["stdout"] is None and steps["review"]["stderr"] is None
+    assert steps["review"]["stdout"] == "" and steps["review"]["stderr"] == ""  # no stream: empty text
 
 
 def test_one_step_or_a_clear_not_found(tmp_path) -> None:
