@@ -11,7 +11,7 @@ import contextlib
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import httpx
@@ -63,9 +63,6 @@ class Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
         self.http.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
@@ -73,44 +70,27 @@ class Client:
         if reason is not None:  # NaN, or text that is not Unicode (from the command line, say)
             raise UsageError(f"{reason}; it cannot be sent as JSON",
                              hint="numbers must be finite, and text valid Unicode (UTF-8)")
-        with self._transport(method, path):
-            response = self.http.request(method, path, **kwargs)
-        body = _body(response)
-        if response.status_code >= 400:
-            self._refuse(response.status_code, body)
-        return response.status_code, body
-
-    @contextlib.contextmanager
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
-        """A response whose body is read as it comes (a resource's bytes); an error status raises as `call` does."""
-        with self._transport(method, path), self.http.stream(method, path, **kwargs) as response:
-            if response.status_code >= 400:
-                response.read()
-                self._refuse(response.status_code, _body(response))
-            yield response
-
-    @contextlib.contextmanager
-    def _transport(self, method: str, path: str) -> Iterator[None]:
-        """A failure to talk to the daemon at all, as one message (and how to fix the usual one)."""
         try:
-            yield
+            response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError:
             raise SignoffError(f"cannot reach the daemon at {self.server}",
                                hint="start it with `signoff serve`, or set --server / SIGNOFF_SERVER") from None
         except httpx.HTTPError as exc:
             raise SignoffError(f"{method} {self.server}{path}: {exc}") from None
-
-    def _refuse(self, status: int, body: Any) -> NoReturn:
-        """The error of an answer with an error status, as the CLI reports it."""
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        error = error if isinstance(error, dict) else {}
-        kind = BY_STATUS.get(status, SignoffError)
-        message = error.get("message") or f"HTTP {status}"
-        if kind is Invalid:
-            raise Invalid(message, error.get("reasons"), hint=error.get("hint"), fields=error.get("fields"))
-        if kind is Unauthorized:
-            raise Unauthorized(message, hint=self._token_hint())
-        raise kind(message, hint=error.get("hint"))
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"raw": response.text[:500]}
+        if response.status_code >= 400:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            kind = BY_STATUS.get(response.status_code, SignoffError)
+            message = error.get("message") or f"HTTP {response.status_code}"
+            if kind is Invalid:
+                raise Invalid(message, error.get("reasons"), hint=error.get("hint"), fields=error.get("fields"))
+            if kind is Unauthorized:
+                raise Unauthorized(message, hint=self._token_hint())
+            raise kind(message, hint=error.get("hint"))
+        return response.status_code, body
 
     def _token_hint(self) -> str:
         """Where the token the daemon refused came from, and how to give the right one."""
@@ -123,9 +103,22 @@ class Client:
         return (f"the token came from {self.token_source}; the daemon at {self.server} knows no such token: "
                 "set SIGNOFF_TOKEN to a token from its config")
 
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it comes (a resource's bytes, written as they arrive).
 
-def _body(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return {"raw": response.text[:500]}
+        A failure (no daemon there, an error status) is asked for once more through `call`,
+        which turns it into the error every command reports.
+        """
+        try:
+            with self.http.stream(method, path, **kwargs) as response:
+                if response.status_code < 400:
+                    yield response
+                    return
+        except httpx.HTTPError:
+            pass  # `call` says what went wrong, as for any request
+        self.call(method, path, **kwargs)
+        raise SignoffError(f"{method} {self.server}{path} failed, and then did not", hint="try again")
+
+    def close(self) -> None:
+        self.http.close()

@@ -146,8 +146,8 @@ class ApiReader:
         return self._get(f"/api/v1/runs/{_segment(run_id)}/logs", step=step)
 
     def resource_meta(self, ref: str) -> dict[str, Any]:
-        with self.client.stream("HEAD", f"/api/v1/resources/{_sha(ref)}") as response:
-            return _meta_of(response.headers, ref)
+        with self.client.stream("GET", f"/api/v1/resources/{_sha(ref)}") as response:
+            return _meta_of(response.headers, ref)  # the headers alone: the bytes are left unread
 
     def copy_resource(self, ref: str, out: BinaryIO) -> int:
         size = 0

@@ -41,8 +41,8 @@ from runner.daemon.catalog import LIVE_CHANGES, Catalog
 from runner.daemon.detached import DetachedKills
 from runner.daemon.hooks import Hooks
 from runner.daemon.inbox import Inbox
-from runner.daemon.inspection import Inspection
 from runner.daemon.listeners import Listeners, inbox_consumption, metrics_counting
+from runner.daemon.inspection import Inspection
 from runner.daemon.longpoll import LongPolls
 from runner.daemon.metrics import Metrics
 from runner.daemon.pools import ThreadPools
@@ -97,6 +97,7 @@ class Daemon:
                              accepts_messages=True, mailbox=self.inbox, pools=self.kind_pools,
                              artifact_link=self.links.artifact)
         self.visibility = Visibility(engine=self.engine, store=store, users=users)
+        self.inspection = Inspection(store=store, visibility=self.visibility, gitops=gitops, pool=self.threads.files)
         self.callbacks = Callbacks(engine=self.engine, store=store, inbox=self.inbox, clock=self.clock,
                                    schedule=self.schedule, pool=self.threads.files)
         self.runs = RunTasks(engine=self.engine, store=store, gitops=gitops, metrics=self.metrics, timers=self.timers,
@@ -115,7 +116,6 @@ class Daemon:
         self.hooks = Hooks(engine=self.engine, store=store, gitops=gitops, config=config, metrics=self.metrics,
                            schedule_run=self.schedule)
         self.catalog = Catalog(gitops=gitops, config=config, work_dir=work_dir)
-        self.inspection = Inspection(store=store, visibility=self.visibility, gitops=gitops, pool=self.threads.files)
         gitops.on_change = self.scheduler.live_changed
         self.listeners.listeners = [
             ("long-poll wake-ups", self.polls.on_event),

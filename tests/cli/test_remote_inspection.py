@@ -140,6 +140,13 @@ def test_a_user_sees_through_the_daemon_only_the_runs_they_may_see(daemon: Daemo
     for command in (["runs", "verify", waiting], ["logs", waiting], ["runs", "show", waiting, "--events"]):
         with pytest.raises(NotFound, match=f"no run {waiting}"):
             invoke([*command, "--server", daemon.url], env={"SIGNOFF_TOKEN": daemon.tokens["carol"]})
+    ref = runs["finished"]["steps"]["loud"]["outputs"]["stdout"]  # of alice's run, which carol may not see
+    for target in (ref, "res://" + "0" * 64):
+        for extra in ([], ["--json"], ["-o", "never.txt"]):
+            with pytest.raises(NotFound, match="no resource"):
+                invoke(["resource", "get", target, *extra, "--server", daemon.url],
+                       env={"SIGNOFF_TOKEN": daemon.tokens["carol"]})
+    assert not (nowhere / "never.txt").exists()
 
 
 def test_a_local_read_with_no_data_directory_says_so_and_how_to_ask_a_daemon(nowhere: Path) -> None:
