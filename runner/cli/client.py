@@ -7,10 +7,11 @@ and the token from SIGNOFF_TOKEN, or, for a daemon on this machine, from the
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import httpx
@@ -105,3 +106,23 @@ class Client:
                     "know: point --data / SIGNOFF_DATA at that daemon's data directory, or set SIGNOFF_TOKEN")
         return (f"the token came from {self.token_source}; the daemon at {self.server} knows no such token: "
                 "set SIGNOFF_TOKEN to a token from its config")
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it comes (a resource's bytes, written as they arrive).
+
+        A failure (no daemon there, an error status) is asked for once more through `call`,
+        which turns it into the error every command reports.
+        """
+        try:
+            with self.http.stream(method, path, **kwargs) as response:
+                if response.status_code < 400:
+                    yield response
+                    return
+        except httpx.HTTPError:
+            pass  # `call` says what went wrong, as for any request
+        self.call(method, path, **kwargs)
+        raise SignoffError(f"{method} {self.server}{path} failed, and then did not", hint="try again")
+
+    def close(self) -> None:
+        self.http.close()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import getpass
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,9 @@ from runner.releases import changes as liveops
 from runner.cli import render
 from runner.cli.app import Env, common, emit, server_option
 from runner.cli.client import Client, address_of
-from runner.errors import ConfigError, NotFound, SignoffError, Unauthorized
-from runner.releases.live import Resolver, drafts as live_drafts
-from runner.releases.repo import FlowRepo
-from runner.yamldoc import DocumentError, parse_bytes, read_file
+from runner.cli.remote import LocalReader, reader
+from runner.errors import ConfigError, SignoffError, Unauthorized
+from runner.yamldoc import DocumentError, read_file
 
 
 def daemon_option(func):
@@ -25,15 +24,11 @@ def daemon_option(func):
                              "the config's daemon if it declares users, else the repository directly].")(func)
 
 
-def _resolver(env: Env) -> Resolver:
-    cfg = env.config() if env.config_path else None
-    return Resolver(env.repo, env.data, config=cfg)
-
-
 @click.command()
 @click.option("--flow", help="Only this flow.")
+@server_option
 @common
-def releases(flow, data, repo, config, as_json) -> None:
+def releases(flow, server, data, repo, config, as_json) -> None:
     """Live version of every flow: tag, commit, tagger, pins, yanks, refusals, drafts, history.
 
     JSON: {tagged, flows: [{flow, live: {tag, version, commit, tagger, date, message, scope} | null, pinned,
@@ -41,18 +36,10 @@ def releases(flow, data, repo, config, as_json) -> None:
     status, since, base, rule, authors, approvals, diff, validation, ...}], drafts: [{branch, commit}],
     history}], problems: [{tag, problem, message}], ignored_tags}.
     """
-    env = Env(data, repo, config)
-    resolver = _resolver(env)
-    resolution = resolver.resolve()
-    document = resolution.to_dict()
-    drafts = live_drafts(env.repo, resolution)
-    document["flows"] = [f for f in document["flows"] if not flow or f["flow"] == flow]
-    history = resolver.state.history_by_flow()
-    for entry in document["flows"]:
-        entry["drafts"] = drafts.get(entry["flow"], [])
-        entry["history"] = history.get(entry["flow"], [])[-20:]
-    emit(as_json, document, render.releases(document["flows"], tagged=resolution.tagged,
-                                            problems=resolution.problems))
+    with closing(reader(Env(data, repo, config), server)) as source:
+        document = source.releases(flow)
+    emit(as_json, document, render.releases(document["flows"], tagged=document["tagged"],
+                                            problems=document["problems"]))
 
 
 @click.command()
@@ -171,62 +158,35 @@ def yank(flow, version, undo, reason, server, data, repo, config, as_json) -> No
     _override("unyank" if undo else "yank", flow, version, reason, server, Env(data, repo, config), as_json)
 
 
-def step_summary(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
-    before = {s.get("id"): s for s in (old.get("steps") or []) if isinstance(s, dict)}
-    after = {s.get("id"): s for s in (new.get("steps") or []) if isinstance(s, dict)}
-    return {"added": [s for s in after if s not in before], "removed": [s for s in before if s not in after],
-            "changed": [s for s in after if s in before and after[s] != before[s]]}
-
-
 @click.command()
 @click.argument("flow")
-@click.option("--ref", help="The draft: a branch, tag or commit (default: the working tree).")
+@click.option("--ref", help="The draft: a branch, tag or commit (default: the working tree; through a daemon, "
+                            "its repository's).")
+@server_option
 @common
-def diff(flow, ref, data, repo, config, as_json) -> None:
+def diff(flow, ref, server, data, repo, config, as_json) -> None:
     """Unified diff of a draft of FLOW against its live version, and the steps that changed.
 
     JSON: {flow, live: {tag, commit} | null, draft: {ref, commit}, diff, steps: {added, removed, changed}}.
     """
-    document, human = diff_document(Env(data, repo, config), flow, ref)
-    emit(as_json, document, human)
+    with closing(reader(Env(data, repo, config), server)) as source:
+        document = source.diff(flow, ref)
+    emit(as_json, document, diff_text(document))
 
 
 def diff_document(env: Env, flow: str, ref: str | None) -> tuple[dict[str, Any], str]:
-    """`diff`'s JSON document and its text: FLOW at `ref` (default: the working tree) against its live version."""
-    live = _resolver(env).resolve().flows.get(flow)
-    with FlowRepo(env.repo) as git_repo:
-        old = (git_repo.flow_file(live.release.commit, flow) or b"") if live and live.release else b""
-        if ref:
-            full, commit = git_repo.resolve(ref)
-            new = git_repo.flow_file(commit, flow) or b""
-        else:
-            path = env.flows_dir / f"{flow}.yaml"
-            full, commit = "working tree", None
-            new = path.read_bytes() if path.exists() else b""
-    if not old and not new:
-        raise NotFound(f"flow {flow} is neither live nor in the draft")
-    label_old = f"live {live.release.tag}" if live and live.release else "live (none)"
-    lines = list(difflib.unified_diff(old.decode(errors="replace").splitlines(keepends=True),
-                                      new.decode(errors="replace").splitlines(keepends=True),
-                                      fromfile=f"flows/{flow}.yaml ({label_old})", tofile=f"flows/{flow}.yaml ({full})"))
-    summary = step_summary(_plain(old), _plain(new))
-    document = {"flow": flow, "live": {"tag": live.release.tag, "commit": live.release.commit}
-                if live and live.release else None, "draft": {"ref": full, "commit": commit},
-                "diff": "".join(lines), "steps": summary}
-    human = "".join(lines) or "no difference\n"
-    human += "steps: " + ", ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v) if any(summary.values()) \
-        else "steps: unchanged"
-    return document, human
+    """`diff`'s JSON document and its text, from this machine's repository and data (for callers holding an Env)."""
+    document = LocalReader(env).diff(flow, ref)
+    return document, diff_text(document)
 
 
-def _plain(data: bytes) -> dict[str, Any]:
-    if not data:
-        return {}
-    try:
-        plain = parse_bytes(data, "flow").plain
-    except Exception:  # a broken draft still gets a text diff
-        return {}
-    return plain if isinstance(plain, dict) else {}
+def diff_text(document: dict[str, Any]) -> str:
+    """A diff document for a person: the unified diff, then the steps that changed."""
+    summary = document["steps"]
+    human = document["diff"] or "no difference\n"
+    if any(summary.values()):
+        return human + "steps: " + ", ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v)
+    return human + "steps: unchanged"
 
 
 def release_decision_command(name: str, decision: str, summary: str) -> click.Command:

@@ -131,6 +131,16 @@ def verification(run_id: str, result: Verification) -> str:
     return f"run {run_id}: INTEGRITY PROBLEM\n" + "\n".join(f"  - {p}" for p in result.problems)
 
 
+def step_logs(document: dict[str, Any]) -> str:
+    """Each step's recorded stdout and stderr under a heading; steps that wrote nothing are one line."""
+    blocks = []
+    for entry in document["steps"]:
+        head = f"{MARKS.get(entry['status'] or '', '?')} {entry['step']} {entry['status']} (attempts {entry['attempts']})"
+        streams = [(name, entry.get(name)) for name in ("stdout", "stderr") if entry.get(name)]
+        blocks.append("\n".join([head] + [f"--- {name}\n{text.rstrip()}" for name, text in streams]))
+    return "\n\n".join(blocks) if blocks else f"run {document['run']} has no steps yet"
+
+
 def pending(user: str, items: list[dict]) -> str:
     """Approvals waiting for `user`: each with its quorum, its page, what the reviewer fills in, and how to decide."""
     if not items:

@@ -1,4 +1,5 @@
-"""CLI commands on runs: start (through the daemon or here) and follow, list, show, verify, cancel, resource get."""
+"""CLI commands on runs: start (through the daemon or here) and follow, list, show, verify, logs, cancel,
+resource get. The inspection commands read through runner.cli.remote (local files or a daemon's API)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import getpass
 import signal
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import IO, Any
 
@@ -14,6 +16,7 @@ import click
 from runner.cli import render
 from runner.cli.app import SERVER_HELP, Env, common, emit, server_option
 from runner.cli.client import Client
+from runner.cli.remote import reader
 from runner.errors import Interrupted, UsageError
 from runner.flows.inputs import check_values, parse_pairs, resolve_inputs
 from runner.flows.load import find_flow_file, load_flow_bytes
@@ -22,6 +25,7 @@ from runner.releases import repo as flow_sources
 from runner.runs import kills
 from runner.runs.engine import Engine
 from runner.runs.events import apply as apply_event
+from runner.runs.store import Verification
 from runner.status import RunStatus
 from runner.steps.base import kind_named
 
@@ -164,24 +168,27 @@ def runs() -> None:
 @click.option("--status", type=click.Choice([status.value for status in RunStatus]), help="Only runs with this status.")
 @click.option("--draft/--live", default=None, help="Only draft runs, or only live ones.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@server_option
 @common
-def runs_list(flow, status, draft, limit, data, repo, config, as_json) -> None:
-    """Runs, newest first. JSON: {runs: [run record, ...]}."""
-    found = Env(data, repo, config).store().list_runs(flow=flow, status=status, draft=draft, limit=limit)
+def runs_list(flow, status, draft, limit, server, data, repo, config, as_json) -> None:
+    """Runs, newest first (through a daemon: those you may see). JSON: {runs: [run record, ...]}."""
+    with closing(reader(Env(data, repo, config), server)) as source:
+        found = source.list_runs(flow=flow, status=status, draft=draft, limit=limit)
     emit(as_json, {"runs": found}, render.run_list(found))
 
 
 @runs.command("show")
 @click.argument("run_id")
 @click.option("--events", "with_events", is_flag=True, help="Include the event history.")
+@server_option
 @common
-def runs_show(run_id, with_events, data, repo, config, as_json) -> None:
-    """One run: its record, and with --events its history. JSON: the run record (+ events)."""
-    store = Env(data, repo, config).store()
-    record = store.read_run(run_id)
+def runs_show(run_id, with_events, server, data, repo, config, as_json) -> None:
+    """One run: its record, and with --events its history. JSON: the run record (+ history: [event, ...])."""
+    with closing(reader(Env(data, repo, config), server)) as source:
+        record = source.run(run_id)
+        events = source.events(run_id) if with_events else None
     human = render.run_detail(record)
-    if with_events:
-        events = list(store.read_events(run_id))
+    if events is not None:
         record = {**record, "history": events}
         human += "\n\n" + render.history(events)
     emit(as_json, record, human)
@@ -203,11 +210,30 @@ def runs_follow(run_id, server, data, repo, config, as_json) -> None:
 
 @runs.command("verify")
 @click.argument("run_id")
+@server_option
 @common
-def runs_verify(run_id, data, repo, config, as_json) -> None:
+def runs_verify(run_id, server, data, repo, config, as_json) -> None:
     """Check a run's event chain and that run.json matches it. JSON: {run, ok, events, problems}."""
-    result = Env(data, repo, config).store().verify(run_id)
-    emit(as_json, result.to_dict(), render.verification(run_id, result), exit_code=0 if result.ok else 1)
+    with closing(reader(Env(data, repo, config), server)) as source:
+        result = source.verify(run_id)
+    emit(as_json, result, render.verification(run_id, Verification(run_id, result["events"], result["problems"])),
+         exit_code=0 if result["ok"] else 1)
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("step", required=False)
+@server_option
+@common
+def logs(run_id, step, server, data, repo, config, as_json) -> None:
+    """The stdout and stderr each step of a run recorded (or STEP's alone).
+
+    An output kept as a resource is shown as its text up to 1 MiB, else as its res:// reference
+    (read it with `signoff resource get`). JSON: {run, steps: [{step, status, attempts, stdout, stderr}]}.
+    """
+    with closing(reader(Env(data, repo, config), server)) as source:
+        document = source.logs(run_id, step)
+    emit(as_json, document, render.step_logs(document))
 
 
 @click.command()
@@ -252,22 +278,23 @@ def resource() -> None:
 @resource.command("get")
 @click.argument("ref")
 @click.option("-o", "--output", type=OutputFile(), help="Write to FILE instead of stdout.")
+@server_option
 @common
-def resource_get(ref, output, data, repo, config, as_json) -> None:
+def resource_get(ref, output, server, data, repo, config, as_json) -> None:
     """Print a resource's bytes (or save them with -o). JSON: its metadata."""
-    store = Env(data, repo, config).store()
-    meta = store.resource_meta(ref)
-    if as_json and not output:
-        emit(True, meta, "")
-        return
-    if output:
-        with open_output(output) as out:
-            store.copy_resource(ref, out)
-        emit(as_json, {**meta, "written_to": output}, f"wrote {meta['size']:,} bytes to {output}")
-    else:
-        store.copy_resource(ref, sys.stdout.buffer)
+    with closing(reader(Env(data, repo, config), server)) as source:
+        meta = source.resource_meta(ref)
+        if as_json and not output:
+            emit(True, meta, "")
+            return
+        if output:
+            with open_output(output) as out:
+                source.copy_resource(ref, out)
+            emit(as_json, {**meta, "written_to": output}, f"wrote {meta['size']:,} bytes to {output}")
+        else:
+            source.copy_resource(ref, sys.stdout.buffer)
 
 
 def register(group: click.Group) -> None:
-    for command in (run, runs, cancel, resource):
+    for command in (run, runs, cancel, resource, logs):
         group.add_command(command)

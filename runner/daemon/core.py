@@ -11,6 +11,7 @@ One asyncio loop runs everything. The services, each in its own module:
     visibility   who may read which run and resource
     hooks        the webhook trigger and the git push webhook
     catalog      the flows offered, and changes of what is live
+    inspection   a run's verification and logs, the releases and a diff, as the CLI prints them
     detached     kills of detached remote jobs a run asked for
     listeners    the ordered, contained listeners of the engine's events
     tasks        named supervised side tasks, and short background ones
@@ -42,6 +43,7 @@ from runner.daemon.hooks import Hooks
 from runner.daemon.backends import backend_for
 from runner.daemon.cluster import Cluster
 from runner.daemon.listeners import Listeners, inbox_consumption, metrics_counting
+from runner.daemon.inspection import Inspection
 from runner.daemon.longpoll import LongPolls
 from runner.daemon.metrics import Metrics
 from runner.daemon.pools import ThreadPools
@@ -99,6 +101,7 @@ class Daemon:
                              accepts_messages=True, mailbox=self.inbox, pools=self.kind_pools,
                              artifact_link=self.links.artifact)
         self.visibility = Visibility(engine=self.engine, store=store, users=users)
+        self.inspection = Inspection(store=store, visibility=self.visibility, gitops=gitops, pool=self.threads.files)
         self.callbacks = Callbacks(engine=self.engine, store=store, inbox=self.inbox, clock=self.clock,
                                    schedule=self.schedule, pool=self.threads.files, remembers_open=not self.shared)
         self.runs = RunTasks(engine=self.engine, store=store, gitops=gitops, metrics=self.metrics, timers=self.timers,

@@ -13,6 +13,7 @@ acknowledges.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -38,6 +39,7 @@ INTEGER = re.compile(r"^-?[0-9]{1,18}$")
 NUMBER = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9})?$")
 STATUS = {Unauthorized: 401, Forbidden: 403, NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422,
           UsageError: 422, FlowInvalid: 422, RunLocked: 503}
+RESOURCE_META_HEADER = "X-Signoff-Resource"
 RETRY_AFTER = {RunLocked: "1"}  # the run is busy for a moment (another process has its log): ask again
 
 
@@ -195,6 +197,23 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         events = await daemon.polls.events_after(run_id, after, wait)
         return JSONResponse({"events": events, "next": events[-1]["seq"] if events else after})
 
+    async def verify(request: Request) -> Response:
+        return JSONResponse(await daemon.inspection.verify(request.path_params["run_id"], user_of(request)))
+
+    async def logs(request: Request) -> Response:
+        user = user_of(request)
+        return JSONResponse(await daemon.inspection.logs(request.path_params["run_id"], user,
+                                                         request.query_params.get("step")))
+
+    async def releases(request: Request) -> Response:
+        user_of(request)
+        return JSONResponse(await daemon.inspection.releases())
+
+    async def diff(request: Request) -> Response:
+        user_of(request)
+        return JSONResponse(await daemon.inspection.diff(request.path_params["flow"],
+                                                         request.query_params.get("ref") or None))
+
     async def cancel(request: Request) -> Response:
         user = user_of(request)
         return JSONResponse(await daemon.runs.cancel(request.path_params["run_id"], user))
@@ -219,7 +238,9 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
 
     async def resource(request: Request) -> Response:
         path, meta = daemon.visibility.readable_resource(request.path_params["sha256"], user_of(request))
-        return FileResponse(path, media_type=meta.get("media_type") or "application/octet-stream")
+        # its metadata (what `signoff resource get --json` prints) in one header, ASCII-only JSON: HEAD gives it alone
+        return FileResponse(path, media_type=meta.get("media_type") or "application/octet-stream",
+                            headers={RESOURCE_META_HEADER: json.dumps(meta, separators=(",", ":"))})
 
     def live_change(change: str):
         async def route(request: Request) -> Response:
@@ -260,15 +281,19 @@ def create_app(daemon: Daemon, *, body_limit: int = BODY_LIMIT) -> Starlette:
         Route("/api/v1/health", health),
         Route("/api/v1/flows", flows),
         Route("/api/v1/flows/{flow}/runs", start_run, methods=["POST"]),
+        Route("/api/v1/flows/{flow}/diff", diff),
         *[Route(f"/api/v1/flows/{{flow}}/{change}", live_change(change), methods=["POST"]) for change in LIVE_CHANGES],
         Route("/api/v1/releases/pending", pending_releases),
         Route("/api/v1/releases/{flow}/{version}/decision", release_decision, methods=["POST"]),
         Route("/api/v1/runs", list_runs),
         Route("/api/v1/runs/{run_id}", get_run),
         Route("/api/v1/runs/{run_id}/events", run_events),
+        Route("/api/v1/runs/{run_id}/verify", verify),
+        Route("/api/v1/runs/{run_id}/logs", logs),
         Route("/api/v1/runs/{run_id}/cancel", cancel, methods=["POST"]),
         Route("/api/v1/runs/{run_id}/steps/{step_id}/decision", decision, methods=["POST"]),
         Route("/api/v1/pending", pending),
+        Route("/api/v1/releases", releases),
         Route("/api/v1/resources/{sha256}", resource),
         Route("/callbacks/{token}", callback, methods=["POST"]),
         Route("/hooks/{flow}", hook, methods=["POST"]),

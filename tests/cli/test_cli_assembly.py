@@ -10,8 +10,8 @@ import click
 import runner.cli
 from runner.cli import FAMILIES, build
 
-COMMANDS = ["approve", "callback", "cancel", "completion", "db", "diff", "doctor", "init", "mcp", "pending", "pin", "reject", "release",
-            "release-approve", "release-reject",
+COMMANDS = ["approve", "callback", "cancel", "completion", "db", "diff", "doctor", "init", "logs", "mcp", "pending", "pin", "reject",
+            "release", "release-approve", "release-reject",
             "releases", "replay", "request-changes", "resource", "run", "runs", "serve", "unpin", "validate", "yank"]
 CLI_DIR = Path(runner.cli.__file__).parent
 
