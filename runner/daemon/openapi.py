@@ -172,7 +172,11 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/api/v1/pending", "The approvals the caller may decide, with their rendered context",
               {200: Answer("The pending approvals.", "PendingList")}, (401,), "approvals"),
     Operation("GET", "/api/v1/resources/{sha256}", "A resource's bytes (to those who may see a run that stored it)",
-              {200: Answer("The bytes, with the media type recorded for them.", {}, media_type="*/*")},
+              {200: Answer("The bytes, with the media type recorded for them (HEAD: the headers only).", {},
+                           media_type="*/*", headers={"X-Signoff-Resource": {
+                               "description": "The resource's metadata as JSON (sha256, size, media_type, name, "
+                                              "run, step, created_at): what `signoff resource get --json` prints.",
+                               "schema": {"type": "string"}}})},
               (401, 404), "runs", parameters=(path_param("sha256", "The resource's sha256 (res://<sha256>).",
                                                          pattern=SHA256),)),
     Operation("POST", "/callbacks/{token}", "An external system resumes a callback step (the URL is the "
