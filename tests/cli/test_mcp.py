@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import secrets
 import sys
 from contextlib import AsyncExitStack
 from typing import Any
@@ -20,43 +19,18 @@ from typing import Any
 import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
-from yamlcompat import YAML
 
+from agent_support import SHIP_NOTE, daemon_with_author
 from gitops_support import GitOpsDaemon
-from support import broken_flow, flow_text, simple_flow
+from support import broken_flow
 
 from runner.cli.mcp.actions import Actions
 from runner.cli.mcp.catalogue import TOOLS
 
-AUTHOR = {"roles": ["run", "approve", "release"], "groups": ["ops"]}
 EXPECTED_TOOLS = {"validate_flows", "diff_flow", "run_draft", "start_run", "list_runs", "show_run", "run_events",
                   "list_pending", "decide", "post_callback", "cancel_run", "release_flow", "list_releases"}
 SESSION_DEADLINE = 60  # seconds for one whole client session (bounded, never a sleep)
 
-SHIP_NOTE = """
-name: ship-note
-description: Ship a release note once a person has read it
-inputs:
-  note: {type: string, required: true}
-steps:
-  - id: prepare
-    kind: set
-    values: {summary: "Release note: ${{ inputs.note }}"}
-  - id: review
-    kind: approval
-    approvers: [group:ops]
-    context: |
-      Please read **${{ steps.prepare.outputs.summary }}** before it ships.
-    links:
-      - {title: the note, url: "https://notes.example.com/${{ inputs.note }}"}
-    inputs:
-      ticket: {type: string, required: true, description: The change ticket}
-    timeout: 1h
-    on_timeout: reject
-  - id: publish
-    kind: set
-    values: {ticket: "${{ steps.review.outputs.inputs.ticket }}"}
-"""
 
 WORKER = """
 name: worker
@@ -72,12 +46,7 @@ steps:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
     """One daemon for the module (its runs are the tests' own: each test uses its own flow or run)."""
-    world = GitOpsDaemon(tmp_path_factory.mktemp("mcp"), flows={"hello": simple_flow("hello")}, poll_interval="1h")
-    world.tokens["ada"] = secrets.token_urlsafe(24)
-    config = YAML(typ="safe", pure=True).load(world.config_path.read_text())
-    config["users"]["ada"] = {"token": {"env": "ADA_TOKEN"}, **AUTHOR}
-    world.config_path.write_text(flow_text(config), encoding="utf-8")
-    world.start()
+    world = daemon_with_author(tmp_path_factory.mktemp("mcp"))
     yield world
     world.close()
 
