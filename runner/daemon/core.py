@@ -199,9 +199,16 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         repo = self.gitops.health()
-        return {"ok": repo["error"] is None and self.failed is None, "version": __version__,
-                "stopping": self.stopping, "failed_task": self.failed, "active_runs": len(self.runs.tasks),
-                "timers": len(self.timers), "public_url": self.public_url, "repo": repo}
+        store: dict[str, Any] = {"kind": "postgres" if self.shared else "files"}
+        if self.shared:  # the daemons serving the same database, as each last said it was alive
+            try:
+                store["daemons"] = self.store.live_daemons()
+            except Exception as exc:  # the database away: health says so instead of failing
+                store["error"] = f"the database does not answer: {type(exc).__name__}"
+        return {"ok": repo["error"] is None and self.failed is None and "error" not in store,
+                "version": __version__, "stopping": self.stopping, "failed_task": self.failed,
+                "active_runs": len(self.runs.tasks), "timers": len(self.timers), "public_url": self.public_url,
+                "repo": repo, "store": store}
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the web UI."""

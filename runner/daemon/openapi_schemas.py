@@ -160,7 +160,12 @@ def _daemon_and_approvals() -> dict[str, dict[str, Any]]:
     return {
         "Health": obj("Liveness and the live release.", {
             "ok": FLAG, "version": text(), "stopping": FLAG, "failed_task": {"type": ["string", "null"]},
-            "active_runs": COUNT, "timers": COUNT, "public_url": text(), "repo": repo}),
+            "active_runs": COUNT, "timers": COUNT, "public_url": text(), "repo": repo,
+            "store": obj("Where the runs are: files (one daemon), or PostgreSQL (with the daemons serving it).", {
+                "kind": {"enum": ["files", "postgres"]},
+                "daemons": many(obj("A daemon of the same database.", {"holder": text(), "started_at": TIME,
+                                                                      "seen_at": TIME})),
+                "error": text("Why the database did not answer.")}, required=("kind",))}),
         "PendingList": obj("The approvals the caller may decide.", {"user": text(), "pending": many(pending)}),
         "FlowCatalog": obj("Flows with live version, drafts and refused releases (a tagged repository), or the "
                            "working tree's flows and their validation state.", {

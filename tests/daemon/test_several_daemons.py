@@ -71,6 +71,8 @@ def test_a_decision_on_another_daemon_moves_the_run_and_every_daemon_shows_it(cl
     for daemon in cluster:
         listed = daemon.api("root").get("/api/v1/runs", params={"flow": "review"}).json()
         assert [r["id"] for r in listed["runs"]] == [run["id"]]
+    health = third.api("root").get("/api/v1/health").json()
+    assert health["ok"] and health["store"]["kind"] == "postgres" and len(health["store"]["daemons"]) == 3
     verified = first.cli("runs", "verify", run["id"], "--json", "--config", str(first.config_path), env=first.env())
     assert verified.returncode == 0, verified.stderr
 
