@@ -114,6 +114,9 @@ def test_approvers_see_the_replay_summary_and_decide_through_their_signed_link(t
         code, out, err, _ = run_cli(["releases", "--repo", daemon.repo, "--data", daemon.data])
         assert "PENDING APPROVAL v1.1.0 (0/1) replayed 2 run(s): would end 2 succeeded" in out, out + err
 
+    daemon.restart()  # the summary is kept with the pending release, not made again
+    assert pending_with_replay(daemon, "v1.1.0")["replay"] == replay
+
     # the notification: a signed link for carol (the one approver), none for alice (the tagger)
     titles = [link["title"] for link in told[0]["links"]]
     assert "decide as carol" in titles and "decide as alice" not in titles
