@@ -200,7 +200,8 @@ def releases(flows: list[dict[str, Any]], *, tagged: bool, problems: list[dict[s
         if entry["removed"]:
             note.append("removed in the newest release")
         for item in entry.get("pending") or []:
-            note.append(f"PENDING APPROVAL {item['tag']} ({len(item['approvals'])}/{item['rule']['min_approvals']})")
+            note.append(f"PENDING APPROVAL {item['tag']} ({len(item['approvals'])}/{item['rule']['min_approvals']})"
+                        + replay_note(item.get("replay")))
         if entry["drafts"]:
             note.append("drafts: " + ",".join(d["branch"] for d in entry["drafts"]))
         rows.append([entry["flow"], live["tag"] if live else "-", live["commit"][:12] if live else "",
@@ -306,3 +307,17 @@ class Progress:
         if len(lines) > 200:
             self.stream.write(f"  {step} | ... {len(lines) - 200} more lines\n")
         self.stream.flush()
+
+
+def replay_note(replay: dict[str, Any] | None) -> str:
+    """How the pending release fares against the live version's recent runs, in a few words."""
+    if not replay:
+        return ""
+    if replay.get("error"):
+        return " not replayed"
+    summary = replay.get("summary") or {}
+    if not summary.get("runs"):
+        return " replayed: no runs"
+    ends = ",".join(f"{count} {status}" for status, count in summary["statuses"].items())
+    was = ",".join(f"{count} {status}" for status, count in summary["recorded_statuses"].items())
+    return f" replayed {summary['runs']} run(s): would end {ends} (recorded {was})"

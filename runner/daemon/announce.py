@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from runner.auth import Users, may_decide
-from runner.daemon.web.links import link_expiry, sign, sign_resource
+from runner.daemon.web.links import link_expiry, sign, sign_release, sign_resource
 from runner.notify import Message, Notifier
 from runner.runs.engine import Engine
 from runner.runs.store import Store
@@ -34,6 +34,7 @@ TIMEOUT_FOLLOW = {"fail": "the run ends timed_out", "reject": "treated as a reje
 RESOURCE = re.compile(r"res://([0-9a-f]{64})")
 # how long an artifact link lasts when its step has no deadline ahead (a timeout notice): at most this
 AGE_WITHOUT_DEADLINE = timedelta(days=1)
+RELEASE_LINK_AGE = timedelta(days=7)  # a release pending approval has no deadline: its links last this, or link_max_age
 
 
 class NotificationLinks:
@@ -68,6 +69,20 @@ class NotificationLinks:
             links.append({"title": f"decide as {user}", "url": f"{self.public_url}/ui/link/{token}", "user": user})
             tokens.append(token)
         links.append({"title": "run", "url": f"{self.run_url(run['id'])}#step-{step_id}"})
+        return links, tuple(tokens)
+
+    def of_release(self, item: dict[str, Any], deciders: list[str]) -> tuple[list[dict[str, str]], tuple[str, ...]]:
+        """(links, tokens) of a release pending approval: one signed link per user who may decide it, opening
+        its decision page as that user, and the release on the releases page."""
+        now = self.clock.now()
+        expires = now + (self.max_age() or RELEASE_LINK_AGE)
+        links, tokens = [], []
+        for user in deciders:
+            token = sign_release(self.secrets(), item["flow"], item["tag"], user, expires)
+            links.append({"title": f"decide as {user}", "url": f"{self.public_url}/ui/release-link/{token}",
+                          "user": user})
+            tokens.append(token)
+        links.append({"title": "releases", "url": f"{self.public_url}/ui/releases#flow-{item['flow']}"})
         return links, tuple(tokens)
 
     def artifact(self, run_id: str, sha256: str) -> tuple[str, str]:

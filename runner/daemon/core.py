@@ -12,6 +12,7 @@ One asyncio loop runs everything. The services, each in its own module:
     hooks        the webhook trigger and the git push webhook
     catalog      the flows offered, and changes of what is live
     inspection   a run's verification and logs, the releases and a diff, as the CLI prints them
+    release_approvals + release_replay   releases pending approval: decisions, links, the replay summary
     detached     kills of detached remote jobs a run asked for
     listeners    the ordered, contained listeners of the engine's events
     tasks        named supervised side tasks, and short background ones
@@ -48,6 +49,7 @@ from runner.daemon.longpoll import LongPolls
 from runner.daemon.metrics import Metrics
 from runner.daemon.pools import ThreadPools
 from runner.daemon.release_approvals import ReleaseApprovals
+from runner.daemon.release_replay import ReleaseReplays
 from runner.daemon.running import RunTasks
 from runner.daemon.scheduler import Scheduler
 from runner.daemon.startup import active_runs, parked_quietly
@@ -121,8 +123,11 @@ class Daemon:
         self.hooks = Hooks(engine=self.engine, store=store, gitops=gitops, config=config, metrics=self.metrics,
                            schedule_run=self.schedule)
         self.catalog = Catalog(gitops=gitops, config=config, work_dir=work_dir)
+        self.release_replays = ReleaseReplays(gitops=gitops, store=store, config=config, pool=self.threads.replay,
+                                              spawn=self.side.spawn, run_url=self.run_url, clock=self.clock)
         self.release_approvals = ReleaseApprovals(gitops=gitops, users=users, notifier=self.announcer.notifier,
-                                                  public_url=self.public_url, spawn=self.side.spawn)
+                                                  links=self.links, replays=self.release_replays,
+                                                  spawn=self.side.spawn)
         gitops.on_change = self.scheduler.live_changed
         self.listeners.listeners = [
             ("long-poll wake-ups", self.polls.on_event),

@@ -125,8 +125,9 @@ OPERATIONS: tuple[Operation, ...] = (
               (401,), "releases"),
     Operation("GET", "/api/v1/releases/pending", "Releases waiting for approval that the caller may decide",
               {200: Answer("`{user, pending: [...]}`: each pending release with its diff against live, its "
-                           "validation, its tagger and the approvals so far.", {"type": "object",
-                                                                             "required": ["user", "pending"]})},
+                           "validation, its tagger, the approvals so far and `replay` (its flow replayed against "
+                           "the live version's recent runs; null while that runs).",
+                           {"type": "object", "required": ["user", "pending"]})},
               (401,), "releases"),
     Operation("POST", "/api/v1/releases/{flow}/{version}/decision",
               "Approve or reject a release waiting for approval (the release rule's approvers; never its author)",

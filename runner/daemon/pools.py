@@ -2,7 +2,8 @@
 
 `files` takes file I/O that should not hold the loop (the inbox journal's writes and
 compactions, large callback bodies stored as resources); `git` has one thread, since
-GitPython is not thread-safe. No pool outlives its daemon, so two daemons in one process
+GitPython is not thread-safe; `replay` has one thread, so replaying the recent runs of a
+release pending approval (CPU-bound, an event loop of its own) never crowds the rest. No pool outlives its daemon, so two daemons in one process
 (tests) never share one.
 """
 
@@ -18,11 +19,13 @@ class ThreadPools:
     def __init__(self) -> None:
         self.files = ThreadPoolExecutor(thread_name_prefix="signoff-files")
         self.git = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signoff-git")
+        self.replay = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signoff-replay")
 
     def shutdown(self) -> None:
         """Take no more work and wait for what is running, as the loop's default executor is waited for
         when its loop closes: a git command of a stopped daemon must not still be forking (its children
         would share the descriptors, and so the run locks, of whatever opens files next)."""
+        self.replay.shutdown(wait=True, cancel_futures=True)  # a replay not begun is done again at start-up
         for pool in (self.files, self.git):
             pool.shutdown(wait=True)
 

@@ -8,7 +8,9 @@ decision under runner.auth.may_decide_release, and the live versions are read
 again at once, so an approved release is live when the call returns.
 
 When a release becomes pending, the channels its rule names (`notify`) are told
-once (the record's `announced_at`, so a restart does not tell them again).
+once (the record's `announced_at`, so a restart does not tell them again), with a
+signed link per user who may decide it (announce.NotificationLinks.of_release); and
+the live version's recent runs are replayed against it (daemon/release_replay.py).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ def decision_fields(body: dict[str, Any]) -> tuple[str, str | None]:
 
 
 class ReleaseApprovals:
-    def __init__(self, *, gitops: Any, users: Users, notifier: Notifier, public_url: str,
+    def __init__(self, *, gitops: Any, users: Users, notifier: Notifier, links: Any, replays: Any,
                  spawn: Callable[[Any], None]) -> None:
-        self.gitops, self.users, self.notifier, self.public_url, self._spawn = gitops, users, notifier, public_url, spawn
+        self.gitops, self.users, self.notifier, self.links, self._spawn = gitops, users, notifier, links, spawn
+        self.replays = replays
         self._announcing: set[str] = set()
         gitops.on_resolved = self.resolved
 
@@ -81,7 +84,8 @@ class ReleaseApprovals:
     # ---- telling the rule's channels ----------------------------------------------------
 
     def resolved(self, resolution: Resolution) -> None:
-        """After each read of the refs: announce the pending releases nobody was told of yet."""
+        """After each read of the refs: announce the pending releases nobody was told of yet; replay them."""
+        self.replays.resolved(resolution)
         for item in (i for flow in resolution.flows.values() for i in flow.pending):
             key = record_key(item["flow"], item["tag"])
             if item.get("announced_at") or key in self._announcing:
@@ -91,14 +95,15 @@ class ReleaseApprovals:
 
     async def announce(self, item: dict[str, Any], key: str) -> None:
         rule = item["rule"]
-        url = f"{self.public_url}/ui/releases#flow-{item['flow']}"
         text = (f"{item['flow']} {item['tag']} waits for release approval ({rule['min_approvals']} of "
                 f"{', '.join(rule['approvers']) or 'nobody'}); live stays {(item.get('base') or {}).get('tag')}. "
                 f"Authors: {', '.join(item.get('authors') or []) or 'unknown'}.")
         try:
-            for channel in rule.get("notify") or []:
-                message = Message(f"{item['flow']}: release {item['tag']} pending approval", text,
-                                  [{"title": "releases", "url": url}], flow=item["flow"])
+            channels = rule.get("notify") or []
+            links, tokens = self.links.of_release(item, self.deciders(item)) if channels else ([], ())
+            for channel in channels:
+                message = Message(f"{item['flow']}: release {item['tag']} pending approval", text, links,
+                                  flow=item["flow"], private=tokens)
                 delivery = await self.notifier.send(channel, message)
                 if not delivery.ok:
                     log.warning("could not tell %s of the pending release %s: %s", channel, key, delivery.error,

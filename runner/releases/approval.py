@@ -9,7 +9,8 @@ the tag under review. What this module keeps, through the release `State`
                  rule: {approvers, min_approvals, allow_self_approval, notify, error, source},
                  authors: ["Name <email>"...], released_by, approvals: [{by, at, comment}],
                  rejection: {by, at, comment} | null, superseded_by, decided_at,
-                 diff, diff_truncated, validation: {ok, errors}, announced_at}
+                 diff, diff_truncated, validation: {ok, errors}, announced_at,
+                 replay: the tag's flow replayed against the live version's recent runs | null}
     accepted    flow -> tags that were live once (they may go live again, after a yank, without approval)
 
 Statuses: `pending` (the live version does not change), `approved` (it goes live),
@@ -140,7 +141,8 @@ class Gate:
                   "rule": {**rule.to_dict(), "source": source}, "authors": authors, "released_by": released_by,
                   "tagger": release.tagger, "message": release.message, "approvals": [], "rejection": None,
                   "superseded_by": None, "decided_at": None, "diff": diff, "diff_truncated": truncated,
-                  "validation": {"ok": verdict["ok"], "errors": verdict["errors"]}, "announced_at": None}
+                  "validation": {"ok": verdict["ok"], "errors": verdict["errors"]}, "announced_at": None,
+                  "replay": None}
         self.records[record_key(flow, release.tag)] = record
         self.created.append(record)
         return record
@@ -215,6 +217,18 @@ def mark_announced(state: Any, keys: list[str], at: str) -> None:
             if key in records:
                 records[key]["announced_at"] = at
         state.save(RECORDS, records)
+
+
+def note_replay(state: Any, key: str, commit: str, replay: dict[str, Any]) -> bool:
+    """Keep the replay summary with the release `key` made at `commit`; False if there is no such record."""
+    with state.locked():
+        records = state.load(RECORDS, {})
+        record = records.get(key)
+        if record is None or record["commit"] != commit:
+            return False
+        record["replay"] = replay
+        state.save(RECORDS, records)
+    return True
 
 
 def is_rejected(state: Any, flow: str, version: str) -> bool:

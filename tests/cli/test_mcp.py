@@ -28,7 +28,8 @@ from runner.cli.mcp.actions import Actions
 from runner.cli.mcp.catalogue import TOOLS
 
 EXPECTED_TOOLS = {"validate_flows", "diff_flow", "run_draft", "start_run", "list_runs", "show_run", "run_events",
-                  "list_pending", "decide", "post_callback", "cancel_run", "release_flow", "list_releases"}
+                  "list_pending", "decide", "post_callback", "cancel_run", "release_flow", "list_releases",
+                  "list_pending_releases", "decide_release"}
 SESSION_DEADLINE = 60  # seconds for one whole client session (bounded, never a sleep)
 
 

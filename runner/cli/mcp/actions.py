@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from runner.cli.app import Env
 from runner.cli.client import Client
@@ -139,6 +140,18 @@ class Actions:
         if flow:
             document = {**document, "flows": [entry for entry in document["flows"] if entry["flow"] == flow]}
         return document
+
+    def list_pending_releases(self) -> dict[str, Any]:
+        with self.client() as client:
+            _, answer = client.call("GET", "/api/v1/releases/pending")
+        return answer
+
+    def decide_release(self, flow: str, version: str, decision: str, comment: str | None = None) -> dict[str, Any]:
+        body = {"decision": decision, **({"comment": comment} if comment is not None else {})}
+        with self.client() as client:
+            _, answer = client.call("POST", f"/api/v1/releases/{quote(flow, safe='')}/{quote(version, safe='')}"
+                                            "/decision", json=body)
+        return answer
 
 
 def _wait(client: Client, record: dict[str, Any], until: str, seconds: float) -> dict[str, Any]:

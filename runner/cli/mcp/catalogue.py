@@ -170,6 +170,33 @@ TOOLS: tuple[ToolSpec, ...] = (
         "scope} | null, pinned, yanked, refused: [{tag, commit, errors}], prereleases, drafts: [{branch, commit}], "
         "...}]} (without release tags, each flow's working_tree check instead of live).",
         schema({"flow": {**FLOW, "description": "Only this flow."}}), read_only=True, idempotent=True),
+    ToolSpec(
+        "list_pending_releases", "Releases waiting for my approval",
+        "The releases pending approval (signoff-release.yaml) this user may decide, from the daemon's "
+        "`GET /api/v1/releases/pending`: {user, pending: [{flow, tag, version, commit, status, base: {tag, "
+        "commit} (what stays live), rule: {approvers, min_approvals, allow_self_approval, source}, authors, "
+        "approvals: [{by, at, comment}], may_approve (false: you may only reject, e.g. as one of its authors), "
+        "diff (unified, live against the tag), validation: {ok, errors}, replay}]}. `replay` is the tag's flow "
+        "replayed against the live version's recent runs, nothing executed (null while it runs): {against, "
+        "summary: {runs, verdicts, statuses, recorded_statuses, outcome_changed}, runs: [{run, url, recorded, "
+        "status, counts, steps: [{step, verdict, status, old_status}]}], error}. Read the diff and the replay "
+        "before deciding.",
+        schema({}), read_only=True, idempotent=True),
+    ToolSpec(
+        "decide_release", "Decide a release",
+        "Approve or reject a release pending approval, as this user, under the daemon's rules: only an approver "
+        "of the live release rule, never one of the release's authors unless the rule allows self-approval, only "
+        "while it is pending. An approval that completes the quorum makes the release live at once; one "
+        "rejection rejects it for good. Result as `signoff release-approve --json`: {flow, tag, version, "
+        "decision, status, final, release, live}; a refusal is an error with the daemon's code (forbidden 403, "
+        "not found 404, conflict 409, invalid 422).",
+        schema({"flow": FLOW,
+                "version": {"type": "string", "minLength": 1,
+                            "description": "The pending release's version, e.g. 1.2.0 (or its tag's v1.2.0)."},
+                "decision": {"type": "string", "enum": ["approve", "reject"]},
+                "comment": {"type": "string", "description": "Why: kept in the release history."}},
+               ("flow", "version", "decision")),
+        annotations={"destructive_hint": False}),
 )
 
 BY_NAME = {tool.name: tool for tool in TOOLS}

@@ -41,7 +41,9 @@ The usual way of a change: write and commit flows/<name>.yaml on a branch; valid
 ref; show_run / run_events to follow it; when it waits for an approval, a person with the right to decide
 finds it in list_pending (with its rendered context, links and reviewer inputs) and decides; show_run with
 wait_until: ended waits for that decision and the run's end; then release_flow tags it, and list_releases
-shows what is live. You cannot approve your own run unless the step allows it; a refusal is an error result
+shows what is live. Where the repository requires release approval, a new tag waits until an approver
+decides it: list_pending_releases shows it (the diff against live, the validation, and the replay of the
+live version's recent runs against it) and decide_release approves or rejects it. You cannot approve your own run unless the step allows it; a refusal is an error result
 with the daemon's code and message: read its hint."""
 
 VALIDATORS = {tool.name: Draft202012Validator(tool.input_schema) for tool in TOOLS}

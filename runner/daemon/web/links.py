@@ -1,4 +1,4 @@
-"""Per-approver decision links: a signed token that opens one step's decision page as one user.
+"""Per-approver decision links: a signed token that opens one step's (or release's) decision page as one user.
 
 Each notification of a wait carries, for each approver, a link whose token says
 which run, which step, which user and until when. The token is an HMAC
@@ -10,6 +10,9 @@ The expiry is written into the token and checked against the caller's clock
 (not itsdangerous' wall-clock max_age), so tests of a four-hour deadline take no
 time. Whether the step is still waiting is not known here: the page checks it,
 and a link stops working once its step has ended because the page says so.
+
+A release pending approval gets the same kind of link (`sign_release`: flow, tag,
+user, expiry) under a salt of its own, so neither kind ever passes for the other.
 
 The secret may be a list (oldest first, newest last): tokens are signed with the
 newest and accepted under any, so a secret can be rotated without breaking the
@@ -73,18 +76,24 @@ def verify(secret: Secret, token: str, now: datetime, *, run_id: str | None = No
     run or step. Raises Unauthorized for a forged, malformed or expired token and Forbidden
     for a valid one that was made for another run or step.
     """
+    grant = _verified(secret, SALT, token, now)
+    if (run_id is not None and grant.run_id != run_id) or (step_id is not None and grant.step_id != step_id):
+        raise Forbidden("this decision link was made for another step",
+                        hint="use the link of the notification about this step, or sign in with your token")
+    return grant
+
+
+def _verified(secret: Secret, salt: str, token: str, now: datetime) -> LinkGrant:
+    """The four values under a valid, unexpired token of `salt`'s purpose (Unauthorized otherwise)."""
     try:
-        payload = _serializer(secret).loads(token)
+        payload = _serializer(secret, salt).loads(token)
     except (BadSignature, UnicodeError, ValueError, TypeError):
         raise Unauthorized("this decision link is not valid",
                            hint="open the link exactly as it was sent, or sign in with your token") from None
     grant = _grant(payload)
     if now >= grant.expires_at:
         raise Unauthorized(f"this decision link expired at {rfc3339(grant.expires_at)}",
-                           hint="sign in with your token to see the run, or ask for a new link")
-    if (run_id is not None and grant.run_id != run_id) or (step_id is not None and grant.step_id != step_id):
-        raise Forbidden("this decision link was made for another step",
-                        hint="use the link of the notification about this step, or sign in with your token")
+                           hint="sign in with your token, or ask for a new link")
     return grant
 
 
@@ -139,3 +148,33 @@ def verify_resource(secret: Secret, token: str, now: datetime) -> ResourceGrant:
         raise Unauthorized(f"this artifact link expired at {rfc3339(grant.expires_at)}",
                            hint="sign in with your token to see the run's artifacts")
     return grant
+
+
+RELEASE_SALT = "signoff.release-link"  # a release's link never opens a step, nor the other way round
+
+
+@dataclass(frozen=True)
+class ReleaseGrant:
+    """What a valid release link permits: `user` may open and decide release `tag` of `flow` until `expires_at`."""
+
+    flow: str
+    tag: str
+    user: str
+    expires_at: datetime
+
+
+def sign_release(secret: Secret, flow: str, tag: str, user: str, expires_at: datetime) -> str:
+    """A URL-safe token for `user` to decide the release `tag` of `flow` pending approval, until `expires_at`.
+
+    The same token as a step's (`sign`) under a salt of its own: a release has no deadline, so the
+    caller gives the expiry (`server.link_max_age`, or a week).
+    """
+    if expires_at.tzinfo is None:
+        raise ValueError("expires_at must carry a time zone")
+    return _serializer(secret, RELEASE_SALT).dumps([flow, tag, user, math.floor(expires_at.timestamp())])
+
+
+def verify_release(secret: Secret, token: str, now: datetime) -> ReleaseGrant:
+    """The grant a release token carries; Unauthorized for a forged, malformed or expired one (or a step's)."""
+    grant = _verified(secret, RELEASE_SALT, token, now)
+    return ReleaseGrant(grant.run_id, grant.step_id, grant.user, grant.expires_at)

@@ -9,7 +9,9 @@ the cookie, and a session ends at its expiry whatever the browser does.
 
 A session opened by a decision link is `limited_to` that one (run, step): the
 pages let it see and decide that step and nothing else, and it ends when the
-link would have.
+link would have. A release's link limits its session to `release_scope(flow,
+version)`, which no run id can equal (run ids have no colon), so it reaches that
+release's page and form and no run at all.
 
 Every form carries a CSRF token derived from the session's own random nonce
 (HMAC-SHA256), checked in constant time: a page from another origin cannot know
@@ -36,6 +38,12 @@ COOKIE_PATH = "/ui"
 DEFAULT_MAX_AGE = timedelta(hours=12)
 CSRF_FIELD = "csrf_token"  # the name of the hidden field in every form
 Secret = str | bytes | Sequence[str | bytes]
+RELEASE_SCOPE = "release:"
+
+
+def release_scope(flow: str, version: str) -> tuple[str, str]:
+    """The (run id, step id) stand-in a release link's session is limited to: `release:<flow>`, `<version>`."""
+    return f"{RELEASE_SCOPE}{flow}", version.removeprefix("v")
 
 
 @dataclass(frozen=True)
