@@ -87,8 +87,9 @@ def live_daemon(root: Path, flows: dict[str, str | dict], channels: dict[str, di
     config_path.write_text(json.dumps(config, indent=2))
     daemon, app, _, _ = build(Env(None, str(root / "repo"), str(config_path)))
     # no access log: page URLs may carry decision-link tokens, which are never logged
+    # a browser keeps its connections open: the shutdown does not wait for it to hang up
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                           loop="asyncio"))
+                                           loop="asyncio", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"pages-test-{port}", daemon=True)
     thread.start()
     try:
