@@ -163,7 +163,8 @@ def serve_app(app: Any) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     # no access log: page URLs may carry decision-link tokens, which are never logged
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", loop="asyncio")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", loop="asyncio",
+                            timeout_graceful_shutdown=1)  # a browser keeps its connections open
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"web-test-{port}", daemon=True)
     thread.start()
