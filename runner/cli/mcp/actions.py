@@ -135,8 +135,9 @@ class Actions:
             return {**answer, "server": client.server}
 
     def list_releases(self, flow: str | None = None) -> dict[str, Any]:
+        """`signoff releases --json` as the daemon serves it (pins, yanks, refusals, pending, drafts, history)."""
         with self.client() as client:
-            _, document = client.call("GET", "/api/v1/flows")
+            _, document = client.call("GET", "/api/v1/releases")
         if flow:
             document = {**document, "flows": [entry for entry in document["flows"] if entry["flow"] == flow]}
         return document

@@ -166,9 +166,10 @@ TOOLS: tuple[ToolSpec, ...] = (
         annotations={"destructive_hint": False}),
     ToolSpec(
         "list_releases", "Releases",
-        "What is live, from the daemon: {tagged, flows: [{flow, live: {tag, version, commit, tagger, date, message, "
-        "scope} | null, pinned, yanked, refused: [{tag, commit, errors}], prereleases, drafts: [{branch, commit}], "
-        "...}]} (without release tags, each flow's working_tree check instead of live).",
+        "What is live, from the daemon, as `signoff releases --json` prints it: {tagged, flows: [{flow, live: {tag, "
+        "version, commit, tagger, date, message, scope} | null, pinned, yanked, refused: [{tag, commit, errors}], "
+        "prereleases, versions, removed, pending: [releases waiting for approval], drafts: [{branch, commit}], "
+        "history}], problems, ignored_tags}.",
         schema({"flow": {**FLOW, "description": "Only this flow."}}), read_only=True, idempotent=True),
     ToolSpec(
         "list_pending_releases", "Releases waiting for my approval",
