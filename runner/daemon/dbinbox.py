@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from typing import Any, Callable
 
 from runner import jsonvalue
+from runner.daemon.inbox import refuse_batch
 from runner.daemon.pools import in_pool
 from runner.errors import Conflict, StoreError
 from runner.runs.postgres import queries as q
@@ -115,11 +116,7 @@ class DatabaseInbox:
                 try:
                     won = await in_pool(self.pool, self._insert, keys, entries)
                 except Exception as exc:
-                    failure = StoreError(f"could not record the callback in the database: {exc}")
-                    for key in keys:
-                        _, committed = self._inflight.pop(key)
-                        committed.set_exception(failure)
-                        committed.exception()  # a caller that hung up never reads it
+                    refuse_batch(self._inflight, keys, StoreError(f"could not record the callback in the database: {exc}"))
                     continue
                 for key in keys:
                     _, committed = self._inflight.pop(key)

@@ -185,11 +185,7 @@ class Inbox:
                 try:
                     offset = await in_pool(self.pool, self._append, b"".join(lines))
                 except BaseException as exc:
-                    failure = StoreError(f"could not record the callback in {self.path}: {exc}")
-                    for key in keys:
-                        _, committed = self._inflight.pop(key)
-                        committed.set_exception(failure)
-                        committed.exception()  # a caller that hung up never reads it
+                    refuse_batch(self._inflight, keys, StoreError(f"could not record the callback in {self.path}: {exc}"))
                     if not isinstance(exc, OSError):
                         raise
                     continue
@@ -260,6 +256,15 @@ class Inbox:
 
     def _close_reader(self) -> None:
         self.journal.close_reader()
+
+
+def refuse_batch(inflight: dict[Key, tuple[dict[str, Any], asyncio.Future]], keys: list[Key],
+                 failure: StoreError) -> None:
+    """A batch that could not be committed: each of its callers is told `failure` (none was acknowledged)."""
+    for key in keys:
+        _, committed = inflight.pop(key)
+        committed.set_exception(failure)
+        committed.exception()  # a caller that hung up never reads it
 
 
 def entry_for(store: Store, run_id: str, step_id: str, body: bytes, *, at: str,

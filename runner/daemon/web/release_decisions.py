@@ -26,6 +26,7 @@ from runner.auth import may_decide_release
 from runner.daemon.web import links, sessions
 from runner.daemon.web.context import Pages
 from runner.daemon.web.lists import pending_form
+from runner.daemon.web.signin import limited_session
 from runner.errors import Conflict, Forbidden, Invalid, NotFound
 from runner.releases.approval import PENDING, RECORDS, find_record
 
@@ -79,11 +80,8 @@ def routes(pages: Pages) -> list[Route]:
             raise Conflict(f"{grant.flow} {grant.tag} no longer waits for approval",
                            hint="sign in with your token to see the releases page")
         may_decide_release(user, item, pages.daemon.users, decision="reject").check()
-        scope = sessions.release_scope(grant.flow, item["version"])
-        value, session = sessions.issue(pages.secrets, user.name, now, limited_to=scope, expires_at=grant.expires_at)
-        response = RedirectResponse(f"/ui/releases/{grant.flow}/{item['version']}", status_code=303)
-        response.set_cookie(sessions.COOKIE_NAME, value, **sessions.cookie_options(session, now, secure=pages.secure))
-        return response
+        return limited_session(pages, user.name, now, limited_to=sessions.release_scope(grant.flow, item["version"]),
+                               expires_at=grant.expires_at, location=f"/ui/releases/{grant.flow}/{item['version']}")
 
     return [
         Route("/releases/{flow}/{version}", pages.guard(page), methods=["GET"]),

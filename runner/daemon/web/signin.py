@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets as random
 from datetime import datetime, timezone
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -98,11 +99,8 @@ def routes(pages: Pages) -> list[Route]:
         if deadline and now >= moment(deadline):
             raise Conflict(f"the time to decide step '{grant.step_id}' is over")
         may_decide(user, run, grant.step_id, pages.daemon.users, decision="reject").check()
-        value, session = sessions.issue(pages.secrets, user.name, now, limited_to=(grant.run_id, grant.step_id),
-                                        expires_at=grant.expires_at)
-        response = RedirectResponse(f"/ui/runs/{grant.run_id}#step-{grant.step_id}", status_code=303)
-        response.set_cookie(sessions.COOKIE_NAME, value, **sessions.cookie_options(session, now, secure=pages.secure))
-        return response
+        return limited_session(pages, user.name, now, limited_to=(grant.run_id, grant.step_id),
+                               expires_at=grant.expires_at, location=f"/ui/runs/{grant.run_id}#step-{grant.step_id}")
 
     return [
         Route("/signin", pages.guard(show), methods=["GET"]),
@@ -111,3 +109,12 @@ def routes(pages: Pages) -> list[Route]:
         Route("/link/{token}", pages.guard(open_link), methods=["GET"]),
     ]
 
+
+def limited_session(pages: Pages, user: str, now: datetime, *, limited_to: tuple[str, str], expires_at: Any,
+                    location: str) -> RedirectResponse:
+    """What a signed link opens: a session for `user` that may do only what the link names (`limited_to`),
+    until the link would have expired, and the way to the page where that is done."""
+    value, session = sessions.issue(pages.secrets, user, now, limited_to=limited_to, expires_at=expires_at)
+    response = RedirectResponse(location, status_code=303)
+    response.set_cookie(sessions.COOKIE_NAME, value, **sessions.cookie_options(session, now, secure=pages.secure))
+    return response
