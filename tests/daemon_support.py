@@ -278,6 +278,15 @@ class DaemonProcess:
     # ---- files and the CLI --------------------------------------------------------
 
     def run_json(self, run_id: str) -> dict:
+        """The run's snapshot as the store keeps it: run.json, or its row in the database."""
+        dsn = self.extra_env.get("SIGNOFF_DSN")
+        if dsn:
+            import psycopg
+
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute("SELECT snapshot::text FROM runs WHERE id = %s", (run_id,)).fetchone()
+            assert row and row[0], f"run {run_id} has no snapshot in the database"
+            return json.loads(row[0])
         return json.loads((self.data / "runs" / run_id / "run.json").read_text())
 
     def assert_record_valid(self, run_id: str) -> None:

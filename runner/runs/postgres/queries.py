@@ -132,6 +132,16 @@ INSERT INTO daemons (holder) VALUES (%(holder)s)
 ON CONFLICT (holder) DO UPDATE SET started_at = now(), seen_at = now()"""
 DAEMON_ALIVE = "UPDATE daemons SET seen_at = now() WHERE holder = %(holder)s"
 DAEMON_GONE = "DELETE FROM daemons WHERE holder = %(holder)s"
+# the writers this host's processes were (`host:pid`), as the daemons, claims and leases name them
+HOST_HOLDERS = """
+SELECT holder FROM daemons WHERE holder LIKE %(prefix)s
+UNION SELECT holder FROM claims WHERE holder LIKE %(prefix)s AND until IS NOT NULL
+UNION SELECT lease_holder FROM runs WHERE lease_holder LIKE %(prefix)s AND lease_until > now()"""
+FORGET_DAEMONS = "DELETE FROM daemons WHERE holder = ANY(%(holders)s)"
+FORGET_CLAIMS = "DELETE FROM claims WHERE holder = ANY(%(holders)s) AND until IS NOT NULL"
+FORGET_LEASES = """
+UPDATE runs SET lease_until = NULL, lease_holder = NULL
+WHERE lease_holder = ANY(%(holders)s) AND lease_until > now()"""
 LIVE_DAEMONS = """
 SELECT holder, started_at, seen_at FROM daemons WHERE seen_at > now() - %(within)s * interval '1 second'
 ORDER BY holder"""

@@ -9,6 +9,7 @@ it, a schedule slot by the first to move it forward, a setting by the first to w
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from contextlib import contextmanager
 from datetime import datetime
@@ -38,6 +39,21 @@ class PostgresShared:
         waits with a callback in the inbox. Rows another daemon's sweep holds are skipped."""
         with self.pool.connection() as conn, conn.transaction():
             return [run_id for (run_id,) in conn.execute(q.ORPHANED_RUNS, {"limit": limit}).fetchall()]
+
+    def forget_the_dead(self) -> list[str]:
+        """Writers of this host whose process is gone (a kill -9, a crash, a restart): their leases and claims
+        are let go at once instead of at their expiry, since nothing of theirs can write any more. (A holder
+        is `host:pid`; were two hosts named alike, a live writer let go of this way only loses its run: every
+        write is fenced by the lease epoch.)"""
+        host = self.holder.rpartition(":")[0]
+        with self.pool.connection() as conn:
+            names = [name for (name,) in conn.execute(q.HOST_HOLDERS, {"prefix": f"{host}:%"}).fetchall()]
+            dead = [name for name in names if name != self.holder and not _process_alive(name.rpartition(":")[2])]
+            if dead:
+                with conn.transaction():
+                    for query in (q.FORGET_DAEMONS, q.FORGET_CLAIMS, q.FORGET_LEASES):
+                        conn.execute(query, {"holders": dead})
+        return dead
 
     def still_alive(self) -> None:
         """This daemon's heartbeat in `daemons`."""
@@ -116,3 +132,13 @@ class PostgresShared:
     def release_history(self, flow: str | None = None) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
             return [json.loads(text) for (text,) in conn.execute(q.RELEASE_HISTORY, {"flow": flow}).fetchall()]
+
+
+def _process_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True  # someone else's process, or not a pid: not ours to call dead
+    return True

@@ -208,6 +208,7 @@ class PostgresStore(PostgresResources, PostgresIndexes, PostgresShared):
         """Several daemons serve one database, none special: each is listed in `daemons` while it runs
         (what it advances, it holds by the runs' leases, not by this)."""
         self._count(q.REGISTER_DAEMON, {"holder": self.holder})
+        self.forget_the_dead()
         try:
             yield
         finally:
