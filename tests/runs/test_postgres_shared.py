@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from runner.daemon.backends import DatabaseSchedules
 from runner.releases.dbstate import DatabaseState, release_state
 from runner.runs.files import FileStore
+from runner.runs.postgres.log import PostgresLog
 from runner.runs.postgres.store import PostgresStore
 from runner.releases.live import State
 
@@ -66,3 +69,19 @@ def test_the_link_secret_and_release_state_are_one_for_all(pair, tmp_path):
     assert theirs.load("overrides", {}) == {"refund": {"pinned": "1.2.0"}}
     assert theirs.history("refund") == [{"flow": "refund", "pinned": "1.2.0"}] and theirs.history("other") == []
     assert theirs.load("missing", []) == []
+
+
+def test_the_leases_and_claims_of_a_dead_process_of_this_host_are_let_go_at_once(pair):
+    first, second = pair
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    first.holder = f"{first.holder.rpartition(':')[0]}:{gone.pid}"  # what a writer killed -9 left behind
+    with first.pool.connection() as conn:
+        conn.execute("INSERT INTO runs (id, flow_source, status) VALUES ('run-a', '', 'running')")
+    log = PostgresLog(first.pool, "run-a", first.holder, 60.0)
+    log._stop.set()  # its heartbeat stops, as it would with its process
+    assert first.claim("kill:run-a:job", lapse=120)
+    assert not second.claim("kill:run-a:job", lapse=120)
+    assert second.forget_the_dead() == [first.holder]
+    assert second.claim("kill:run-a:job", lapse=120)
+    PostgresLog(second.pool, "run-a", second.holder, 60.0).close()  # the run's lease is free: taken at once
