@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
-from runner.daemon.dbinbox import DatabaseInbox
 from runner.daemon.inbox import Inbox
 from runner.daemon.triggers import ScheduleState
 from runner.releases.dbstate import release_state
 from runner.releases.live import State
-from runner.runs.postgres.store import PostgresStore
 
 LINK_SECRET = "link_secret"
 
@@ -31,7 +29,7 @@ LINK_SECRET = "link_secret"
 @dataclass
 class Backend:
     shared: bool                     # several daemons may serve this store
-    inbox: Inbox | DatabaseInbox
+    inbox: Any                       # an Inbox, or a DatabaseInbox (the same calls)
     schedules: ScheduleState
     release_state: State
     link_secret: Callable[[], str]
@@ -40,7 +38,9 @@ class Backend:
 
 
 def backend_for(store: Any, *, pool: Any, kept_link_secret: Callable[[Any], str]) -> Backend:
-    if isinstance(store, PostgresStore):
+    if getattr(store, "shared", False):  # PostgreSQL (its modules, and psycopg, only imported by who uses it)
+        from runner.daemon.dbinbox import DatabaseInbox
+
         return Backend(shared=True, inbox=DatabaseInbox(store, pool=pool), schedules=DatabaseSchedules(store),
                        release_state=release_state(store), link_secret=lambda: store.kept_secret(LINK_SECRET),
                        once=store.claim, settle=store.settle)
@@ -53,7 +53,7 @@ def backend_for(store: Any, *, pool: Any, kept_link_secret: Callable[[Any], str]
 class DatabaseSchedules(ScheduleState):
     """`ScheduleState` in the database: a slot is claimed by the first daemon to move it forward."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: Any) -> None:  # a PostgresStore
         self.store = store
 
     @property

@@ -42,7 +42,6 @@ from runner.daemon.catalog import LIVE_CHANGES, Catalog
 from runner.daemon.detached import DetachedKills
 from runner.daemon.hooks import Hooks
 from runner.daemon.backends import backend_for
-from runner.daemon.cluster import Cluster
 from runner.daemon.listeners import Listeners, inbox_consumption, metrics_counting
 from runner.daemon.inspection import Inspection
 from runner.daemon.longpoll import LongPolls
@@ -151,6 +150,8 @@ class Daemon:
         self.side.supervise(self.timers.run(self._due), "timers")
         self.side.supervise(self.gitops.watch(), "ref-watcher")
         if self.shared:
+            from runner.daemon.cluster import Cluster  # psycopg's async side, for several daemons only
+
             self.cluster = Cluster(store=self.store, runs=self.runs, polls=self.polls, kills_sweep=self.kills.sweep,
                                    pool=self.threads.files)
             self.side.supervise(self.cluster.listen(), "wake-ups")

@@ -19,7 +19,6 @@ from runner.releases.service import GitOps
 from runner.daemon.http import create_app
 from runner.releases.dbstate import release_state
 from runner.runs.files import FileStore
-from runner.runs.postgres.store import PostgresStore
 from runner.timeutil import Clock, parse_duration
 from runner.releases.mirror import RepoSource
 
@@ -109,14 +108,17 @@ def build(found: Settings | ServeOptions | Any, *, clock: Clock | None = None) -
     return daemon, app, host, port
 
 
-def open_store(config: Any, data_dir: Path) -> FileStore | PostgresStore:
-    """The store the config names: files in `data_dir` (the default), or the PostgreSQL database at its dsn
+def open_store(config: Any, data_dir: Path) -> Any:
+    """The store the config names (a FileStore or a PostgresStore): files in `data_dir` (the default), or the
+    PostgreSQL database at its dsn
     (whose schema must be this signoff's: StoreError saying what to run otherwise), with `data_dir` as the
     local folder for the runs' scratch files."""
     if config.store.postgres:
         if not config.store.dsn:
             raise ConfigError("the config's store is kind postgres but names no dsn",
                               hint="add store.dsn: {env: SIGNOFF_DSN} (a secret reference) to the config")
+        from runner.runs.postgres.store import PostgresStore  # psycopg only for those who use it
+
         return PostgresStore(config.store.dsn, data_dir, lease=config.store.lease_seconds)
     return FileStore(data_dir)
 

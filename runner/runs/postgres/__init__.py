@@ -7,6 +7,7 @@
     resources   content-addressed resources in chunks
     indexes     the callback index and the runs with kills still to carry out
     importer    a file store moved into the database, once (`signoff db import`)
+    shared      what several daemons share: once-only claims, schedule slots, settings, release state
 """
 
 from runner.runs.postgres.schema import SCHEMA_VERSION, check_schema, migrate

@@ -47,6 +47,8 @@ LEASE_SECONDS = 5.0
 class PostgresStore(PostgresResources, PostgresIndexes, PostgresShared):
     """Runs in a PostgreSQL database; `close()` closes its connection pool."""
 
+    shared = True  # several daemons may serve it at once
+
     def __init__(self, dsn: str, cache_dir: str | Path, *, lease: float = LEASE_SECONDS, pool_size: int = 8,
                  chunk_size: int = CHUNK_SIZE) -> None:
         self.dsn = dsn
