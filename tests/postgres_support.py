@@ -183,6 +183,11 @@ def on_postgres() -> bool:
     return os.environ.get("SIGNOFF_TEST_STORE") == "postgres"
 
 
+# a test that reads the file store's own files (run.json, events.jsonl, the journal, <data>/releases):
+# it says so, and is skipped when every daemon runs on PostgreSQL
+files_only = pytest.mark.skipif(on_postgres(), reason="reads the file store's own files (SIGNOFF_TEST_STORE=postgres)")
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Postgres]:
     yield shared_server()
