@@ -53,6 +53,14 @@ class Env:
             return open_store(self.config(), self.data)
         return FileStore(self.data)
 
+    def release_state(self) -> Any:
+        """Where the release state is: `<data>/releases` (the data dir is given), or the config's database."""
+        if self.database:
+            from runner.releases.dbstate import release_state
+
+            return release_state(self.store())
+        return self.data
+
     def config(self) -> Config:
         return load_config(self.config_path)
 

@@ -97,7 +97,7 @@ def _change_live(change: str, flow: str, body: dict[str, Any], env: Env, server:
     cfg = env.config() if env.config_path else None
     actor = liveops.Actor(getpass.getuser(), "repository", body.get("reason") or body.get("message"))
     fields = liveops.request_fields(change, {k: v for k, v in body.items() if v is not None})
-    document = liveops.apply(change, env.repo, env.data, flow, fields, actor, config=cfg)
+    document = liveops.apply(change, env.repo, env.release_state(), flow, fields, actor, config=cfg)
     return {**document, "repository": str(env.repo), "data": str(env.data)}
 
 

@@ -96,7 +96,8 @@ class LocalReader:
         return self._store().copy_resource(ref, out)
 
     def _resolver(self) -> Resolver:
-        return Resolver(self.env.repo, self.env.data, config=self.env.config() if self.env.config_path else None)
+        return Resolver(self.env.repo, self.env.release_state(),
+                        config=self.env.config() if self.env.config_path else None)
 
     def releases(self, flow: str | None) -> dict[str, Any]:
         resolver = self._resolver()

@@ -20,7 +20,7 @@ import semver
 from runner.errors import Conflict, FlowInvalid, Invalid, NotFound, SignoffError, UsageError
 from runner.flows.load import check_bytes
 from runner.releases import approval
-from runner.releases.live import Resolver
+from runner.releases.live import Resolver, State
 from runner.releases.repo import FlowRepo
 from runner.timeutil import Clock, rfc3339
 
@@ -69,7 +69,7 @@ def parse_version(version: str) -> semver.Version:
         raise UsageError(f"{version!r} is not a semantic version", hint="write e.g. 1.4.0") from None
 
 
-def apply(change: str, repo_path: Path, data_dir: Path, flow: str, fields: dict[str, Any], actor: Actor, *,
+def apply(change: str, repo_path: Path, data_dir: "Path | State", flow: str, fields: dict[str, Any], actor: Actor, *,
           config: Any = None, clock: Clock | None = None, mirror: bool = False) -> dict[str, Any]:
     """Make one change of what is live (fields as `request_fields` returns them)."""
     if change == "release":
@@ -79,7 +79,7 @@ def apply(change: str, repo_path: Path, data_dir: Path, flow: str, fields: dict[
     return override(repo_path, data_dir, change, flow, fields.get("version"), actor, config=config, clock=clock)
 
 
-def release(repo_path: Path, data_dir: Path, flow: str, version: str, actor: Actor, *, ref: str = "HEAD",
+def release(repo_path: Path, data_dir: "Path | State", flow: str, version: str, actor: Actor, *, ref: str = "HEAD",
             message: str | None = None, rollback: bool = False, config: Any = None, clock: Clock | None = None,
             mirror: bool = False) -> dict[str, Any]:
     """Validate FLOW at REF, then create the annotated tag FLOW/vVERSION and push it where there is a remote.
@@ -130,7 +130,7 @@ def release(repo_path: Path, data_dir: Path, flow: str, version: str, actor: Act
             "live": live.to_dict() if live else None}
 
 
-def override(repo_path: Path, data_dir: Path, kind: str, flow: str, version: str | None, actor: Actor, *,
+def override(repo_path: Path, data_dir: "Path | State", kind: str, flow: str, version: str | None, actor: Actor, *,
              config: Any = None, clock: Clock | None = None) -> dict[str, Any]:
     """Pin, unpin, yank or unyank (a pin only to a release that passed validation).
 

@@ -24,6 +24,7 @@ from gitops_support import commit, tag
 from runner.cli import build
 from runner.errors import NotFound
 from support import git, run_cli, signoff_env
+from postgres_support import files_only
 
 pytestmark = pytest.mark.usefixtures("running")
 
@@ -94,6 +95,7 @@ def both(daemon: DaemonProcess, *args: str, user: str = "root") -> tuple[tuple[i
     return remote, local
 
 
+@files_only
 def test_every_inspection_command_prints_the_same_document_through_the_daemon(daemon: DaemonProcess, runs: dict,
                                                                                nowhere: Path) -> None:
     finished, waiting = runs["finished"]["id"], runs["waiting"]["id"]
@@ -162,6 +164,7 @@ def test_a_local_read_with_no_data_directory_says_so_and_how_to_ask_a_daemon(now
     assert not missing.exists() and not (nowhere / ".signoff").exists()
 
 
+@files_only
 def test_the_most_explicit_source_wins(daemon: DaemonProcess, runs: dict, nowhere: Path) -> None:
     finished = runs["finished"]["id"]
     # --data on the command line beats SIGNOFF_SERVER: the files, with no token at all

@@ -24,6 +24,7 @@ import pytest
 from daemon_support import event_types
 from gitops_support import GitOpsDaemon, signature
 from support import PROJECT_ROOT, approval_step, callback_step, clean_environ, flow_doc, set_step
+from postgres_support import files_only
 
 pytestmark = pytest.mark.usefixtures("running")
 
@@ -290,6 +291,7 @@ def test_a_deeply_nested_body_is_refused_everywhere(daemon: GitOpsDaemon) -> Non
     assert_everything_readable(daemon, run["id"])
 
 
+@files_only
 def test_an_accepted_callback_the_journal_cannot_replay_fails_its_step_instead_of_hanging(
         daemon: GitOpsDaemon) -> None:
     """A journal written before bodies were checked (a lossy decode) no longer holds a run forever."""

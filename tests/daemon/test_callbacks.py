@@ -20,6 +20,7 @@ import pytest
 
 from daemon_support import DaemonProcess, event_types
 from support import wait_until
+from postgres_support import files_only
 
 pytestmark = pytest.mark.usefixtures("running")  # a daemon left down by a failed test is started again
 
@@ -326,6 +327,7 @@ def test_a_payload_against_the_schema_is_422_with_reasons_and_the_step_keeps_wai
     assert daemon.wait_end(run["id"])["status"] == "succeeded"
 
 
+@files_only
 def test_a_large_payload_becomes_a_resource(daemon: DaemonProcess) -> None:
     run = waiting_run(daemon, "big")
     payload = {"rows": [f"row {i:06d} " + "z" * 90 for i in range(1000)]}
@@ -371,6 +373,7 @@ def test_the_same_url_works_after_a_graceful_restart(daemon: DaemonProcess) -> N
     daemon.assert_record_valid(run["id"])
 
 
+@files_only
 def test_kill_9_while_waiting_then_restart_still_completes(daemon: DaemonProcess) -> None:
     runs = [waiting_run(daemon, "worker") for _ in range(3)]
     daemon.restart(hard=True)
@@ -425,6 +428,7 @@ def test_kill_9_while_callbacks_are_posted_loses_no_acknowledged_callback(daemon
             assert final["steps"]["done"]["payload"]["n"] != -1, "an acknowledged callback was lost"
 
 
+@files_only
 def test_a_crash_between_recording_a_callback_and_finishing_the_step_is_recovered(daemon: DaemonProcess) -> None:
     # the exact event the daemon writes first, taken from a run it completed itself
     model = waiting_run(daemon, "worker")

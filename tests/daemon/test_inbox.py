@@ -28,6 +28,7 @@ from support import PROJECT_ROOT, eventually, free_port
 
 import runner.daemon.inbox
 from runner.daemon.inbox import Inbox
+from postgres_support import files_only
 
 
 def entry(body: str, at: str = "2030-01-02T03:04:05.000000Z") -> dict:
@@ -459,6 +460,7 @@ def inbox_lines(daemon: DaemonProcess) -> list[dict]:
     return journal(path) if path.exists() else []
 
 
+@files_only
 def test_a_second_daemon_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(running: DaemonProcess) -> None:
     second_port = free_port()
     started = time.monotonic()
@@ -483,6 +485,7 @@ def test_a_second_daemon_on_the_same_data_dir_is_refused_and_the_first_keeps_ser
     assert running.wait_end(run["id"])["steps"]["done"]["payload"] == {"still": "serving"}
 
 
+@files_only
 def test_a_callback_accepted_during_a_long_shell_step_survives_kill_9_and_completes_the_run(
         running: DaemonProcess) -> None:
     run = running.start_run("slow")
@@ -510,6 +513,7 @@ def test_a_callback_accepted_during_a_long_shell_step_survives_kill_9_and_comple
     assert again.status_code == 200 and again.json()["replay"] is True
 
 
+@files_only
 def test_a_graceful_stop_leaves_no_consumed_callback_in_the_journal(running: DaemonProcess) -> None:
     runs = [running.start_run("worker") for _ in range(6)]
     for run in runs:

@@ -17,6 +17,7 @@ from gitops_support import commit, tag
 from runner.cli.app import Env
 from runner.cli.remote import LocalReader
 from support import git
+from postgres_support import files_only
 
 pytestmark = pytest.mark.usefixtures("running")
 
@@ -90,6 +91,7 @@ def not_found(response) -> dict:
     return response.json()["error"]
 
 
+@files_only
 def test_verify_answers_the_documents_of_runs_verify(daemon: DaemonProcess, finished: dict, waiting: dict) -> None:
     for run in (finished, waiting):
         answer = ok(daemon.api("alice").get(f"/api/v1/runs/{run['id']}/verify"))
@@ -101,6 +103,7 @@ def test_verify_answers_the_documents_of_runs_verify(daemon: DaemonProcess, fini
     assert daemon.api(None).get(f"/api/v1/runs/{finished['id']}/verify").status_code == 401
 
 
+@files_only
 def test_logs_give_each_steps_recorded_output_with_small_resources_as_text(daemon: DaemonProcess,
                                                                             finished: dict) -> None:
     path = f"/api/v1/runs/{finished['id']}/logs"
@@ -121,6 +124,7 @@ def test_logs_give_each_steps_recorded_output_with_small_resources_as_text(daemo
     not_found(daemon.api("alice").get(f"/api/v1/runs/{NEVER}/logs"))
 
 
+@files_only
 def test_releases_answers_the_document_of_signoff_releases(daemon: DaemonProcess) -> None:
     answer = ok(daemon.api("dave").get("/api/v1/releases"))
     assert answer == local(daemon).releases(None)
@@ -144,6 +148,7 @@ def test_diff_answers_the_document_of_signoff_diff(daemon: DaemonProcess) -> Non
     assert not_found(daemon.api("dave").get("/api/v1/flows/Bad.Name/diff"))["code"] == "not_found"
 
 
+@files_only
 def test_a_resource_carries_its_metadata_in_a_header(daemon: DaemonProcess, finished: dict) -> None:
     ref = finished["steps"]["loud"]["outputs"]["stdout"]
     response = daemon.api("alice").head(f"/api/v1/resources/{ref.removeprefix('res://')}")

@@ -30,6 +30,7 @@ from support import (HttpServer, ManualClock, all_file_bytes, eventually, free_p
 
 from runner.daemon.web.links import verify, verify_resource
 from runner.errors import Forbidden, Unauthorized
+from postgres_support import files_only
 
 PUBLIC_URL = "https://signoff.example.test"
 T0 = datetime(2030, 3, 4, 9, 0, tzinfo=timezone.utc)
@@ -216,6 +217,7 @@ def test_link_max_age_makes_links_expire_sooner_and_reminders_and_timeouts_carry
     assert [e["links"] for e in notified(world, run_id) if e["channel"] == "chat"][-1] == ["plan", "ticket", "run"]
 
 
+@files_only
 def test_the_daemons_own_secret_is_kept_private_and_survives_a_restart(tmp_path: Path, chat: HttpServer) -> None:
     clock = ManualClock(T0)
     world = world_with(tmp_path, chat, clock)
@@ -271,6 +273,7 @@ def serve(tmp_path: Path, chat: HttpServer, env: dict[str, str], **server: Any) 
                           env=signoff_env(**env), capture_output=True, text=True, timeout=60)
 
 
+@files_only
 def test_a_missing_link_secret_stops_the_daemon_with_its_name(tmp_path: Path, chat: HttpServer) -> None:
     done = serve(tmp_path, chat, {}, link_secret={"env": "SIGNOFF_TEST_MISSING_LINK_SECRET"})
     assert done.returncode != 0
@@ -278,6 +281,7 @@ def test_a_missing_link_secret_stops_the_daemon_with_its_name(tmp_path: Path, ch
     assert not (tmp_path / "data" / "link_secret").exists()
 
 
+@files_only
 def test_a_short_link_secret_is_refused(tmp_path: Path, chat: HttpServer) -> None:
     done = serve(tmp_path, chat, {"SHORT_LINK_SECRET": "hunter2"}, link_secret=[{"env": "SHORT_LINK_SECRET"}])
     assert done.returncode != 0

@@ -20,6 +20,7 @@ from support import ManualClock, eventually, simple_flow
 
 from runner.runs.files import FileStore
 from runner.daemon.triggers import ScheduleState, next_slot, previous_slot
+from postgres_support import files_only
 
 UTC = timezone.utc
 NEW_YORK = {"cron": "30 1 * * *", "timezone": "America/New_York"}
@@ -98,6 +99,7 @@ def test_catch_up_inside_the_repeated_hour_does_not_fire_the_slot_again(tmp_path
 # ---- through the daemon ---------------------------------------------------------------
 
 
+@files_only
 def test_a_daily_cron_fires_once_on_the_fall_back_day(world: Path) -> None:
     clock = ManualClock(utc(2026, 10, 30, 12))
 
@@ -126,6 +128,7 @@ def claim_cut_short(world: Path, clock: ManualClock, slot: datetime) -> str:
     return run_id
 
 
+@files_only
 @pytest.mark.parametrize("left", ["no run directory", "an empty run directory", "a torn run_created line"])
 def test_a_slot_claimed_before_a_crash_gets_its_run_at_start_up_and_only_one(world: Path, left: str) -> None:
     clock = ManualClock(FIRST_0130 + timedelta(seconds=1))
@@ -153,6 +156,7 @@ def test_a_slot_claimed_before_a_crash_gets_its_run_at_start_up_and_only_one(wor
     assert FileStore(world / "data").verify(run_id).ok
 
 
+@files_only
 def test_a_claim_whose_run_was_created_is_not_created_again(world: Path) -> None:
     clock = ManualClock(FIRST_0130 - timedelta(minutes=1))
 

@@ -18,6 +18,7 @@ import pytest
 
 from gitops_support import GitOpsDaemon, signature
 from support import broken_flow, git, run_cli, simple_flow, wait_until
+from postgres_support import files_only
 
 
 def gated(name: str, marker: str, *, extra: str = "") -> str:
@@ -85,6 +86,7 @@ def head(daemon: GitOpsDaemon, ref: str = "HEAD") -> str:
 # ---- the whole story ---------------------------------------------------------------------
 
 
+@files_only
 @pytest.mark.parametrize("mode", ["path", "url"])
 def test_draft_then_tag_then_in_flight_runs_keep_their_commit(tmp_path: Path, daemons: list, mode: str) -> None:
     remote = mode == "url"
@@ -442,6 +444,7 @@ def test_health_names_the_unreachable_remote(tmp_path: Path, daemons: list) -> N
     assert str(daemon.remote) in error or "does not appear to be a git repository" in error, error
 
 
+@files_only
 def test_pin_and_yank_from_the_cli_reach_the_daemon(tmp_path: Path, daemons: list) -> None:
     daemon = launch(daemons, tmp_path, {"deploy": simple_flow("deploy")})
     c1 = head(daemon)

@@ -25,6 +25,7 @@ from yamlcompat import YAML
 
 from gitops_support import GitOpsDaemon
 from support import HttpServer, flow_text, git, json_reply, run_cli, simple_flow, wait_until, write_flow
+from postgres_support import files_only
 
 BOB = {"GIT_AUTHOR_NAME": "Bob Builder", "GIT_AUTHOR_EMAIL": "bob@example.com"}
 
@@ -105,6 +106,7 @@ def daemons():
         daemon.close()
 
 
+@files_only
 def test_a_tag_under_a_rule_stays_pending_until_an_approver_other_than_its_tagger_approves(
         tmp_path: Path, daemons: list) -> None:
     told: list[dict] = []
@@ -183,6 +185,7 @@ def test_a_tag_that_lowers_its_own_bar_is_judged_by_the_live_rule(tmp_path: Path
     assert daemon.live_tag("deploy") == "v1.2.0"
 
 
+@files_only
 def test_a_newer_tag_supersedes_a_pending_one_and_a_rejected_release_never_goes_live(
         tmp_path: Path, daemons: list) -> None:
     daemon = launch(tmp_path, rules(approvers=["group:ops"]))

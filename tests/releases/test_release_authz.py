@@ -18,6 +18,7 @@ import pytest
 
 from gitops_support import GitOpsDaemon
 from support import git, run_cli, simple_flow
+from postgres_support import files_only
 
 
 @pytest.fixture
@@ -51,6 +52,7 @@ def where(daemon: GitOpsDaemon) -> list:
     return ["--repo", daemon.repo, "--data", daemon.data]
 
 
+@files_only
 def test_pin_yank_and_release_need_their_roles_and_record_who_when_and_why(daemon: GitOpsDaemon) -> None:
     for user in ("alice", "dave", "rita"):
         error = error_of(change(daemon, user, "pin", version="1.0.0", reason="try"), 403)

@@ -24,6 +24,7 @@ from support import FakeClock, Harness, wait_until
 from runner.errors import Conflict, RunLocked
 from runner.daemon.http import error_response
 from runner.runs.files import FileStore
+from postgres_support import files_only
 
 CALLBACK_FLOW = {"name": "cb", "steps": [
     {"id": "done", "kind": "callback", "timeout": "1h", "on_timeout": "fail"}]}
@@ -50,6 +51,7 @@ def _snapshot_path(daemon: DaemonProcess, run_id: str) -> Path:
 # ---- a snapshot a crash left behind its log ---------------------------------------------------
 
 
+@files_only
 def test_a_snapshot_left_parked_by_a_crash_is_rewritten_at_start_and_callbacks_answer_by_the_log(
         daemon: DaemonProcess) -> None:
     run = daemon.start_run("cb")
@@ -75,6 +77,7 @@ def test_a_snapshot_left_parked_by_a_crash_is_rewritten_at_start_and_callbacks_a
     assert event_types(daemon.events(run["id"])).count("callback_received") == 1
 
 
+@files_only
 def test_a_stale_snapshot_does_not_hold_a_concurrency_slot_forever(daemon: DaemonProcess) -> None:
     first = daemon.start_run("one")
     daemon.wait_step(first["id"], "ok", "waiting")
@@ -90,6 +93,7 @@ def test_a_stale_snapshot_does_not_hold_a_concurrency_slot_forever(daemon: Daemo
     daemon.wait_step(third["id"], "ok", "waiting")  # before the fix: queued forever
 
 
+@files_only
 def test_a_run_whose_log_exists_but_not_its_snapshot_is_listed_and_resumed(daemon: DaemonProcess) -> None:
     run = daemon.start_run("cb")
     daemon.wait_step(run["id"], "done", "waiting")
@@ -108,6 +112,7 @@ def test_a_run_whose_log_exists_but_not_its_snapshot_is_listed_and_resumed(daemo
     assert FileStore(daemon.data).verify(run["id"]).ok
 
 
+@files_only
 def test_start_up_removes_what_a_dead_writer_left(daemon: DaemonProcess) -> None:
     run = daemon.start_run("cb")
     daemon.wait_step(run["id"], "done", "waiting")

@@ -26,6 +26,7 @@ from daemon_support import DaemonProcess, InProcessDaemon
 from support import ManualClock, eventually, free_port, run_schema_errors, wait_until
 
 from runner.runs.files import FileStore
+from postgres_support import files_only
 
 PUBLIC_URL = "https://signoff.example.test"
 MAIL_FROM = "signoff@example.test"
@@ -399,6 +400,7 @@ async def park(world: InProcessDaemon) -> str:
 
 @pytest.mark.parametrize("down_until", [T0 + timedelta(minutes=30), T0 + timedelta(minutes=55)],
                          ids=["restarted before the reminder is due", "the reminder fell due while down"])
+@files_only
 def test_a_reminder_survives_a_restart_and_is_sent_once(tmp_path: Path, down_until: datetime) -> None:
     clock = ManualClock(T0)
     world = InProcessDaemon(InProcessDaemon.lay_out(tmp_path, {"review-later": REVIEW}), clock)

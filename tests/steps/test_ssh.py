@@ -35,6 +35,7 @@ from runner.steps.ssh.hosts import fingerprint  # noqa: E402
 from runner.steps.ssh.step import detached_workers, kill_detached  # noqa: E402
 from support import (Harness, free_port, harness_with_config, kill_quietly, pid_alive, read_pid,  # noqa: E402
                      wait_pid_gone, wait_until)
+from postgres_support import files_only  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -494,6 +495,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd):
         yield process
 
 
+@files_only
 def test_remote_worker_callback_survives_a_daemon_restart(daemon, sshd):
     """DESIGN §7 pattern 2: detach, the worker posts to the callback URL, results kept, ops notified."""
     run = daemon.start_run("remote-worker-callback", {"task": "check the disks", "work_seconds": 3})
