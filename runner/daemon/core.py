@@ -17,6 +17,8 @@ One asyncio loop runs everything. The services, each in its own module:
     listeners    the ordered, contained listeners of the engine's events
     tasks        named supervised side tasks, and short background ones
     threads      the thread pools the daemon's blocking work runs on
+    backends     what is kept beside the runs, by store (the inbox, schedule slots, release state ...)
+    cluster      with PostgreSQL, several daemons: wake-ups by LISTEN, the sweep for runs nobody holds
 
 Decisions and callbacks are recorded (fsynced) before their calls return, so the HTTP
 layer may acknowledge them.
@@ -78,10 +80,10 @@ class Daemon:
         self.repo = work_dir
         self.public_url = public_url.rstrip("/")
         self.clock = clock or Clock()
-        # what signs the links in notifications and the web pages check them with: a rotation list, newest last
         self.threads = ThreadPools()
         self.backend = backend_for(store, pool=self.threads.files, kept_link_secret=kept_link_secret)
         self.shared = self.backend.shared  # several daemons may serve this store
+        # what signs the links in notifications and the web pages check them with: a rotation list, newest last
         self.web_secrets: list[str] = list(config.link_secrets) or [self.backend.link_secret()]
         self.link_max_age: timedelta | None = config.link_max_age
         for secret in self.web_secrets:
