@@ -192,7 +192,7 @@ def _database(dsn: str) -> str:
 
     found = database_status(dsn)
     return (f"PostgreSQL {found['server_version']} at {found['database']} reachable; schema version "
-            f"{found['schema_version']} (this signoff's); `signoff serve` does not run on PostgreSQL yet")
+            f"{found['schema_version']} (this signoff's)")
 
 
 def _reach(spec: dict) -> str:
