@@ -20,7 +20,9 @@ from runner.status import EventType, is_terminal
 from runner.steps.base import kind_named
 from runner.timeutil import Clock, rfc3339
 
-OPEN_STATUSES = ("pending", "waiting")  # a callback step in these takes its callback (early, or on time)
+# a callback step in these takes its callback: early (pending), starting its wait (running: between its start
+# and its wait, which another daemon of the same database may be recording right now), or on time (waiting)
+OPEN_STATUSES = ("pending", "running", "waiting")
 REMEMBERED_TARGETS = 50_000
 
 
