@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -63,7 +64,8 @@ def _create(args: tuple[str, str, str, int]) -> list[dict]:
     from runner.runs.engine import Engine
     from runner.runs.postgres.store import PostgresStore
 
-    store = PostgresStore(dsn, tempfile.mkdtemp(prefix="bench-cache-"))
+    cache = tempfile.mkdtemp(prefix="signoff-bench-cache-")  # the runs' scratch folders: removed below
+    store = PostgresStore(dsn, cache)
     engine = Engine(store, work_dir=repo, public_url=public_url, accepts_messages=True)
     flow = load_flow(Path(repo) / "flows" / "waits.yaml")
 
@@ -80,6 +82,7 @@ def _create(args: tuple[str, str, str, int]) -> list[dict]:
         return asyncio.run(make())
     finally:
         store.close()
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def create_parked(dsn: str, repo: Path, public_url: str, count: int, workers: int) -> list[dict]:
