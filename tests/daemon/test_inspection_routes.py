@@ -13,53 +13,19 @@ import json
 import pytest
 
 from daemon_support import DaemonProcess
-from gitops_support import commit, tag
+from inspection_support import inspection_daemon
 from runner.cli.app import Env
 from runner.cli.remote import LocalReader
-from support import git
 from postgres_support import files_only
 
 pytestmark = pytest.mark.usefixtures("running")
-
-SPEAK = """
-name: speak
-steps:
-  - id: talk
-    kind: shell
-    run: printf 'hello out\\n'; printf 'hello err\\n' >&2
-    timeout: 1m
-  - id: loud
-    kind: shell
-    run: head -c 70000 /dev/zero | tr '\\0' x
-    timeout: 1m
-  - id: note
-    kind: set
-    values: {done: true}
-"""
-
-BOB_REVIEWS = """
-name: bob-reviews
-steps:
-  - id: review
-    kind: approval
-    approvers: [bob]
-    context: please look
-    timeout: 1h
-"""
 
 NEVER = "20200101t000000z-00000000"
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("inspection-routes")
-    process = DaemonProcess(root, flows={"speak": SPEAK, "bob-reviews": BOB_REVIEWS})
-    tag(process.repo, "v1.0.0")
-    git(process.repo, "checkout", "-q", "-b", "feature")
-    commit(process.repo, "a draft of speak", flows={"speak": SPEAK.replace("id: note", "id: remark")})
-    git(process.repo, "checkout", "-q", "main")
-    with process:
-        yield process
+    yield from inspection_daemon(tmp_path_factory.mktemp("inspection-routes"))
 
 
 @pytest.fixture(scope="module")
