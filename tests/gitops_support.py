@@ -200,3 +200,23 @@ class GitOpsDaemon(DaemonProcess):
 
 def _env_name(secret_name: str) -> str:
     return "HOOK_" + secret_name.upper().replace("-", "_")
+
+
+def governed_daemon(root: Path, flow: str, rule: str, git_emails: dict[str, list[str]],
+                    **kwargs: Any) -> GitOpsDaemon:
+    """`deploy` (as `flow`) live at v1.0.0, whose signoff-release.yaml is `rule`, the daemon started; the users of
+    `git_emails` known to it by their git e-mail addresses (the release approval tests)."""
+    from yamlcompat import YAML
+
+    daemon = GitOpsDaemon(root, flows={"deploy": flow}, poll_interval="1h", **kwargs)
+    (daemon.repo / "signoff-release.yaml").write_text(rule)
+    git(daemon.repo, "add", "-A")
+    git(daemon.repo, "commit", "-q", "-m", "release rules")
+    config = YAML(typ="safe", pure=True).load(daemon.config_path.read_text())
+    for user, emails in git_emails.items():
+        config["users"][user]["git_emails"] = emails
+    daemon.config_path.write_text(flow_text(config), encoding="utf-8")
+    daemon.tag("v1.0.0")
+    daemon.start()
+    assert daemon.live_tag("deploy") == "v1.0.0"
+    return daemon

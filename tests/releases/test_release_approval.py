@@ -21,9 +21,8 @@ from typing import Iterator
 
 import httpx
 import pytest
-from yamlcompat import YAML
 
-from gitops_support import GitOpsDaemon
+from gitops_support import GitOpsDaemon, governed_daemon
 from support import HttpServer, flow_text, git, json_reply, run_cli, simple_flow, wait_until, write_flow
 from postgres_support import files_only
 
@@ -37,19 +36,8 @@ def rules(**rule) -> str:
 def launch(root: Path, rule: str, **kwargs) -> GitOpsDaemon:
     """deploy live at v1.0.0 (whose signoff-release.yaml is `rule`), the daemon started; alice and bob known
     to it by their git e-mail addresses."""
-    daemon = GitOpsDaemon(root, flows={"deploy": simple_flow("deploy")}, poll_interval="1h", **kwargs)
-    (daemon.repo / "signoff-release.yaml").write_text(rule)
-    git(daemon.repo, "add", "-A")
-    git(daemon.repo, "commit", "-q", "-m", "release rules")
-    yaml = YAML(typ="safe", pure=True)
-    config = yaml.load(daemon.config_path.read_text())
-    config["users"]["alice"]["git_emails"] = ["author@example.com"]
-    config["users"]["bob"]["git_emails"] = ["Bob@Example.com"]
-    daemon.config_path.write_text(flow_text(config), encoding="utf-8")
-    daemon.tag("v1.0.0")
-    daemon.start()
-    assert daemon.live_tag("deploy") == "v1.0.0"
-    return daemon
+    return governed_daemon(root, simple_flow("deploy"), rule,
+                           {"alice": ["author@example.com"], "bob": ["Bob@Example.com"]}, **kwargs)
 
 
 def change(daemon: GitOpsDaemon, marker: str, *, rule: str | None = None, env: dict | None = None) -> str:

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from yamlcompat import YAML
 
-from gitops_support import GitOpsDaemon
+from gitops_support import GitOpsDaemon, governed_daemon
 from support import HttpServer, flow_text, git, json_reply, run_cli, wait_until, write_flow
 
 from runner.daemon.web import links
@@ -42,19 +41,8 @@ def checked_flow(limit: int, *, touch: Path | None = None) -> str:
 def launch(root: Path, channels: dict) -> GitOpsDaemon:
     """deploy live at v1.0.0 under a rule (one approval from group:finance, told to `chat`); alice is the
     repository's author."""
-    daemon = GitOpsDaemon(root, flows={"deploy": checked_flow(5)}, poll_interval="1h", channels=channels)
-    (daemon.repo / "signoff-release.yaml").write_text(flow_text(
-        {"all": {"approvers": ["group:finance"], "notify": ["chat"]}}))
-    git(daemon.repo, "add", "-A")
-    git(daemon.repo, "commit", "-q", "-m", "release rules")
-    yaml = YAML(typ="safe", pure=True)
-    config = yaml.load(daemon.config_path.read_text())
-    config["users"]["alice"]["git_emails"] = ["author@example.com"]
-    daemon.config_path.write_text(flow_text(config), encoding="utf-8")
-    daemon.tag("v1.0.0")
-    daemon.start()
-    assert daemon.live_tag("deploy") == "v1.0.0"
-    return daemon
+    rule = flow_text({"all": {"approvers": ["group:finance"], "notify": ["chat"]}})
+    return governed_daemon(root, checked_flow(5), rule, {"alice": ["author@example.com"]}, channels=channels)
 
 
 def pending_with_replay(daemon: GitOpsDaemon, tag: str) -> dict:
